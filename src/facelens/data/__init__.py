@@ -1,0 +1,1 @@
+"""Datasets: readers for the supported layouts, hygiene checks and seeded splits."""

@@ -1,0 +1,30 @@
+"""Errors a user can act on: each names the file (or input) and what was wrong with it."""
+
+from __future__ import annotations
+
+
+class FacelensError(Exception):
+    """Base class for every error facelens raises on purpose."""
+
+
+class ImageLoadError(FacelensError):
+    """An input could not be decoded as an image (empty, truncated, not an image, too big...).
+
+    ``reason`` is a short machine-friendly tag (``empty``, ``not_an_image``, ``truncated``,
+    ``too_large``, ``too_small``, ``unsupported_mode``, ``unreadable``) so the REST service can
+    map it to a status code and the batch runner can count failures by kind.
+    """
+
+    def __init__(self, source: str, message: str, reason: str = "unreadable") -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        self.message = message
+        self.reason = reason
+
+
+class DatasetError(FacelensError):
+    """A dataset folder or manifest cannot be used (no images, unknown layout, bad labels)."""
+
+
+class ModelLoadError(FacelensError):
+    """A model file is missing, corrupt, or of the wrong kind for the task."""

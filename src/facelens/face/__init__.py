@@ -1,0 +1,1 @@
+"""Face pipeline: detection with landmarks, alignment to canonical crops, eye-crop geometry."""

@@ -1,0 +1,151 @@
+"""Pure geometry for face alignment and eye crops (no I/O, no models: easy to test).
+
+A face is described by three anchor points that every detector we support provides:
+the two eye centres and the mouth centre. A similarity transform (rotation, uniform
+scale, translation) maps them onto a canonical template, so that the age model always
+sees faces of the same size, position and roll, whether they come from a training set
+of pre-cropped faces or from a group photo.
+
+Conventions: points are (x, y) in pixels; ``right_eye`` is the person's own right eye,
+which appears on the *left* of an upright, non-mirrored image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FaceTemplate:
+    """Where the anchors land in a square crop, as fractions of its side."""
+
+    right_eye: tuple[float, float] = (0.375, 0.42)
+    left_eye: tuple[float, float] = (0.625, 0.42)
+    mouth: tuple[float, float] = (0.5, 0.71)
+
+    def points(self, size: int) -> np.ndarray:
+        return np.array([self.right_eye, self.left_eye, self.mouth], dtype=np.float64) * size
+
+
+#: The canonical age crop: eyes 25% of the side apart, leaving forehead, chin and some hair
+#: in view (tighter crops lose age cues such as hairline and jaw).
+AGE_TEMPLATE = FaceTemplate()
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (Umeyama 1991) taking ``src`` points to ``dst``.
+
+    Returns a 2x3 matrix M with ``dst ~= M @ [x, y, 1]``. Reflections are excluded so a face
+    is never mirrored.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"need two matching (N>=2, 2) point arrays, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    if var_s < 1e-12:
+        raise ValueError("source points coincide; cannot estimate a transform")
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    scale = np.trace(np.diag(sig) @ sign) / var_s
+    t = mu_d - scale * rot @ mu_s
+    return np.hstack([scale * rot, t[:, None]])
+
+
+def apply_transform(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map (N, 2) points through a 2x3 affine matrix."""
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def invert_transform(m: np.ndarray) -> np.ndarray:
+    """Inverse of a 2x3 affine matrix."""
+    return cv2.invertAffineTransform(np.asarray(m, dtype=np.float64))
+
+
+def anchors(right_eye, left_eye, mouth) -> np.ndarray:
+    return np.array([right_eye, left_eye, mouth], dtype=np.float64)
+
+
+def align_face(
+    rgb: np.ndarray, anchor_points: np.ndarray, size: int, template: FaceTemplate = AGE_TEMPLATE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warp ``rgb`` so the anchors land on the template; returns (crop, 2x3 matrix).
+
+    Pixels outside the photo are filled by edge replication, which keeps borders of
+    pre-cropped training faces from turning into black frames the model could learn.
+    """
+    m = similarity_transform(anchor_points, template.points(size))
+    crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if _scale(m) < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return crop, m
+
+
+def _scale(m: np.ndarray) -> float:
+    return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+
+
+@dataclass(frozen=True)
+class EyeCropGeometry:
+    """How a single-eye crop is cut: a square centred on the eye, ``side`` inter-ocular distances wide.
+
+    ``dy`` shifts the centre down (positive) as a fraction of the side. The defaults were chosen
+    by measurement (see ``benchmarks/eye_crop_geometry.py`` and the README) so that crops cut
+    from whole faces look like the Kaggle single-eye training crops.
+    """
+
+    side: float = 0.9
+    dy: float = 0.0
+
+
+DEFAULT_EYE_GEOMETRY = EyeCropGeometry()
+
+
+def eye_crop_transform(
+    eye: np.ndarray, other_eye: np.ndarray, size: int, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY
+) -> np.ndarray:
+    """2x3 matrix that cuts an upright square crop of ``size`` px around ``eye``.
+
+    The crop is rotated so the line between the eyes is horizontal (the training crops are
+    upright) and scaled by the inter-ocular distance, so it does not depend on image size.
+    """
+    eye = np.asarray(eye, dtype=np.float64)
+    other = np.asarray(other_eye, dtype=np.float64)
+    vec = other - eye
+    dist = float(np.hypot(*vec))
+    if dist < 1e-6:
+        raise ValueError("eye points coincide")
+    # Angle of the inter-ocular line; for the right eye 'other' lies to the image right.
+    angle = np.arctan2(vec[1], vec[0])
+    if vec[0] < 0:  # left eye: the other eye is to the image left; keep the crop upright
+        angle = np.arctan2(-vec[1], -vec[0])
+    side_px = geometry.side * dist
+    scale = size / side_px
+    c, s = np.cos(-angle) * scale, np.sin(-angle) * scale
+    rot = np.array([[c, -s], [s, c]])
+    centre = np.array([size / 2.0, size / 2.0 - geometry.dy * size])
+    t = centre - rot @ eye
+    return np.hstack([rot, t[:, None]])
+
+
+def cut_eye(
+    rgb: np.ndarray, eye: np.ndarray, other_eye: np.ndarray, size: int, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Cut one eye crop; returns (crop, axis-aligned box of the crop in image pixels)."""
+    m = eye_crop_transform(eye, other_eye, size, geometry)
+    crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if _scale(m) < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float64)
+    img_corners = apply_transform(invert_transform(m), corners)
+    x0, y0 = img_corners.min(0)
+    x1, y1 = img_corners.max(0)
+    return crop, (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
