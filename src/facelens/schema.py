@@ -97,6 +97,8 @@ class ImageResult:
     error: str | None = None
     message: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: What the models saw (``Analyzer.analyze(..., with_crops=True)``); never serialised.
+    crops: list[Any] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

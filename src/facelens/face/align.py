@@ -103,8 +103,8 @@ class EyeCropGeometry:
     from whole faces look like the Kaggle single-eye training crops.
     """
 
-    side: float = 0.9
-    dy: float = 0.0
+    side: float = 0.65
+    dy: float = -0.03
 
 
 DEFAULT_EYE_GEOMETRY = EyeCropGeometry()

@@ -1,0 +1,260 @@
+"""Command line: a thin Typer front that parses, calls the library, and prints.
+
+Human-readable text by default, ``--json`` for JSON Lines (schema in ``facelens.schema``).
+Errors a user can fix are printed as one line naming the file and the problem (exit code 2
+for usage errors, 1 when nothing could be processed); never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from facelens.errors import FacelensError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Age from face photos and sex from the eye region, as calibrated estimates.")
+train_app = typer.Typer(no_args_is_help=True, help="Train a model (age or eyes) on your data.")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate models on a dataset split.")
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+
+Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime for .onnx), onnx or torch")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def format_result_text(r) -> str:
+    """Human-readable lines for one ImageResult."""
+    if r.error:
+        return f"{r.path}: ERROR {r.error}"
+    if not r.faces:
+        return f"{r.path}: {r.message or 'no face found'}"
+    lines = [f"{r.path}: {len(r.faces)} face{'s' if len(r.faces) != 1 else ''}"]
+    for i, f in enumerate(r.faces, 1):
+        x, y, w, h = (round(v) for v in f.box)
+        parts = [f"  face {i} at x={x} y={y} w={w} h={h} (detection score {f.score:.2f})"]
+        if f.age:
+            parts.append(f"age {f.age.value:.0f} ({int(f.age.interval * 100)}% interval {f.age.low:.0f}-{f.age.high:.0f})")
+        if f.sex:
+            parts.append(f"P(female) {_pct(f.sex.p_female)}, P(male) {_pct(f.sex.p_male)} from both eyes")
+        lines.append(": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if parts[1:] else ""))
+    return "\n".join(lines)
+
+
+def _analyzer(age_model: Path | None, eye_model: Path | None, backend: str, device: str, no_age: bool = False,
+              no_eyes: bool = False):
+    from facelens.api import Analyzer
+
+    return Analyzer(age_model=False if no_age else age_model, eye_model=False if no_eyes else eye_model,
+                    backend=backend, device=device)
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="photos, folders or glob patterns")],
+    json_out: Annotated[bool, typer.Option("--json", help="JSON Lines, one object per input")] = False,
+    out: Annotated[Path | None, typer.Option(help="write results to a .jsonl or .csv file (streamed)")] = None,
+    resume: Annotated[bool, typer.Option(help="skip inputs already in --out")] = False,
+    age_model: Annotated[Path | None, typer.Option(help="age model (.onnx or .pt)")] = None,
+    eye_model: Annotated[Path | None, typer.Option(help="eye model (.onnx or .pt)")] = None,
+    no_age: Annotated[bool, typer.Option(help="skip age estimation")] = False,
+    no_eyes: Annotated[bool, typer.Option(help="skip the eye-based sex estimate")] = False,
+    backend: Backend = "auto",
+    device: Device = "cpu",
+) -> None:
+    """Detect every face in photos and estimate its age (80% interval) and sex from its eyes."""
+    from facelens.infer.batch import expand_inputs, run_batch
+
+    try:
+        analyzer = _analyzer(age_model, eye_model, backend, device, no_age, no_eyes)
+        paths = expand_inputs(inputs)
+    except FacelensError as exc:
+        _fail(str(exc))
+    if out is not None:
+        summary = run_batch(analyzer, paths, out, resume=resume)
+        typer.echo(summary.text(), err=True)
+        raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
+    n_ok = 0
+    for r in analyzer.analyze_many(paths, names=[str(p) for p in paths]):
+        n_ok += r.error is None
+        typer.echo(json.dumps(r.to_dict()) if json_out else format_result_text(r))
+    if paths and n_ok == 0:
+        raise typer.Exit(1)
+
+
+@app.command("predict-eyes")
+def predict_eyes(
+    crops: Annotated[list[str], typer.Argument(help="single-eye crops (files, folders or globs)")],
+    json_out: Annotated[bool, typer.Option("--json", help="JSON Lines, one object per input")] = False,
+    eye_model: Annotated[Path | None, typer.Option(help="eye model (.onnx or .pt)")] = None,
+    backend: Backend = "auto",
+    device: Device = "cpu",
+) -> None:
+    """P(female) / P(male) for ready-cut eye crops (calibrated probabilities)."""
+    from facelens.infer.batch import expand_inputs
+
+    try:
+        analyzer = _analyzer(None, eye_model, backend, device, no_age=True)
+        paths = expand_inputs(crops)
+        results = analyzer.predict_eye_crops(paths, names=[str(p) for p in paths])
+    except FacelensError as exc:
+        _fail(str(exc))
+    for r in results:
+        if json_out:
+            typer.echo(json.dumps(r.to_dict()))
+        elif r.error:
+            typer.echo(f"{r.path}: ERROR {r.error}")
+        else:
+            typer.echo(f"{r.path}: P(female) {_pct(r.p_female)}, P(male) {_pct(1 - r.p_female)}")
+    if results and all(r.error for r in results):
+        raise typer.Exit(1)
+
+
+def _train(task: str, data: list[str], out: Path, arch: list[str] | None, **kw) -> None:
+    from facelens.train.runner import TrainRequest, run_training
+
+    req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **kw)
+    try:
+        run_training(req, log=lambda m: typer.echo(m, err=True))
+    except (FacelensError, ValueError) as exc:
+        _fail(str(exc))
+
+
+_DATA = Annotated[list[str], typer.Option("--data", help="dataset folder or CSV manifest (repeatable)")]
+_OUT = Annotated[Path, typer.Option("--out", help="run folder (config, checkpoints, models, metrics)")]
+_ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
+
+
+@train_app.command("age")
+def train_age(
+    data: _DATA, out: _OUT, arch: _ARCH = None,
+    epochs: int = 8, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+    split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = "auto",
+    conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
+    resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
+    device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
+    max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
+    max_steps_per_epoch: int | None = None, workers: int | None = None,
+) -> None:
+    """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
+    _train("age", data, out, arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split=split,
+           conflict_policy=conflict_policy, resume=resume, device=device, pretrained=pretrained,
+           input_size=input_size, patience=patience, max_images=max_images,
+           max_steps_per_epoch=max_steps_per_epoch, workers=workers)
+
+
+@train_app.command("eyes")
+def train_eyes(
+    data: _DATA, out: _OUT, arch: _ARCH = None,
+    epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+    split: Annotated[str, typer.Option(help="auto (= blocks of consecutive file numbers), blocks, random, content")] = "auto",
+    female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = None,
+    male_class: Annotated[str | None, typer.Option(help="class folder/label meaning male")] = None,
+    conflict_policy: str = "drop",
+    resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
+    device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
+    max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
+    max_steps_per_epoch: int | None = None, workers: int | None = None,
+) -> None:
+    """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
+    _train("eyes", data, out, arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split=split,
+           female_class=female_class, male_class=male_class, conflict_policy=conflict_policy, resume=resume,
+           device=device, pretrained=pretrained, input_size=input_size, patience=patience, max_images=max_images,
+           max_steps_per_epoch=max_steps_per_epoch, workers=workers)
+
+
+def _evaluate(task: str, models: list[Path], data: list[str], split: str, report: Path | None, out: Path | None,
+              backend: str) -> None:
+    from facelens.evaluate.pipeline import evaluate_models
+
+    try:
+        evaluate_models(task, models, data, split=split, report_dir=report, out=out, backend=backend,
+                        log=lambda m: typer.echo(m, err=True), echo=typer.echo)
+    except (FacelensError, ValueError) as exc:
+        _fail(str(exc))
+
+
+_MODEL = Annotated[list[Path], typer.Option("--model", help="model file (.onnx or .pt); repeat to compare")]
+_SPLIT = Annotated[str, typer.Option(help="test, val, train (the model's own seeded split) or all")]
+_REPORT = Annotated[Path | None, typer.Option(help="write an HTML report with figures into this folder")]
+_JSON_OUT = Annotated[Path | None, typer.Option("--out", help="metrics JSON file")]
+
+
+@evaluate_app.command("age")
+def evaluate_age(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
+                 backend: Backend = "auto") -> None:
+    """MAE, RMSE, R², CS@5, signed error, per decade / gender / race, interval coverage."""
+    _evaluate("age", model, data, split, report, out, backend)
+
+
+@evaluate_app.command("eyes")
+def evaluate_eyes(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
+                  backend: Backend = "auto") -> None:
+    """Accuracy, balanced accuracy, ROC-AUC, ECE, confusion matrix, grayscale vs colour."""
+    _evaluate("eyes", model, data, split, report, out, backend)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="trained PyTorch model (RUN_DIR/<arch>/model.pt)")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write")],
+) -> None:
+    """Export to ONNX (flip TTA included) and check parity with PyTorch."""
+    from facelens.infer.export import export_onnx
+
+    try:
+        res = export_onnx(model, out)
+    except FacelensError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {res['out']}; parity with PyTorch on {res['samples']} random crops: "
+               f"max abs difference {res['max_abs_diff']:.2e}")
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1", port: int = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 10.0,
+) -> None:
+    """Serve the REST API (/v1/analyze, /docs) and the web page (/) with FastAPI + uvicorn."""
+    try:
+        from facelens.serve.app import run_server
+    except ImportError as exc:  # pragma: no cover - the service module is part of the package
+        _fail(f"the web service is not available: {exc}")
+    run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb)
+
+
+@app.command()
+def demo(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Run the default models on a bundled public-domain photo (NASA astronaut Eileen Collins)."""
+    from skimage import data as skdata
+
+    from facelens.api import Analyzer
+
+    r = Analyzer().analyze(skdata.astronaut(), name="skimage.data.astronaut() (public domain, NASA)")
+    typer.echo(json.dumps(r.to_dict()) if json_out else format_result_text(r))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Turn dataset records into model-ready crops with the *prediction* pipeline, cached on disk.
+
+Training reads faces through exactly the code the predictor uses (``face_crop_from_image``:
+detect -> pick the main face -> align to the age template), so a served model sees what it
+learned. Crops are cached by the files' SHA-1, the pipeline version and the crop size, so
+the second run (or ``evaluate`` on the same data) skips detection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from facelens.errors import ImageLoadError
+from facelens.face.align import AGE_TEMPLATE, align_face
+from facelens.face.detect import detect_faces
+from facelens.images import load_image
+
+#: Bump when detection, alignment or resizing changes: invalidates cached crops.
+PIPELINE_VERSION = "yunet-umeyama3-v1"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FACELENS_CACHE", Path.home() / ".cache" / "facelens"))
+
+
+def face_crop_from_image(rgb: np.ndarray, size: int) -> tuple[np.ndarray, object] | None:
+    """Main (largest) face of a photo, aligned to the age template; None when no face is found."""
+    faces = detect_faces(rgb)
+    if not faces:
+        return None
+    crop, _ = align_face(rgb, faces[0].anchor_points(), size, AGE_TEMPLATE)
+    return crop, faces[0]
+
+
+def eye_crop_from_image(rgb: np.ndarray, size: int) -> np.ndarray:
+    """A single-eye training crop (already cut around one eye) resized to the model's square input."""
+    h, w = rgb.shape[:2]
+    if h != w:  # centre-crop to a square: the crops of the eye set are square already
+        s = min(h, w)
+        y0, x0 = (h - s) // 2, (w - s) // 2
+        rgb = rgb[y0 : y0 + s, x0 : x0 + s]
+    interp = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)
+
+
+def _crop_one(args: tuple[str, str, int]) -> tuple[np.ndarray | None, str | None]:
+    path, kind, size = args
+    try:
+        rgb = load_image(path)
+    except ImageLoadError as exc:
+        return None, exc.message
+    if kind == "eye":
+        return eye_crop_from_image(rgb, size), None
+    got = face_crop_from_image(rgb, size)
+    if got is None:
+        return None, "no face detected"
+    return got[0], None
+
+
+@dataclass
+class CropSet:
+    crops: np.ndarray  # (N, S, S, 3) uint8 for the records that worked
+    index: np.ndarray  # positions (into the input records) of those crops
+    failures: list[tuple[str, str]]  # (path, reason) for the rest
+
+
+def _cache_key(digests: Sequence[str], kind: str, size: int) -> str:
+    h = hashlib.sha256(f"{PIPELINE_VERSION}|{kind}|{size}|".encode())
+    for d in digests:
+        h.update(d.encode())
+    return h.hexdigest()[:24]
+
+
+def build_crops(
+    paths: Sequence[Path],
+    digests: Sequence[str],
+    kind: str,
+    size: int,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    desc: str = "crops",
+) -> CropSet:
+    """Crops for ``paths`` ('face' or 'eye' kind), from the cache when this exact set was seen."""
+    cache_dir = cache_dir or default_cache_dir()
+    key = _cache_key(digests, kind, size)
+    npz = cache_dir / "crops" / f"{kind}-{size}-{key}.npz"
+    if npz.exists():
+        with np.load(npz, allow_pickle=False) as z:
+            failures = json.loads(str(z["failures"]))
+            return CropSet(z["crops"], z["index"], [tuple(f) for f in failures])
+    workers = workers or max(1, os.cpu_count() or 1)
+    jobs = [(str(p), kind, size) for p in paths]
+    results: list[tuple[np.ndarray | None, str | None]] = []
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_crop_one, jobs, chunksize=64), total=len(jobs), desc=desc, unit="img"))
+    else:
+        results = [_crop_one(j) for j in tqdm(jobs, desc=desc, unit="img")]
+    good = [i for i, (c, _) in enumerate(results) if c is not None]
+    crops = np.stack([results[i][0] for i in good]) if good else np.zeros((0, size, size, 3), np.uint8)
+    failures = [(str(paths[i]), results[i][1] or "") for i, (c, _) in enumerate(results) if c is None]
+    out = CropSet(crops, np.asarray(good, dtype=np.int64), failures)
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=npz.parent, suffix=".tmp.npz", delete=False) as tmp:
+        np.savez(tmp, crops=out.crops, index=out.index, failures=np.asarray(json.dumps(failures)))
+    os.replace(tmp.name, npz)
+    return out

@@ -1,0 +1,97 @@
+"""``facelens evaluate``: rebuild a model's own split of a dataset, predict, measure, report.
+
+The split is recomputed from the seed and strategy stored in the model (content-addressed,
+see ``facelens.data.splits``), so ``--split test`` is the very test split the model never
+saw during training, even on another machine. Several ``--model`` run on the same images
+(the first model's split) and are printed side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from facelens.data.crops import build_crops
+from facelens.errors import DatasetError
+from facelens.infer.postprocess import decode_age, decode_eyes
+from facelens.infer.predictor import load_predictor
+from facelens.train.checkpoint import atomic_write_json
+from facelens.train.runner import compute_metrics, headline, prepare_records, record_groups
+
+SPLIT_CHOICES = ("test", "val", "train", "all")
+
+
+def _model_label(path: Path, meta: dict, seen: set[str]) -> str:
+    label = meta.get("arch", path.stem)
+    if label in seen:
+        label = f"{label} ({path.name})"
+    seen.add(label)
+    return label
+
+
+def evaluate_models(task: str, models: list[Path], data: list[str], split: str = "test", report_dir: Path | None = None,
+                    out: Path | None = None, backend: str = "auto", log: Callable[[str], None] = print,
+                    echo: Callable[[str], None] = print) -> dict:
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    if not models:
+        raise ValueError("give at least one --model")
+    preds = [load_predictor(m, backend=backend) for m in models]
+    for m, p in zip(models, preds, strict=True):
+        if p.meta["task"] != task:
+            raise ValueError(f"{m}: is a {p.meta['task']!r} model, not {task!r}")
+    ref = preds[0].meta["split"]
+    prep = prepare_records(task, data, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=log,
+                           female=_class_for(preds[0].meta, 1), male=_class_for(preds[0].meta, 0))
+    chosen = np.arange(len(prep.records)) if split == "all" else np.flatnonzero(prep.splits == split)
+    if len(chosen) == 0:
+        raise DatasetError(f"the {split} split of {', '.join(data)} is empty")
+    log(f"evaluating on the {split} split: {len(chosen)} images (split {ref['strategy']}, seed {ref['seed']})")
+    kind = "face" if task == "age" else "eye"
+    metrics_by_model, arrays_by_model, gallery = {}, {}, []
+    seen: set[str] = set()
+    for path, pred in zip(models, preds, strict=True):
+        size = pred.meta["input_size"]
+        sub = [prep.records[i] for i in chosen]
+        cs = build_crops([r.path for r in sub], [prep.digests[i] for i in chosen], kind, size, desc=f"{kind} crops")
+        if cs.failures:
+            log(f"{len(cs.failures)} images gave no crop and are not scored, e.g. {cs.failures[:3]}")
+        pos = chosen[cs.index]
+        outputs = pred(cs.crops)
+        y = prep.targets[pos]
+        groups = record_groups(task, prep, cs.crops, pos)
+        m = compute_metrics(task, outputs, y, pred.meta, groups)
+        m |= {"split": split, "n_images": int(len(chosen)), "n_scored": int(len(pos)), "model": str(path)}
+        label = _model_label(path, pred.meta, seen)
+        metrics_by_model[label] = m
+        if task == "age":
+            value, low, high = decode_age(outputs, pred.meta)
+            arrays_by_model[label] = {"y_true": y, "y_pred": value, "low": low, "high": high, "groups": groups}
+            worst = np.argsort(-np.abs(value - y))[:12]
+            gallery = [(cs.crops[i], f"true {y[i]:.0f}, pred {value[i]:.0f}") for i in worst] if not gallery else gallery
+        else:
+            p = decode_eyes(outputs, pred.meta)
+            arrays_by_model[label] = {"y_true": y, "p_female": p, "groups": groups}
+            conf_wrong = np.flatnonzero((p >= 0.5) != (y >= 0.5))
+            conf_wrong = conf_wrong[np.argsort(-np.abs(p[conf_wrong] - 0.5))][:12]
+            names = {1: "female", 0: "male"}
+            gallery = gallery or [(cs.crops[i], f"true {names[int(y[i])]}, P(female) {p[i]:.2f}") for i in conf_wrong]
+        echo(f"{label}: {headline(task, m)}")
+    result = {"task": task, "split": split, "data": data, "models": metrics_by_model}
+    if out:
+        atomic_write_json(out, result)
+        log(f"metrics written to {out}")
+    if report_dir:
+        from facelens.evaluate import report as rep
+
+        writer = rep.write_age_report if task == "age" else rep.write_eye_report
+        html = writer(report_dir, metrics_by_model, arrays_by_model, gallery_items=gallery)
+        log(f"report written to {html}")
+    return result
+
+
+def _class_for(meta: dict, value: int) -> str | None:
+    cmap = meta.get("class_map") or {}
+    return next((k for k, v in cmap.items() if v == value), None)

@@ -1,0 +1,1 @@
+"""Prediction: post-processing maths, model loading (PyTorch and ONNX Runtime), export, batch runs."""

@@ -1,0 +1,113 @@
+"""Load a trained model (PyTorch ``.pt`` or ``.onnx``) and run it on uint8 crops in batches.
+
+Both backends return the same raw outputs (the flip-average TTA is inside the exported graph
+and added around the PyTorch model), and both carry the model's metadata (task, head, input
+size, calibration), so decoding is shared (``facelens.infer.postprocess``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from facelens.errors import ModelLoadError
+
+META_KEY = "facelens_meta"
+
+
+class Predictor:
+    """Raw outputs for (N, S, S, 3) uint8 crops. ``meta`` describes the model."""
+
+    meta: dict
+    backend: str
+
+    def __call__(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.num_outputs), np.float32)
+        size = self.meta["input_size"]
+        if crops.shape[1:] != (size, size, 3):
+            raise ValueError(f"{self.meta['name']} expects {size}x{size}x3 crops, got {crops.shape[1:]}")
+        return np.concatenate([self._run(crops[s : s + batch_size]) for s in range(0, len(crops), batch_size)])
+
+    @property
+    def num_outputs(self) -> int:
+        return 101 if self.meta["head"] == "age-bins" else 1
+
+    def _run(self, crops: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TorchPredictor(Predictor):
+    backend = "torch"
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        import torch
+
+        from facelens.models.factory import create_model
+        from facelens.train.loop import FlipAverage
+
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+            self.meta = ck["meta"]
+            model = create_model(self.meta["arch"], self.meta["task"], pretrained=False)
+            model.load_state_dict(ck["state_dict"])
+        except (OSError, KeyError, RuntimeError, EOFError) as exc:
+            raise ModelLoadError(f"{path}: not a facelens PyTorch model ({exc})") from exc
+        self.device = torch.device(device)
+        self.model = FlipAverage(model).to(self.device).eval()
+        self._torch = torch
+
+    def _run(self, crops: np.ndarray) -> np.ndarray:
+        from facelens.train.loop import to_input
+
+        with self._torch.inference_mode():
+            return self.model(to_input(crops, self.device)).float().cpu().numpy()
+
+
+class OnnxPredictor(Predictor):
+    backend = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"{path}: not a loadable ONNX model ({exc})") from exc
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise ModelLoadError(f"{path}: ONNX file has no facelens metadata; export it with `facelens export`")
+        self.meta = json.loads(props[META_KEY])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _run(self, crops: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+def load_predictor(path: str | Path, backend: str = "auto", device: str = "cpu") -> Predictor:
+    """Open a model file; ``backend`` 'auto' follows the file type (.onnx -> ONNX Runtime)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: model file not found")
+    if backend == "auto":
+        backend = "onnx" if p.suffix == ".onnx" else "torch"
+    if backend == "onnx":
+        if p.suffix != ".onnx":
+            raise ModelLoadError(f"{p}: --backend onnx needs an .onnx file (export it with `facelens export`)")
+        return OnnxPredictor(p)
+    if backend == "torch":
+        if p.suffix == ".onnx":
+            torch_twin = p.with_suffix(".pt")
+            if not torch_twin.is_file():
+                raise ModelLoadError(f"{p}: --backend torch needs the PyTorch checkpoint {torch_twin.name} beside it")
+            p = torch_twin
+        return TorchPredictor(p, device)
+    raise ValueError(f"backend must be auto, onnx or torch, got {backend!r}")

@@ -1,0 +1,94 @@
+"""One factory for every architecture (as in timm): ``create_model(arch, task, pretrained)``.
+
+Every model takes float32 NCHW RGB in 0..255 and normalises inside, so exported ONNX files,
+the PyTorch path and the seed baselines all accept the same input and no caller can forget
+the ImageNet statistics. Outputs depend on the task's *head*:
+- ``age-bins``: logits over ages 0..100 (softmax -> expected age and quantile interval);
+- ``regression``: one number (the seed's MSE head);
+- ``binary``: one logit, positive = female.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from facelens.models.seed import SeedCNN, SeedXception
+
+AGE_MIN, AGE_MAX = 0, 100
+NUM_AGE_BINS = AGE_MAX - AGE_MIN + 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """0..255 RGB -> ImageNet-normalised (or plain 0..1 when ``imagenet`` is False)."""
+
+    def __init__(self, imagenet: bool = True) -> None:
+        super().__init__()
+        mean = torch.tensor(IMAGENET_MEAN if imagenet else (0.0, 0.0, 0.0)).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(IMAGENET_STD if imagenet else (1.0, 1.0, 1.0)).view(1, 3, 1, 1) * 255.0
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    build: Callable[[int, bool], nn.Module]  # (num_outputs, pretrained) -> body producing outputs
+    input_size: dict[str, int]  # default input size per task
+    heads: dict[str, str]  # head per task
+    imagenet_norm: bool = True
+
+
+def _mobilenet_v2(num_outputs: int, pretrained: bool) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2()
+    if pretrained:
+        from facelens.models.pretrained import mobilenet_v2_weights_path
+
+        model.load_state_dict(torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True))
+    model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(model.last_channel, num_outputs))
+    return model
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "mobilenetv2": ArchSpec(_mobilenet_v2, {"age": 112, "eyes": 64}, {"age": "age-bins", "eyes": "binary"}),
+    "seed-cnn": ArchSpec(lambda n, p: SeedCNN(), {"age": 120}, {"age": "regression"}, imagenet_norm=False),
+    "seed-xception": ArchSpec(lambda n, p: SeedXception(), {"eyes": 64}, {"eyes": "binary"}, imagenet_norm=False),
+}
+
+
+def head_of(arch: str, task: str) -> str:
+    spec = _spec(arch, task)
+    return spec.heads[task]
+
+
+def default_input_size(arch: str, task: str) -> int:
+    return _spec(arch, task).input_size[task]
+
+
+def _spec(arch: str, task: str) -> ArchSpec:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    spec = ARCHS[arch]
+    if task not in spec.heads:
+        raise ValueError(f"architecture {arch!r} is not available for task {task!r} (tasks: {', '.join(spec.heads)})")
+    return spec
+
+
+def num_outputs(head: str) -> int:
+    return NUM_AGE_BINS if head == "age-bins" else 1
+
+
+def create_model(arch: str, task: str, pretrained: bool = True) -> nn.Module:
+    """Build ``arch`` for ``task`` ('age' or 'eyes'), with ImageNet weights where the arch has them."""
+    spec = _spec(arch, task)
+    body = spec.build(num_outputs(spec.heads[task]), pretrained)
+    return nn.Sequential(Normalize(spec.imagenet_norm), body)

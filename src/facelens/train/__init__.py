@@ -1,0 +1,1 @@
+"""Training: augmentation, the loop with checkpoints/resume/early stopping, calibration."""

@@ -1,0 +1,190 @@
+"""Fit one model on in-memory crops: progress bars, checkpoints, resume, early stopping.
+
+Crops arrive as uint8 arrays (already aligned by the prediction pipeline), so an epoch is
+pure tensor work. Checkpoints are written atomically at every epoch end and every
+``checkpoint_every`` steps; the batch order of an epoch is a pure function of (seed, epoch),
+so a resumed run continues with exactly the batches it had not yet seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from facelens.models.factory import AGE_MIN, NUM_AGE_BINS
+from facelens.train.augment import AugmentConfig, augment_batch
+from facelens.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class FitConfig:
+    head: str  # "age-bins" | "regression" | "binary"
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 3
+    seed: int = 0
+    label_sigma: float = 1.5  # age-bins: std-dev (years) of the Gaussian soft label
+    checkpoint_every: int = 200
+    max_steps_per_epoch: int | None = None  # for smoke tests
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+class FlipAverage(nn.Module):
+    """Test-time augmentation baked into the model: mean of the outputs for x and mirrored x.
+
+    Wrapping (rather than doing it in the caller) keeps PyTorch, ONNX and evaluation identical.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        out = self.model(torch.cat([x, torch.flip(x, dims=[3])], 0))
+        return (out[:n] + out[n:]) / 2
+
+
+def to_input(batch_u8: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> float NCHW 0..255 in channels-last memory (faster convs on CPU)."""
+    t = torch.as_tensor(batch_u8).to(device)
+    return t.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+
+
+def soft_age_targets(ages: torch.Tensor, sigma: float) -> torch.Tensor:
+    bins = torch.arange(NUM_AGE_BINS, device=ages.device, dtype=torch.float32) + AGE_MIN
+    a = ages.clamp(AGE_MIN, AGE_MIN + NUM_AGE_BINS - 1).view(-1, 1)
+    w = torch.exp(-0.5 * ((bins.view(1, -1) - a) / sigma) ** 2)
+    return w / w.sum(1, keepdim=True)
+
+
+def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    if head == "age-bins":
+        return F.cross_entropy(out, soft_age_targets(y, sigma))
+    if head == "regression":
+        return F.mse_loss(out.view(-1), y)
+    return F.binary_cross_entropy_with_logits(out.view(-1), y)
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, crops: np.ndarray, device: torch.device, batch_size: int = 256,
+                    desc: str | None = None) -> np.ndarray:
+    """Raw model outputs for uint8 crops, in evaluation mode."""
+    model.eval()
+    outs = []
+    starts = range(0, len(crops), batch_size)
+    for s in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
+        outs.append(model(to_input(crops[s : s + batch_size], device)).float().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+
+
+def validation_score(head: str, outputs: np.ndarray, y: np.ndarray) -> float:
+    """Lower is better: MAE in years for age, log loss for the binary head."""
+    if head == "age-bins":
+        from facelens.infer.postprocess import age_from_bins
+
+        return float(np.abs(age_from_bins(outputs)[0] - y).mean())
+    if head == "regression":
+        return float(np.abs(outputs.reshape(-1) - y).mean())
+    p = np.clip(1 / (1 + np.exp(-outputs.reshape(-1))), 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def fit(
+    model: nn.Module,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    cfg: FitConfig,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train ``model`` in place; returns a summary. Best weights are loaded back at the end."""
+    ckpt_dir = run_dir / "checkpoints"
+    model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(train_x) / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    state = {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "seconds": 0.0}
+    last = ckpt_dir / "last.pt"
+    if resume and last.exists():
+        ck = load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = ck["state"]
+        log(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}/{steps}")
+    elif last.exists():
+        log(f"note: {last} exists but --resume was not given; starting afresh")
+    ty = torch.as_tensor(train_y, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def save(best: bool = False) -> None:
+        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+              "state": state, "config": asdict(cfg)}
+        save_checkpoint(last, ck)
+        if best:
+            save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "state": state})
+
+    while state["epoch"] < cfg.epochs and not state.get("stopped"):
+        epoch = state["epoch"]
+        t0 = time.time()
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_x))
+        model.train()
+        bar = tqdm(range(state["step"], steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   initial=state["step"], total=steps)
+        running = 0.0
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
+            x = augment_batch(to_input(train_x[idx], device), cfg.augment, None if device.type != "cpu" else gen)
+            y = ty[idx].to(device)
+            loss = loss_fn(cfg.head, model(x), y, cfg.label_sigma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running = 0.9 * running + 0.1 * float(loss) if step else float(loss)
+            bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+            state["step"] = step + 1
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
+                state["seconds"] += time.time() - t0
+                t0 = time.time()
+                save()
+        bar.close()
+        score = validation_score(cfg.head, predict_outputs(model, val_x, device), val_y)
+        state["seconds"] += time.time() - t0
+        improved = score < state["best"] - 1e-4
+        state["history"].append({"epoch": epoch + 1, "val": score, "loss": running, "seconds": state["seconds"]})
+        if improved:
+            state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state.update(epoch=epoch + 1, step=0)
+        log(f"epoch {epoch + 1}: train loss {running:.4f}, val {'MAE' if 'age' in cfg.head or cfg.head == 'regression' else 'log loss'} "
+            f"{score:.4f}{' (best)' if improved else ''}, {state['seconds'] / 60:.1f} min so far")
+        save(best=improved)
+        if state["bad_epochs"] >= cfg.patience:
+            log(f"early stopping: no improvement for {cfg.patience} epochs")
+            state["stopped"] = True
+            save()
+    best = load_checkpoint(ckpt_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    return {"best_val": state["best"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+            "train_seconds": round(state["seconds"], 1), "history": state["history"]}

@@ -1,0 +1,329 @@
+"""``facelens train``: datasets -> hygiene -> split -> crops -> fit each arch -> calibrate -> test.
+
+Every architecture asked for (``--arch mobilenetv2 --arch seed-cnn``) is trained on the *same*
+split in the same run, so the comparison with the student baselines is like for like.
+A run folder holds everything needed to audit or resume it:
+
+    RUN_DIR/config.json      the exact request
+    RUN_DIR/hygiene.json     what was dropped and why
+    RUN_DIR/split.csv        every kept file and its split
+    RUN_DIR/<arch>/          checkpoints/, model.pt, metrics.json
+    RUN_DIR/comparison.json  test metrics of every arch side by side
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facelens import __version__
+from facelens.data.crops import PIPELINE_VERSION, build_crops
+from facelens.data.hygiene import check_hygiene
+from facelens.data.readers import AGE_RANGE, Dataset, Record, read_dataset
+from facelens.data.splits import DEFAULT_FRACTIONS, EYE_BLOCK_SIZE, assign_split, block_group, random_group
+from facelens.errors import DatasetError
+from facelens.face.align import AGE_TEMPLATE
+from facelens.models.factory import create_model, default_input_size, head_of
+from facelens.train.checkpoint import atomic_write_bytes, atomic_write_json
+from facelens.train.loop import FitConfig, FlipAverage, fit, predict_outputs
+
+
+@dataclass
+class TrainRequest:
+    task: str  # "age" | "eyes"
+    data: list[str]
+    out: str
+    archs: list[str] = field(default_factory=lambda: ["mobilenetv2"])
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    split: str = "auto"  # auto | content | blocks | random
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    conflict_policy: str = "drop"
+    device: str = "auto"
+    resume: bool = False
+    pretrained: bool = True
+    female_class: str | None = None
+    male_class: str | None = None
+    input_size: int | None = None
+    max_images: int | None = None  # cap per split, for smoke tests
+    max_steps_per_epoch: int | None = None
+    patience: int = 3
+    workers: int | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+FEMALE_WORDS = ("female", "woman", "women", "girl", "f")
+MALE_WORDS = ("male", "man", "men", "boy", "m")
+
+
+def map_sex_classes(names: set[str], female: str | None, male: str | None) -> dict[str, int]:
+    """Class folder names -> 1 (female) / 0 (male), by flags or by a name rule that is reported."""
+    if len(names) != 2:
+        raise DatasetError(f"the eye task needs exactly two classes, found {len(names)}: {sorted(names)}")
+    if female or male:
+        female = female or next(n for n in names if n != male)
+        male = male or next(n for n in names if n != female)
+        if {female, male} != names:
+            raise DatasetError(f"--female-class/--male-class {female!r}/{male!r} do not match the classes {sorted(names)}")
+        return {female: 1, male: 0}
+
+    def kind(n: str) -> str | None:
+        low = n.lower()
+        for w in FEMALE_WORDS:  # female first: "female" contains "male"
+            if low.startswith(w) or low.endswith(w) or low == w:
+                return "female"
+        for w in MALE_WORDS:
+            if low.startswith(w) or low.endswith(w) or low == w:
+                return "male"
+        return None
+
+    kinds = {n: kind(n) for n in names}
+    if sorted(k or "" for k in kinds.values()) != ["female", "male"]:
+        raise DatasetError(
+            f"cannot tell which class is female from the names {sorted(names)}: pass --female-class NAME --male-class NAME"
+        )
+    return {n: int(k == "female") for n, k in kinds.items()}
+
+
+def split_key(task: str, strategy: str, record: Record, digest: str) -> str:
+    if record.group:
+        return f"group:{record.group}"
+    if strategy == "blocks":
+        return block_group(record.path, EYE_BLOCK_SIZE) or f"sha1:{digest}"
+    if strategy == "random":
+        return random_group(record.path)
+    return f"sha1:{digest}"
+
+
+def resolve_strategy(task: str, strategy: str) -> str:
+    if strategy == "auto":
+        return "blocks" if task == "eyes" else "content"
+    if strategy not in ("content", "blocks", "random"):
+        raise ValueError(f"--split must be auto, content, blocks or random, got {strategy!r}")
+    return strategy
+
+
+@dataclass
+class PreparedData:
+    records: list[Record]
+    digests: list[str]
+    sources: list[str]
+    splits: np.ndarray  # "train"/"val"/"test" per record
+    targets: np.ndarray
+    class_map: dict[str, int] | None
+    hygiene: dict
+    layouts: list[str]
+
+
+def prepare_records(task: str, data: list[str], strategy: str, seed: int, fractions, policy: str = "drop",
+                    female: str | None = None, male: str | None = None, log=print) -> PreparedData:
+    """Read, clean and split datasets exactly as training does (``evaluate`` reuses this)."""
+    datasets: list[Dataset] = [read_dataset(d, task) for d in data]
+    records, sources = [], {}
+    for d, ds in zip(data, datasets, strict=True):
+        log(f"{d}: {ds.layout} layout, {len(ds)} labelled images" + (f", {len(ds.skipped)} skipped" if ds.skipped else ""))
+        for path, why in ds.skipped[:10]:
+            log(f"  skipped {path}: {why}")
+        for r in ds.records:
+            sources[r.path] = Path(d).name if Path(d).name not in ("train", "test") else Path(d).parent.name
+        records.extend(ds.records)
+    if not records:
+        raise DatasetError(f"no labelled images in {', '.join(data)}")
+    report = check_hygiene(records, policy, AGE_RANGE if task == "age" else None)
+    log("data hygiene:\n  " + "\n  ".join(report.lines()))
+    kept = report.kept
+    if not kept:
+        raise DatasetError("no usable images left after the hygiene checks")
+    class_map = None
+    if task == "eyes":
+        class_map = map_sex_classes({str(r.label) for r in kept}, female, male)
+        log("classes: " + ", ".join(f"{n} -> {'female' if v else 'male'}" for n, v in sorted(class_map.items())))
+        targets = np.array([class_map[str(r.label)] for r in kept], dtype=np.float32)
+    else:
+        targets = np.array([float(r.label) for r in kept], dtype=np.float32)
+    digests = [report.digests[r.path] for r in kept]
+    splits = np.array([assign_split(split_key(task, strategy, r, dg), seed, fractions) for r, dg in zip(kept, digests, strict=True)])
+    hygiene = report.summary() | {
+        "unreadable_files": [[str(p), w] for p, w in report.unreadable],
+        "out_of_range_files": [[str(p), v] for p, v in report.out_of_range],
+        "conflicting_groups": [[str(r.path) for r in g] for g in report.conflict_groups],
+    }
+    return PreparedData(kept, digests, [sources[r.path] for r in kept], splits, targets, class_map, hygiene,
+                        [ds.layout for ds in datasets])
+
+
+def _limit(idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    if n is None or len(idx) <= n:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, n, replace=False))
+
+
+def record_groups(task: str, prep: PreparedData, crops: np.ndarray, positions: np.ndarray) -> dict[str, list[str]]:
+    """Per-record group labels used for bias breakdowns in the metrics."""
+    from facelens.images import is_grayscale
+
+    recs = [prep.records[i] for i in positions]
+    groups: dict[str, list[str]] = {"source": [prep.sources[i] for i in positions]}
+    if task == "age":
+        for key in ("gender", "race"):
+            vals = [r.meta_dict().get(key) for r in recs]
+            if any(vals):
+                groups[key] = [v or "unknown" for v in vals]
+    else:
+        from PIL import Image
+
+        groups["colour"] = ["grayscale" if is_grayscale(c) else "colour" for c in crops]
+        sizes = []
+        for r in recs:
+            with Image.open(r.path) as im:
+                s = min(im.size)
+            sizes.append("<48px" if s < 48 else "48-63px" if s < 64 else ">=64px")
+        groups["size"] = sizes
+    return groups
+
+
+def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray) -> dict:
+    """Calibration parameters fitted on the validation split only."""
+    from facelens.evaluate.calibration import fit_interval_scale, fit_temperature
+    from facelens.infer.postprocess import age_from_bins
+
+    if head == "age-bins":
+        value, low, high = age_from_bins(val_out)
+        return {"interval": 0.8, "interval_scale": float(fit_interval_scale(val_y, value, low, high, target=0.8))}
+    if head == "regression":
+        resid = val_y - val_out.reshape(-1)
+        return {"interval": 0.8, "residual_q": [float(np.quantile(resid, 0.1)), float(np.quantile(resid, 0.9))]}
+    return {"temperature": float(fit_temperature(val_out.reshape(-1), val_y))}
+
+
+def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, groups: dict[str, list[str]]) -> dict:
+    from facelens.evaluate.metrics import age_metrics, binary_metrics
+    from facelens.infer.postprocess import decode_age, decode_eyes
+
+    if task == "age":
+        value, low, high = decode_age(outputs, meta)
+        out = age_metrics(y, value, low, high, groups=groups)
+        src = np.asarray(groups.get("source", []))
+        if len(set(src)) > 1:
+            out["by_source"] = {s: age_metrics(y[src == s], value[src == s], low[src == s], high[src == s])
+                                for s in sorted(set(src))}
+        return out
+    return binary_metrics(y, decode_eyes(outputs, meta), groups=groups)
+
+
+def run_training(req: TrainRequest, log=print) -> dict:
+    t_start = time.time()
+    out = Path(req.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(req.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    strategy = resolve_strategy(req.task, req.split)
+    atomic_write_json(out / "config.json", asdict(req) | {"split_resolved": strategy, "facelens": __version__,
+                                                          "torch": torch.__version__, "device_resolved": str(device)})
+    prep = prepare_records(req.task, req.data, strategy, req.seed, req.fractions, req.conflict_policy,
+                           req.female_class, req.male_class, log)
+    atomic_write_json(out / "hygiene.json", prep.hygiene)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "split", "sha1"])
+    for r, s, d in zip(prep.records, prep.splits, prep.digests, strict=True):
+        w.writerow([r.path, r.label, s, d])
+    atomic_write_bytes(out / "split.csv", buf.getvalue().encode())
+    counts = {s: int((prep.splits == s).sum()) for s in ("train", "val", "test")}
+    log(f"split ({strategy}, seed {req.seed}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for s, n in counts.items():
+        if n == 0:
+            raise DatasetError(f"the {s} split is empty ({len(prep.records)} images): add data or change --fractions")
+
+    kind = "face" if req.task == "age" else "eye"
+    results = {}
+    for arch in req.archs:
+        head = head_of(arch, req.task)
+        size = req.input_size or default_input_size(arch, req.task)
+        cs = build_crops([r.path for r in prep.records], prep.digests, kind, size, workers=req.workers,
+                         desc=f"{kind} crops {size}px")
+        if cs.failures:
+            log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
+        pos = cs.index
+        split_of = prep.splits[pos]
+        idx = {s: _limit(np.flatnonzero(split_of == s), req.max_images, req.seed) for s in ("train", "val", "test")}
+        arch_dir = out / arch
+        arch_dir.mkdir(exist_ok=True)
+        atomic_write_json(arch_dir / "crop_failures.json", cs.failures)
+        log(f"[{arch}] {head} head, {size}px input, train {len(idx['train'])} / val {len(idx['val'])} / "
+            f"test {len(idx['test'])} on {device}")
+        torch.manual_seed(req.seed)
+        model = create_model(arch, req.task, pretrained=req.pretrained)
+        cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
+                        patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch)
+        y = prep.targets[pos]
+        summary = fit(model, cs.crops[idx["train"]], y[idx["train"]], cs.crops[idx["val"]], y[idx["val"]], cfg,
+                      arch_dir, device, resume=req.resume, log=log)
+        tta = FlipAverage(model).eval()
+        val_out = predict_outputs(tta, cs.crops[idx["val"]], device)
+        meta = {
+            "name": f"facelens-{req.task}-{arch}",
+            "facelens_version": __version__,
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "task": req.task,
+            "arch": arch,
+            "head": head,
+            "input_size": size,
+            "pipeline": PIPELINE_VERSION,
+            "crop": asdict(AGE_TEMPLATE) if req.task == "age" else None,
+            "positive_class": "female" if req.task == "eyes" else None,
+            "class_map": prep.class_map,
+            "tta": "flip-average",
+            "split": {"strategy": strategy, "seed": req.seed, "fractions": list(req.fractions),
+                      "block_size": EYE_BLOCK_SIZE if strategy == "blocks" else None},
+            "data": req.data,
+            "layouts": prep.layouts,
+            "counts": {k: len(v) for k, v in idx.items()},
+            "training": summary | {"epochs_max": req.epochs, "batch_size": req.batch_size, "lr": req.lr,
+                                   "device": str(device), "cpu": platform.processor() or platform.machine(),
+                                   "threads": torch.get_num_threads()},
+        } | calibrate(head, val_out, y[idx["val"]])
+        test_out = predict_outputs(tta, cs.crops[idx["test"]], device, desc="test")
+        groups = record_groups(req.task, prep, cs.crops[idx["test"]], pos[idx["test"]])
+        metrics = compute_metrics(req.task, test_out, y[idx["test"]], meta, groups)
+        meta["metrics"] = {"split": "test", **metrics}
+        torch.save({"meta": meta, "state_dict": model.state_dict()}, arch_dir / "model.pt.tmp")
+        os.replace(arch_dir / "model.pt.tmp", arch_dir / "model.pt")
+        atomic_write_json(arch_dir / "metrics.json", meta["metrics"])
+        atomic_write_json(arch_dir / "meta.json", meta)
+        np.savez(arch_dir / "test_predictions.npz", outputs=test_out, y=y[idx["test"]],
+                 paths=np.array([str(prep.records[i].path) for i in pos[idx["test"]]]))
+        results[arch] = metrics
+        log(f"[{arch}] test: " + headline(req.task, metrics))
+    atomic_write_json(out / "comparison.json", {"task": req.task, "seconds_total": round(time.time() - t_start, 1),
+                                                "models": results})
+    return results
+
+
+def headline(task: str, m: dict) -> str:
+    if task == "age":
+        s = f"MAE {m['mae']:.2f}, RMSE {m['rmse']:.2f}, R² {m['r2']:.3f}, CS@5 {m['cs5']:.3f}"
+        for src, sm in m.get("by_source", {}).items():
+            s += f" | {src}: MAE {sm['mae']:.2f} RMSE {sm['rmse']:.2f} R² {sm['r2']:.3f}"
+        return s
+    return (f"accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}, ROC-AUC {m['roc_auc']:.4f}, "
+            f"ECE {m['ece']:.4f}")
