@@ -223,6 +223,31 @@ def export(
                f"max abs difference {res['max_abs_diff']:.2e}")
 
 
+@app.command("model-card")
+def model_card(
+    run: Annotated[Path, typer.Option(help="training run folder (RUN_DIR)")],
+    arch: Annotated[str | None, typer.Option(help="which architecture of the run (default: the first)")] = None,
+    out: Annotated[Path | None, typer.Option(help="card file (default RUN_DIR/<arch>/MODEL_CARD.md)")] = None,
+    shipped_as: Annotated[str | None, typer.Option(help="file name the model is shipped under, for the card")] = None,
+) -> None:
+    """Write a model card (YAML header + sections) from the run's own saved metadata and metrics."""
+    from facelens.evaluate.model_card import write_model_card
+    from facelens.train.runner import reproduce_commands
+
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        _fail(f"{run}: not a training run folder (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    arch = arch or cfg["archs"][0]
+    meta_path = run / arch / "meta.json"
+    if not meta_path.is_file():
+        _fail(f"{meta_path}: missing; has the run for {arch!r} finished?")
+    meta = json.loads(meta_path.read_text())
+    meta["commands"] = reproduce_commands(cfg, arch, shipped_as)
+    path = write_model_card(out or run / arch / "MODEL_CARD.md", meta)
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def serve(
     host: str = "127.0.0.1", port: int = 8000,

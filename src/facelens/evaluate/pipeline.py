@@ -70,7 +70,7 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
             value, low, high = decode_age(outputs, pred.meta)
             arrays_by_model[label] = {"y_true": y, "y_pred": value, "low": low, "high": high, "groups": groups}
             worst = np.argsort(-np.abs(value - y))[:12]
-            gallery = [(cs.crops[i], f"true {y[i]:.0f}, pred {value[i]:.0f}") for i in worst] if not gallery else gallery
+            gallery = gallery if gallery else [(cs.crops[i], f"true {y[i]:.0f}, pred {value[i]:.0f}") for i in worst]
         else:
             p = decode_eyes(outputs, pred.meta)
             arrays_by_model[label] = {"y_true": y, "p_female": p, "groups": groups}

@@ -1,14 +1,18 @@
 """Prediction over whole photo collections: expand inputs, stream results, resume, list failures.
 
-Results are appended line by line (JSON Lines or CSV) and flushed as they come, so a crash or
-a kill loses nothing already written; ``--resume`` reads the output back and skips inputs
-already in it. Broken files go to ``<out>.errors.csv`` and the run carries on.
+Results are appended as they come (JSON Lines: one line per photo; CSV: one row per face),
+each photo's record in a single ``write`` on an unbuffered append-only file, so a crash or a
+kill loses nothing already written and can at worst leave one torn record at the end.
+``--resume`` cuts that torn tail off, reads the output back and skips inputs already in it.
+Broken files go to ``<out>.errors.csv`` (written *before* their record, so the errors file
+never misses a failure the output counts as done) and the run carries on.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 import time
@@ -22,7 +26,8 @@ from facelens.errors import FacelensError
 from facelens.images import IMAGE_SUFFIXES
 
 CSV_FIELDS = ["path", "face", "x", "y", "w", "h", "score", "age", "age_low", "age_high", "p_female", "p_male",
-              "p_female_left_eye", "p_female_right_eye", "error"]
+              "p_female_left_eye", "p_female_right_eye", "error", "message"]
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 
 def _is_image_name(p: Path) -> bool:
@@ -33,7 +38,9 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     """Files as given, folders walked recursively for images, glob patterns expanded (sorted).
 
     A file given explicitly is kept whatever its name (so a broken one is reported, not
-    ignored); a folder or glob that yields nothing is an error naming it.
+    ignored); a folder or glob that yields nothing is an error naming it. A file reached
+    twice (a folder and a glob over it) is kept once, at its first place, so that every
+    input gets exactly one result.
     """
     out: list[Path] = []
     for raw in inputs:
@@ -52,13 +59,24 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
             out.extend(found)
         else:
             raise FacelensError(f"{raw}: no such file or folder")
-    return out
+    seen: set[Path] = set()
+    unique = []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
 
 
 @dataclass
 class BatchSummary:
+    """What a run did; ``text()`` is the summary printed at the end of ``facelens predict --out``."""
+
+    total: int = 0
     processed: int = 0
     ok: int = 0
+    no_face: int = 0
     failed: int = 0
     skipped: int = 0
     faces: int = 0
@@ -68,21 +86,30 @@ class BatchSummary:
 
     def text(self) -> str:
         rate = self.processed / self.seconds if self.seconds > 0 else 0.0
-        s = (f"{self.processed} files processed ({self.ok} ok, {self.failed} failed), {self.faces} faces, "
-             f"{self.skipped} skipped as already done; {self.seconds:.1f} s, {rate:.1f} photos/s -> {self.out}")
+        face_rate = self.faces / self.seconds if self.seconds > 0 else 0.0
+        s = (f"{self.processed} of {self.total} files processed in {self.seconds:.1f} s ({rate:.1f} photos/s, "
+             f"{face_rate:.1f} faces/s): {self.ok} ok ({self.no_face} without a face), {self.failed} failed, "
+             f"{self.faces} faces; {self.skipped} skipped as already in {self.out}")
         if self.failed:
             s += f"\nfailures listed in {self.errors_file}"
         return s
 
 
+def _one_line(text: str | None) -> str:
+    """CSV cells without newlines, so every CSV row is one physical line (resume relies on it)."""
+    return " ".join((text or "").split())
+
+
 def csv_rows(result: dict) -> list[dict]:
     """Flatten one result (schema dict) into CSV rows, one per face (one row if no face)."""
     if result.get("error") or not result.get("faces"):
-        return [{"path": result["path"], "face": "", "error": result.get("error") or result.get("message") or ""}]
+        return [{"path": result["path"], "face": "", "error": _one_line(result.get("error")),
+                 "message": _one_line(result.get("message"))}]
     rows = []
     for i, f in enumerate(result["faces"]):
         x, y, w, h = f["box"]
-        row = {"path": result["path"], "face": i, "x": x, "y": y, "w": w, "h": h, "score": f["score"], "error": ""}
+        row = {"path": result["path"], "face": i, "x": x, "y": y, "w": w, "h": h, "score": f["score"],
+               "error": "", "message": ""}
         if f.get("age"):
             row |= {"age": f["age"]["value"], "age_low": f["age"]["low"], "age_high": f["age"]["high"]}
         if f.get("sex"):
@@ -91,6 +118,12 @@ def csv_rows(result: dict) -> list[dict]:
                 row[f"p_female_{e['side']}_eye"] = e["p_female"]
         rows.append(row)
     return rows
+
+
+def _csv_text(rows: list[dict], fields: list[str]) -> str:
+    buf = io.StringIO()
+    csv.DictWriter(buf, fields, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 def done_paths(out: Path) -> set[str]:
@@ -121,53 +154,104 @@ def _truncate_torn_tail(out: Path) -> None:
         fh.seek(-1, os.SEEK_END)
         if fh.read(1) == b"\n":
             return
-        data = fh.seek(0) or fh.read()
-        cut = data.rfind(b"\n") + 1
-        fh.truncate(cut)
+        fh.seek(0)
+        data = fh.read()
+        fh.truncate(data.rfind(b"\n") + 1)
 
 
-def run_batch(analyzer, paths: list[Path], out: Path, resume: bool = False) -> BatchSummary:
-    """Analyse ``paths`` into ``out`` (.jsonl or .csv), streaming; see module docstring."""
-    if out.suffix not in (".jsonl", ".csv", ".json"):
+def _first_cell(line: bytes) -> str:
+    return next(csv.reader([line.decode()]), [""])[0]
+
+
+def _drop_last_csv_record(out: Path) -> None:
+    """Remove the rows of the last photo in a CSV output, so resume redoes that photo.
+
+    Why: a photo with several faces is several rows; if a crash ever tore its record between
+    rows, the photo would look done with faces missing. Redoing one photo is cheap insurance.
+    """
+    if not out.exists():
+        return
+    lines = out.read_bytes().splitlines(keepends=True)
+    if len(lines) <= 1:  # header only, or nothing
+        return
+    last_path = _first_cell(lines[-1])
+    keep = len(lines)
+    while keep > 1 and _first_cell(lines[keep - 1]) == last_path:
+        keep -= 1
+    with out.open("rb+") as fh:
+        fh.truncate(sum(len(x) for x in lines[:keep]))
+
+
+def _append(fd: int, text: str) -> None:
+    """Append a whole record with one ``write`` on an O_APPEND descriptor (no user-space buffer to lose)."""
+    data = text.encode()
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _error_paths(errors_path: Path) -> set[str]:
+    if not errors_path.exists():
+        return set()
+    with errors_path.open(newline="") as fh:
+        return {row["path"] for row in csv.DictReader(fh) if row.get("path")}
+
+
+def run_batch(analyzer, paths: list[Path], out: Path, resume: bool = False, batch_size: int = 64,
+              progress: bool = True) -> BatchSummary:
+    """Analyse ``paths`` into ``out`` (.jsonl or .csv), streaming; see the module docstring.
+
+    ``analyzer`` is a ``facelens.Analyzer`` (anything with its ``analyze_many``). The progress
+    bar (stderr) shows photos/s and the time left; ``batch_size`` is the number of faces the
+    models see at once, gathered across photos.
+    """
+    if out.suffix not in OUTPUT_SUFFIXES:
         raise FacelensError(f"{out}: output must end in .jsonl or .csv")
     if out.exists() and not resume:
         raise FacelensError(f"{out}: already exists; pass --resume to continue it or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _truncate_torn_tail(out)
-    done = done_paths(out) if resume else set()
-    todo = [p for p in paths if str(p) not in done]
-    summary = BatchSummary(skipped=len(paths) - len(todo), out=str(out))
     errors_path = out.with_name(out.name + ".errors.csv")
-    summary.errors_file = str(errors_path)
+    if resume:
+        _truncate_torn_tail(out)
+        _truncate_torn_tail(errors_path)
+        if out.suffix == ".csv":
+            _drop_last_csv_record(out)
+    elif errors_path.exists():
+        errors_path.unlink()  # a fresh output: failures listed by an older run do not belong to it
+    done = done_paths(out) if resume else set()
+    listed_errors = _error_paths(errors_path) if resume else set()
+    todo = [p for p in paths if str(p) not in done]
+    summary = BatchSummary(total=len(paths), skipped=len(paths) - len(todo), out=str(out),
+                           errors_file=str(errors_path))
+    is_csv = out.suffix == ".csv"
     t0 = time.perf_counter()
-    new_csv = out.suffix == ".csv" and (not out.exists() or out.stat().st_size == 0)
-    with out.open("a", newline="") as fh, tqdm(total=len(todo), unit="photo", desc="predict") as bar:
-        writer = csv.DictWriter(fh, CSV_FIELDS) if out.suffix == ".csv" else None
-        if writer and new_csv:
-            writer.writeheader()
-        err_fh = None
-        for r in analyzer.analyze_many(todo, names=[str(p) for p in todo]):
-            d = r.to_dict()
-            if writer:
-                writer.writerows(csv_rows(d))
-            else:
-                fh.write(json.dumps(d) + "\n")
-            fh.flush()
-            summary.processed += 1
-            summary.faces += len(r.faces)
-            if r.error:
-                summary.failed += 1
-                if err_fh is None:
-                    new = not errors_path.exists()
-                    err_fh = errors_path.open("a", newline="")
-                    if new:
-                        err_fh.write("path,error\n")
-                csv.writer(err_fh).writerow([r.path, r.error])
-                err_fh.flush()
-            else:
-                summary.ok += 1
-            bar.update(1)
-        if err_fh:
-            err_fh.close()
-    summary.seconds = time.perf_counter() - t0
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    err_fd: int | None = None
+    try:
+        if is_csv and os.fstat(fd).st_size == 0:
+            _append(fd, ",".join(CSV_FIELDS) + "\n")
+        with tqdm(total=len(todo), unit="photo", desc="predict", disable=not progress, smoothing=0.1) as bar:
+            for r in analyzer.analyze_many(todo, names=[str(p) for p in todo], batch_size=batch_size):
+                if r.error:
+                    summary.failed += 1
+                    if r.path not in listed_errors:
+                        if err_fd is None:
+                            err_fd = os.open(errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                            if os.fstat(err_fd).st_size == 0:
+                                _append(err_fd, "path,error\n")
+                        _append(err_fd, _csv_text([{"path": r.path, "error": _one_line(r.error)}], ["path", "error"]))
+                else:
+                    summary.ok += 1
+                    summary.no_face += not r.faces
+                d = r.to_dict()
+                _append(fd, _csv_text(csv_rows(d), CSV_FIELDS) if is_csv else json.dumps(d) + "\n")
+                summary.processed += 1
+                summary.faces += len(r.faces)
+                bar.update(1)
+                if summary.processed % 16 == 0 or summary.processed == len(todo):
+                    bar.set_postfix(faces=summary.faces, failed=summary.failed, refresh=False)
+    finally:
+        os.close(fd)
+        if err_fd is not None:
+            os.close(err_fd)
+        summary.seconds = time.perf_counter() - t0
     return summary

@@ -259,13 +259,16 @@ def run_training(req: TrainRequest, log=print) -> dict:
     for arch in req.archs:
         head = head_of(arch, req.task)
         size = req.input_size or default_input_size(arch, req.task)
-        cs = build_crops([r.path for r in prep.records], prep.digests, kind, size, workers=req.workers,
-                         desc=f"{kind} crops {size}px")
+        # --max-images caps each split *before* cropping, so quick trials skip detection on the rest.
+        use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
+                                      for s in ("train", "val", "test")]))
+        cs = build_crops([prep.records[i].path for i in use], [prep.digests[i] for i in use], kind, size,
+                         workers=req.workers, desc=f"{kind} crops {size}px")
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
-        pos = cs.index
+        pos = use[cs.index]
         split_of = prep.splits[pos]
-        idx = {s: _limit(np.flatnonzero(split_of == s), req.max_images, req.seed) for s in ("train", "val", "test")}
+        idx = {s: np.flatnonzero(split_of == s) for s in ("train", "val", "test")}
         arch_dir = out / arch
         arch_dir.mkdir(exist_ok=True)
         atomic_write_json(arch_dir / "crop_failures.json", cs.failures)
@@ -327,3 +330,19 @@ def headline(task: str, m: dict) -> str:
         return s
     return (f"accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}, ROC-AUC {m['roc_auc']:.4f}, "
             f"ECE {m['ece']:.4f}")
+
+
+def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None) -> list[str]:
+    """The commands that rebuild a run's model from its saved config (for model cards)."""
+    data = " ".join(f"--data {d}" for d in cfg["data"])
+    archs = " ".join(f"--arch {a}" for a in cfg["archs"])
+    cmd = (f"facelens train {cfg['task']} {data} --out {cfg['out']} {archs} --epochs {cfg['epochs']} "
+           f"--batch-size {cfg['batch_size']} --lr {cfg['lr']} --seed {cfg['seed']} --split {cfg['split_resolved']}")
+    cmds = [cmd]
+    model = f"{cfg['out']}/{arch}/model.pt"
+    if shipped_as:
+        cmds.append(f"facelens export --model {model} --out models/{shipped_as}")
+        cmds.append(f"facelens evaluate {cfg['task']} --model models/{shipped_as} {data} --split test")
+    else:
+        cmds.append(f"facelens evaluate {cfg['task']} --model {model} {data} --split test")
+    return cmds
