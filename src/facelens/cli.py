@@ -148,12 +148,13 @@ def train_age(
     device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
 ) -> None:
     """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
     _train("age", data, out, arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split=split,
            conflict_policy=conflict_policy, resume=resume, device=device, pretrained=pretrained,
            input_size=input_size, patience=patience, max_images=max_images,
-           max_steps_per_epoch=max_steps_per_epoch, workers=workers)
+           max_steps_per_epoch=max_steps_per_epoch, workers=workers, threads=threads)
 
 
 @train_app.command("eyes")
@@ -168,12 +169,13 @@ def train_eyes(
     device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
     _train("eyes", data, out, arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split=split,
            female_class=female_class, male_class=male_class, conflict_policy=conflict_policy, resume=resume,
            device=device, pretrained=pretrained, input_size=input_size, patience=patience, max_images=max_images,
-           max_steps_per_epoch=max_steps_per_epoch, workers=workers)
+           max_steps_per_epoch=max_steps_per_epoch, workers=workers, threads=threads)
 
 
 def _evaluate(task: str, models: list[Path], data: list[str], split: str, report: Path | None, out: Path | None,

@@ -113,10 +113,9 @@ def build_crops(
     workers = workers or max(1, os.cpu_count() or 1)
     jobs = [(str(p), kind, size, None if known is None or np.isnan(known[i]).any() else known[i])
             for i, p in enumerate(paths)]
-    if known is not None:  # files where detection failed before fail again without re-detecting
-        results_known = {i: (None, known_reasons[i], None) for i in range(len(jobs)) if np.isnan(known[i]).any()}
-    else:
-        results_known = {}
+    # Files where detection failed before fail again without re-detecting.
+    failed_before = [] if known is None else [i for i in range(len(jobs)) if np.isnan(known[i]).any()]
+    results_known = {i: (None, known_reasons[i], None) for i in failed_before}
     todo = [j for i, j in enumerate(jobs) if i not in results_known]
     if workers > 1 and len(todo) > 64:
         with ProcessPoolExecutor(workers) as pool:

@@ -150,6 +150,7 @@ def fit(
         bar = tqdm(range(state["step"], steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    initial=state["step"], total=steps)
         running = 0.0
+        first_step = state["step"]
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
@@ -160,7 +161,7 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
-            running = 0.9 * running + 0.1 * float(loss) if step else float(loss)
+            running = 0.9 * running + 0.1 * loss.item() if step > first_step else loss.item()
             bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
             state["step"] = step + 1
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:

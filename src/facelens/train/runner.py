@@ -60,6 +60,7 @@ class TrainRequest:
     max_steps_per_epoch: int | None = None
     patience: int = 3
     workers: int | None = None
+    threads: int | None = None  # CPU threads for torch (default: all cores)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -235,7 +236,7 @@ def run_training(req: TrainRequest, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(req.device)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(req.threads or max(1, os.cpu_count() or 1))
     strategy = resolve_strategy(req.task, req.split)
     atomic_write_json(out / "config.json", asdict(req) | {"split_resolved": strategy, "facelens": __version__,
                                                           "torch": torch.__version__, "device_resolved": str(device)})
