@@ -19,8 +19,9 @@ from facelens.images import IMAGE_SUFFIXES
 #: Ages a face dataset label may take; anything outside is reported and dropped.
 AGE_RANGE = (0.0, 120.0)
 #: UTKFace: <age>_<gender>_<race>_<date>.jpg.chip.jpg; race and the '.' before jpg are
-#: sometimes missing (see ../shared/data/README.md), so both are optional here.
-UTKFACE_NAME = re.compile(r"^(?P<age>\d{1,3})_(?P<gender>[01])(?:_(?P<race>[0-4]))?(?:_(?P<date>\d+))?")
+#: sometimes missing (see ../shared/data/README.md), so both are optional here. The race is a
+#: single digit: without ``(?!\d)`` a missing race would be read from the date's first digit.
+UTKFACE_NAME = re.compile(r"^(?P<age>\d{1,3})_(?P<gender>[01])(?!\d)(?:_(?P<race>[0-4])(?!\d))?(?:_(?P<date>\d+))?")
 UTK_GENDER = {"0": "male", "1": "female"}
 UTK_RACE = {"0": "white", "1": "black", "2": "asian", "3": "indian", "4": "other"}
 
@@ -145,6 +146,17 @@ def read_csv_manifest(csv_path: Path, label_column: str) -> Dataset:
     return Dataset(records, "csv-manifest", csv_path, skipped)
 
 
+def _is_manifest(csv_path: Path, label_column: str) -> bool:
+    """True when the CSV's header has the manifest columns ``path`` and ``label_column``."""
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        return False
+    cols = {c.strip() for c in header}
+    return "path" in cols and label_column in cols
+
+
 def read_dataset(source: str | Path, task: str) -> Dataset:
     """Read ``source`` for ``task`` ('age' or 'eyes'), detecting the layout.
 
@@ -165,6 +177,11 @@ def read_dataset(source: str | Path, task: str) -> Dataset:
         utk = sum(parse_utkface_name(p.name) is not None for p in direct[:200])
         if utk >= 0.5 * min(len(direct), 200):
             return read_utkface(root)
+    # A manifest next to an image subfolder (``labels.csv`` + ``images/``) must win over
+    # folder-per-label, which would take "images" for a label; a stray CSV without the
+    # manifest columns does not count.
+    if len(manifests) == 1 and _is_manifest(manifests[0], label_column):
+        return read_csv_manifest(manifests[0], label_column)
     if _class_dirs(root) or any(_class_dirs(d) for d in _split_dirs(root)):
         return read_folder_per_label(root, numeric=(task == "age"))
     if len(manifests) == 1:
