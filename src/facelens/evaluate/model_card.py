@@ -1,0 +1,296 @@
+"""Hugging Face style model cards (YAML front matter + Markdown) for facelens models.
+
+A shipped model must say what it is for, what it must not be used for, what data it learned
+from under which terms, and how well it does on data it never saw, broken down by age and
+group so that biases are visible. Everything numeric comes from ``meta`` / ``metrics``: a
+card can never describe numbers that the model did not produce.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from facelens.evaluate.io import write_text_atomic
+
+TASK_TITLES = {"age": "age estimation from a face photo", "eyes": "binary sex classification from one eye crop"}
+# (metric key, model-index type, readable name)
+AGE_METRICS = (("mae", "mae", "MAE (years)"), ("rmse", "rmse", "RMSE (years)"), ("r2", "r_squared", "R²"),
+               ("cs5", "cs5", "CS@5 (share within 5 years)"),
+               ("mean_signed_error", "mean_signed_error", "mean signed error (years, + = too old)"),
+               ("coverage", "interval_coverage", "80% interval coverage"),
+               ("mean_interval_width", "mean_interval_width", "mean interval width (years)"))
+EYE_METRICS = (("accuracy", "accuracy", "accuracy"), ("balanced_accuracy", "balanced_accuracy", "balanced accuracy"),
+               ("roc_auc", "roc_auc", "ROC-AUC"), ("log_loss", "log_loss", "log loss"),
+               ("brier", "brier", "Brier score"), ("ece", "ece", "ECE (15 bins)"))
+
+LICENSE_NOTE = ("The code is MIT licensed; these weights were learned from data released for research use only, "
+                "so they inherit the most restrictive of the training data's terms (see Training data).")
+
+
+def _q(s: Any) -> str:
+    """A YAML double-quoted scalar (JSON strings are valid YAML)."""
+    return json.dumps(str(s), ensure_ascii=False)
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return _num(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _datasets(meta: Mapping) -> list[dict]:
+    """Dataset descriptions from ``meta['datasets']``, else looked up from the training data paths."""
+    if meta.get("datasets"):
+        return [dict(d) if isinstance(d, Mapping) else {"name": str(d)} for d in meta["datasets"]]
+    from facelens.data.terms import describe_dataset
+
+    return [describe_dataset(p) for p in meta.get("data") or []]
+
+
+def _metric_defs(task: str) -> tuple[tuple[str, str, str], ...]:
+    return AGE_METRICS if task == "age" else EYE_METRICS
+
+
+def _front_matter(meta: Mapping, metrics: Mapping, task: str, datasets: list[dict]) -> str:
+    name = meta.get("name") or f"facelens-{task}"
+    tags = ["facelens", "pytorch", "onnx", "face"]
+    tags += ["age-estimation", "image-regression"] if task == "age" else ["periocular", "image-classification",
+                                                                          "binary-classification"]
+    tags += [str(t) for t in meta.get("tags") or [] if str(t) not in tags]
+    lines = ["---", "library_name: facelens", "license: other",
+             f"license_name: {_q(meta.get('license_name', 'research-only'))}",
+             f"license_note: {_q(meta.get('license_note', LICENSE_NOTE))}"]
+    if task == "eyes":
+        lines.append("pipeline_tag: image-classification")
+    lines.append("tags:")
+    lines += [f"- {_q(t)}" for t in tags]
+    if datasets:
+        lines.append("datasets:")
+        lines += [f"- {_q(d.get('name', d.get('path', 'unknown')))}" for d in datasets]
+    present = [(k, t, lab) for k, t, lab in _metric_defs(task) if isinstance(metrics.get(k), int | float)]
+    if present:
+        lines.append("metrics:")
+        lines += [f"- {t}" for _, t, _ in present]
+        ds_name = ", ".join(d.get("name", "unknown") for d in datasets) or "unknown"
+        lines += ["model-index:", f"- name: {_q(name)}", "  results:", "  - task:",
+                  f"      type: {'age-estimation' if task == 'age' else 'image-classification'}",
+                  f"      name: {_q(TASK_TITLES.get(task, task))}", "    dataset:", f"      name: {_q(ds_name)}",
+                  "      type: facelens-split", f"      split: {_q(metrics.get('split', 'test'))}", "    metrics:"]
+        for k, t, lab in present:
+            lines += [f"    - type: {t}", f"      value: {round(float(metrics[k]), 4)}", f"      name: {_q(lab)}"]
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def _details(meta: Mapping, task: str) -> str:
+    tr = meta.get("training") or {}
+    rows: list[tuple[str, Any]] = [("task", TASK_TITLES.get(task, task)), ("architecture", meta.get("arch")),
+                                   ("output head", meta.get("head")),
+                                   ("input size", f"{meta['input_size']}x{meta['input_size']} px RGB"
+                                    if meta.get("input_size") else None),
+                                   ("version", meta.get("version") or meta.get("facelens_version")),
+                                   ("pipeline", meta.get("pipeline")), ("created", meta.get("created"))]
+    secs = tr.get("train_seconds", meta.get("train_seconds"))
+    if secs is not None:
+        rows.append(("training time", f"{float(secs) / 60:.1f} min on {tr.get('device', 'cpu')}"
+                     + (f" ({tr['cpu']}, {tr.get('threads', '?')} threads)" if tr.get("cpu") else "")))
+    if tr.get("epochs_run") is not None:
+        rows.append(("epochs", f"{tr['epochs_run']} (best epoch {tr.get('best_epoch', '?')})"))
+    if meta.get("temperature") is not None:
+        rows.append(("calibration",
+                     f"temperature scaling, T = {float(meta['temperature']):.3f} (fitted on validation)"))
+    if meta.get("interval_scale") is not None:
+        rows.append(("calibration", f"{float(meta.get('interval', 0.8)):.0%} interval scaled by "
+                                    f"{float(meta['interval_scale']):.3f} (fitted on validation)"))
+    if meta.get("residual_q") is not None:
+        rows.append(("calibration", "80% interval from validation residual quantiles (split conformal)"))
+    if meta.get("tta"):
+        rows.append(("test-time augmentation", meta["tta"]))
+    split = meta.get("split") or {}
+    if split:
+        rows.append(("data split", f"{split.get('strategy')} (seed {split.get('seed')}, fractions "
+                                   f"{split.get('fractions')})"))
+    if meta.get("counts"):
+        rows.append(("images", ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())))
+    rows = [(k, v) for k, v in rows if v is not None]
+    what = ("It returns an age estimate in years with an 80% interval." if task == "age" else
+            "It returns a calibrated probability for the label \"female\" (versus \"male\") of the eye region.")
+    return "## Model details\n\n" + what + "\n\n" + _md_table(["", ""], rows)
+
+
+def _intended(task: str, meta: Mapping) -> str:
+    if meta.get("intended_use"):
+        return "## Intended use\n\n" + str(meta["intended_use"])
+    what = "age" if task == "age" else "a sex label from the eye region"
+    aggregate = ("the age distribution of a photo archive" if task == "age" else
+                 "how a periocular classifier's errors depend on image quality, colour and crop size")
+    return ("## Intended use\n\n"
+            f"- Research, teaching and aggregate statistics: studying how well {what} can be estimated from images, "
+            "and measuring the errors and biases of such estimates.\n"
+            f"- Aggregate analysis of image collections, e.g. {aggregate}, with the uncertainty shown.\n"
+            "- Every output is an estimate from appearance with a stated uncertainty, not a fact about a person.")
+
+
+def _out_of_scope(task: str) -> str:
+    items = [
+        "**No decisions about individuals.** Do not use the outputs to grant or deny access, services, employment, "
+        "credit, insurance, benefits or entry, or for age verification with legal effect.",
+        "**Not for identity verification** or recognition: the model does not and cannot tell who a person is.",
+        "**No sensitive inferences.** Sex and age estimates must not be used to infer sexual orientation, "
+        "criminality, ethnicity or emotion; the model does none of these and must not be extended to.",
+        "No surveillance, tracking or profiling of people, and no use on people who have not agreed to it.",
+    ]
+    if task == "eyes":
+        items += [
+            "**It predicts a binary label from appearance, which does not capture gender identity.** Never use it "
+            "to tell anyone what their gender is, or to question it.",
+            "**Make-up shortcut risk:** in the training data many female eye crops show make-up, so the model may "
+            "partly detect make-up rather than anatomy; expect errors on made-up men and bare-faced women.",
+        ]
+    else:
+        items.append("Not for estimating the age of children for child-safety or legal-age decisions: the errors "
+                     "are years wide.")
+    return "## Out-of-scope use\n\n" + "\n".join(f"- {i}" for i in items)
+
+
+def _training_data(datasets: list[dict], meta: Mapping) -> str:
+    if not datasets:
+        return "## Training data\n\nNot recorded. Check the data's own licence before sharing this model."
+    parts = ["## Training data\n"]
+    for d in datasets:
+        parts.append(f"- **{d.get('name', 'unknown')}**"
+                     + (f" — {d['citation']}" if d.get("citation") else "")
+                     + (f"\n  - labels: {d['labels']}" if d.get("labels") else "")
+                     + f"\n  - terms: {d.get('terms', 'unknown: check the data licence')}")
+    parts.append("\n" + str(meta.get("license_note", LICENSE_NOTE)))
+    return "\n".join(parts)
+
+
+def _evaluation(task: str, metrics: Mapping) -> str:
+    if not metrics:
+        return "## Evaluation\n\nNo evaluation metrics were recorded for this model."
+    split = metrics.get("split", "test")
+    n = metrics.get("n_scored", metrics.get("n"))
+    out = [f"## Evaluation\n\nMeasured on the **{split}** split ({_num(n)} images), which was not used for training, "
+           "early stopping or calibration."]
+    rows = [(lab, metrics[k]) for k, _, lab in _metric_defs(task) if k in metrics]
+    out.append(_md_table(["metric", "value"], rows))
+    if task == "age" and metrics.get("by_decade"):
+        has_cov = any("coverage" in r for r in metrics["by_decade"].values())
+        hdr = ["true age", "n", "MAE", "mean signed error"] + (["coverage"] if has_cov else [])
+        rows = [[d, r["n"], r["mae"], r["mean_signed_error"]] + ([r.get("coverage")] if has_cov else [])
+                for d, r in metrics["by_decade"].items()]
+        out.append("### By true-age decade\n\n" + _md_table(hdr, rows))
+    if task == "eyes" and metrics.get("confusion"):
+        c = metrics["confusion"]
+        out.append("### Confusion matrix (positive = female)\n\n"
+                   + _md_table(["", "predicted male", "predicted female"],
+                               [["true male", c["tn"], c["fp"]], ["true female", c["fn"], c["tp"]]]))
+    for key, rows_by in (metrics.get("by_group") or {}).items():
+        if task == "age":
+            table = _md_table([key, "n", "MAE", "mean signed error"],
+                              [[v, r["n"], r["mae"], r["mean_signed_error"]] for v, r in rows_by.items()])
+        else:
+            table = _md_table([key, "n", "accuracy", "balanced accuracy"],
+                              [[v, r["n"], r["accuracy"], r.get("balanced_accuracy")] for v, r in rows_by.items()])
+        out.append(f"### By {key}\n\n{table}")
+    for src, sm in (metrics.get("by_source") or {}).items():
+        out.append(f"### Source: {src}\n\n" + _md_table(["metric", "value"],
+                                                         [(lab, sm[k]) for k, _, lab in _metric_defs(task) if k in sm]))
+    return "\n\n".join(out)
+
+
+def _limitations(task: str, metrics: Mapping) -> str:
+    items: list[str] = []
+    dec = metrics.get("by_decade") or {}
+    big = {d: r for d, r in dec.items() if r.get("n", 0) >= 5}
+    if big:
+        worst = max(big, key=lambda d: big[d]["mae"])
+        items.append(f"Errors depend on age: the largest MAE is {big[worst]['mae']:.1f} years for true ages {worst} "
+                     f"(n = {big[worst]['n']}).")
+        biased = max(big, key=lambda d: abs(big[d]["mean_signed_error"]))
+        b = big[biased]["mean_signed_error"]
+        items.append(f"Estimates are biased towards the middle of the training ages: for true ages {biased} the mean "
+                     f"signed error is {b:+.1f} years ({'too old' if b > 0 else 'too young'}).")
+        low_cov = [d for d, r in big.items() if r.get("coverage") is not None and r["coverage"] < 0.7]
+        if low_cov:
+            items.append("The 80% interval covers fewer than 70% of true ages for " + ", ".join(low_cov) + ".")
+    for key, rows in (metrics.get("by_group") or {}).items():
+        field = "mae" if task == "age" else "accuracy"
+        rows = {v: r for v, r in rows.items() if r.get("n", 0) >= 5 and r.get(field) is not None}
+        if len(rows) >= 2:
+            lo = min(rows, key=lambda v: rows[v][field])
+            hi = max(rows, key=lambda v: rows[v][field])
+            items.append(f"By {key}: {field} ranges from {rows[lo][field]:.3g} ({lo}, n = {rows[lo]['n']}) to "
+                         f"{rows[hi][field]:.3g} ({hi}, n = {rows[hi]['n']}).")
+    if task == "eyes" and isinstance(metrics.get("ece"), float):
+        items.append(f"Calibration on the evaluation split: ECE {metrics['ece']:.3f}; probabilities near 0.5 mean "
+                     "the model cannot tell.")
+    if task == "age":
+        items += ["Age labels in public datasets are annotated from photos and noisy; apparent age differs from "
+                  "real age with make-up, lighting, expression and image quality.",
+                  "The training data under-represents some ages and groups; results for them are less reliable."]
+    else:
+        items += ["Single-eye crops carry little information; glasses, blur, low resolution and grayscale images "
+                  "reduce accuracy.",
+                  "The eye datasets have no person ids; related crops of one person can only be kept apart "
+                  "approximately, so measured accuracy may still be optimistic.",
+                  "The label is a binary female/male annotation from web data; it excludes intersex and "
+                  "non-binary people and may itself be wrong."]
+    items.append("Performance on photos unlike the training data (other cameras, ages, populations, crops) is "
+                 "unknown: measure it on your own data before relying on it.")
+    return "## Limitations and biases\n\n" + "\n".join(f"- {i}" for i in items)
+
+
+def _reproduce(meta: Mapping) -> str:
+    cmds = meta.get("commands") or meta.get("reproduce") or []
+    if isinstance(cmds, str):
+        cmds = [cmds]
+    if not cmds:
+        return "## How to reproduce\n\nThe training commands were not recorded for this model."
+    return "## How to reproduce\n\n```bash\n" + "\n".join(str(c) for c in cmds) + "\n```"
+
+
+def render_model_card(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> str:
+    """Markdown model card with YAML front matter, from a model's metadata and evaluation metrics.
+
+    ``meta['task']`` ("age" or "eyes") selects the wording; ``metrics`` defaults to
+    ``meta['metrics']`` (as stored by training). ``meta['datasets']`` (dicts with name,
+    citation, labels, terms) or else ``meta['data']`` paths describe the training data;
+    ``meta['commands']`` lists the commands that reproduce the model.
+    """
+    task = str(meta.get("task", "age"))
+    if task not in TASK_TITLES:
+        raise ValueError(f"unknown task {task!r}: expected 'age' or 'eyes'")
+    metrics = dict(metrics if metrics is not None else meta.get("metrics") or {})
+    datasets = _datasets(meta)
+    name = meta.get("name") or f"facelens-{task}"
+    summary = (f"# {name}\n\nA facelens model for {TASK_TITLES[task]}. Outputs are statistical estimates from "
+               "appearance, with uncertainty, for research and aggregate use only.")
+    sections = [_front_matter(meta, metrics, task, datasets), summary, _details(meta, task), _intended(task, meta),
+                _out_of_scope(task), _training_data(datasets, meta), _evaluation(task, metrics),
+                _limitations(task, metrics), _reproduce(meta)]
+    return "\n\n".join(sections) + "\n"
+
+
+def write_model_card(path: str | Path, meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> Path:
+    """Render the card and write it atomically (temporary file + ``os.replace``)."""
+    return write_text_atomic(path, render_model_card(meta, metrics))
