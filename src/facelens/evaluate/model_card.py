@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from facelens.evaluate.io import write_text_atomic
+from facelens.fileio import write_text_atomic
 
 TASK_TITLES = {"age": "age estimation from a face photo", "eyes": "binary sex classification from one eye crop"}
 # (metric key, model-index type, readable name)

@@ -15,9 +15,9 @@ import numpy as np
 
 from facelens.data.crops import build_crops
 from facelens.errors import DatasetError
+from facelens.fileio import write_json_atomic
 from facelens.infer.postprocess import decode_age, decode_eyes
 from facelens.infer.predictor import load_predictor
-from facelens.train.checkpoint import atomic_write_json
 from facelens.train.runner import compute_metrics, headline, prepare_records, record_groups
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
@@ -81,7 +81,7 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
         echo(f"{label}: {headline(task, m)}")
     result = {"task": task, "split": split, "data": data, "models": metrics_by_model}
     if out:
-        atomic_write_json(out, result)
+        write_json_atomic(out, result)
         log(f"metrics written to {out}")
     if report_dir:
         from facelens.evaluate import report as rep

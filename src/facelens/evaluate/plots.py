@@ -18,7 +18,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from facelens.evaluate.io import write_bytes_atomic
 from facelens.evaluate.metrics import (
     ECE_BINS,
     cs_curve,
@@ -27,6 +26,7 @@ from facelens.evaluate.metrics import (
     roc_auc,
     roc_curve,
 )
+from facelens.fileio import write_bytes_atomic
 
 DPI = 110
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from facelens.evaluate import plots
-from facelens.evaluate.io import write_json_atomic, write_text_atomic
 from facelens.evaluate.metrics import age_metrics, binary_metrics
+from facelens.fileio import write_json_atomic, write_text_atomic
 
 __all__ = ["write_age_report", "write_eye_report", "write_json_atomic"]
 

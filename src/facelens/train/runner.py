@@ -32,8 +32,8 @@ from facelens.data.readers import AGE_RANGE, Dataset, Record, read_dataset
 from facelens.data.splits import DEFAULT_FRACTIONS, EYE_BLOCK_SIZE, assign_split, block_group, random_group
 from facelens.errors import DatasetError
 from facelens.face.align import AGE_TEMPLATE
+from facelens.fileio import write_bytes_atomic, write_json_atomic
 from facelens.models.factory import create_model, default_input_size, head_of
-from facelens.train.checkpoint import atomic_write_bytes, atomic_write_json
 from facelens.train.loop import FitConfig, FlipAverage, fit, predict_outputs
 
 
@@ -238,17 +238,17 @@ def run_training(req: TrainRequest, log=print) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(req.threads or max(1, os.cpu_count() or 1))
     strategy = resolve_strategy(req.task, req.split)
-    atomic_write_json(out / "config.json", asdict(req) | {"split_resolved": strategy, "facelens": __version__,
+    write_json_atomic(out / "config.json", asdict(req) | {"split_resolved": strategy, "facelens": __version__,
                                                           "torch": torch.__version__, "device_resolved": str(device)})
     prep = prepare_records(req.task, req.data, strategy, req.seed, req.fractions, req.conflict_policy,
                            req.female_class, req.male_class, log)
-    atomic_write_json(out / "hygiene.json", prep.hygiene)
+    write_json_atomic(out / "hygiene.json", prep.hygiene)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "label", "split", "sha1"])
     for r, s, d in zip(prep.records, prep.splits, prep.digests, strict=True):
         w.writerow([r.path, r.label, s, d])
-    atomic_write_bytes(out / "split.csv", buf.getvalue().encode())
+    write_bytes_atomic(out / "split.csv", buf.getvalue().encode())
     counts = {s: int((prep.splits == s).sum()) for s in ("train", "val", "test")}
     log(f"split ({strategy}, seed {req.seed}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for s, n in counts.items():
@@ -272,7 +272,7 @@ def run_training(req: TrainRequest, log=print) -> dict:
         idx = {s: np.flatnonzero(split_of == s) for s in ("train", "val", "test")}
         arch_dir = out / arch
         arch_dir.mkdir(exist_ok=True)
-        atomic_write_json(arch_dir / "crop_failures.json", cs.failures)
+        write_json_atomic(arch_dir / "crop_failures.json", cs.failures)
         log(f"[{arch}] {head} head, {size}px input, train {len(idx['train'])} / val {len(idx['val'])} / "
             f"test {len(idx['test'])} on {device}")
         torch.manual_seed(req.seed)
@@ -312,25 +312,32 @@ def run_training(req: TrainRequest, log=print) -> dict:
         meta["metrics"] = {"split": "test", **metrics}
         torch.save({"meta": meta, "state_dict": model.state_dict()}, arch_dir / "model.pt.tmp")
         os.replace(arch_dir / "model.pt.tmp", arch_dir / "model.pt")
-        atomic_write_json(arch_dir / "metrics.json", meta["metrics"])
-        atomic_write_json(arch_dir / "meta.json", meta)
+        write_json_atomic(arch_dir / "metrics.json", meta["metrics"])
+        write_json_atomic(arch_dir / "meta.json", meta)
         np.savez(arch_dir / "test_predictions.npz", outputs=test_out, y=y[idx["test"]],
                  paths=np.array([str(prep.records[i].path) for i in pos[idx["test"]]]))
         results[arch] = metrics
         log(f"[{arch}] test: " + headline(req.task, metrics))
-    atomic_write_json(out / "comparison.json", {"task": req.task, "seconds_total": round(time.time() - t_start, 1),
+    write_json_atomic(out / "comparison.json", {"task": req.task, "seconds_total": round(time.time() - t_start, 1),
                                                 "models": results})
     return results
 
 
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
 def headline(task: str, m: dict) -> str:
+    """One line of the key test numbers (undefined metrics, e.g. R² of constant ages, show as n/a)."""
     if task == "age":
-        s = f"MAE {m['mae']:.2f}, RMSE {m['rmse']:.2f}, R² {m['r2']:.3f}, CS@5 {m['cs5']:.3f}"
+        s = f"MAE {_fmt(m['mae'], '.2f')}, RMSE {_fmt(m['rmse'], '.2f')}, R² {_fmt(m['r2'], '.3f')}, CS@5 {_fmt(m['cs5'], '.3f')}"
+        if m.get("coverage") is not None:
+            s += f", 80% interval coverage {m['coverage']:.3f}"
         for src, sm in m.get("by_source", {}).items():
-            s += f" | {src}: MAE {sm['mae']:.2f} RMSE {sm['rmse']:.2f} R² {sm['r2']:.3f}"
+            s += f" | {src}: MAE {_fmt(sm['mae'], '.2f')} RMSE {_fmt(sm['rmse'], '.2f')} R² {_fmt(sm['r2'], '.3f')}"
         return s
-    return (f"accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}, ROC-AUC {m['roc_auc']:.4f}, "
-            f"ECE {m['ece']:.4f}")
+    return (f"accuracy {_fmt(m['accuracy'], '.4f')}, balanced {_fmt(m['balanced_accuracy'], '.4f')}, "
+            f"ROC-AUC {_fmt(m['roc_auc'], '.4f')}, ECE {_fmt(m['ece'], '.4f')}")
 
 
 def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None) -> list[str]:
