@@ -127,8 +127,15 @@ def fit(
         ck = load_checkpoint(last)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
         state = ck["state"]
+        saved_total = ck["scheduler"].get("total_steps")
+        if saved_total == cfg.epochs * steps:
+            sched.load_state_dict(ck["scheduler"])
+        else:  # --epochs changed on resume: keep the progress, re-plan the rest of the LR schedule
+            done = state["epoch"] * steps + state["step"]
+            for _ in range(min(done, cfg.epochs * steps - 1)):
+                sched.step()
+            log(f"note: schedule re-planned for {cfg.epochs} epochs (checkpoint was planned for {saved_total} steps)")
         log(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}/{steps}")
     elif last.exists():
         log(f"note: {last} exists but --resume was not given; starting afresh")
