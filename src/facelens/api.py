@@ -166,7 +166,7 @@ class Analyzer:
         return self._finish([self._prepare(src, name or _default_label(src))], with_crops)[0]
 
     def analyze_many(self, srcs: Iterable[ImageInput], names: Iterable[str] | None = None, with_crops: bool = False,
-                     batch_size: int = 64, workers: int | None = None) -> Iterator[ImageResult]:
+                     batch_size: int = 32, workers: int | None = None) -> Iterator[ImageResult]:
         """Analyse photos lazily, one ImageResult per input, in input order.
 
         Why not just call ``analyze`` in a loop: decoding and detection of the next photos run

@@ -146,17 +146,18 @@ def done_paths(out: Path) -> set[str]:
     return done
 
 
-def _truncate_torn_tail(out: Path) -> None:
-    """Drop a partial last line left by a kill, so appending continues on a clean line."""
+def _truncate_torn_tail(out: Path) -> bool:
+    """Drop a partial last line left by a kill, so appending continues on a clean line; True if torn."""
     if not out.exists() or out.stat().st_size == 0:
-        return
+        return False
     with out.open("rb+") as fh:
         fh.seek(-1, os.SEEK_END)
         if fh.read(1) == b"\n":
-            return
+            return False
         fh.seek(0)
         data = fh.read()
         fh.truncate(data.rfind(b"\n") + 1)
+    return True
 
 
 def _first_cell(line: bytes) -> str:
@@ -166,8 +167,9 @@ def _first_cell(line: bytes) -> str:
 def _drop_last_csv_record(out: Path) -> None:
     """Remove the rows of the last photo in a CSV output, so resume redoes that photo.
 
-    Why: a photo with several faces is several rows; if a crash ever tore its record between
-    rows, the photo would look done with faces missing. Redoing one photo is cheap insurance.
+    Why: a photo with several faces is several rows; when a crash tore its record, the rows
+    before the tear would make the photo look done with faces missing. Called only when the
+    file ended in a torn line (a clean end means the last one-``write`` record completed).
     """
     if not out.exists():
         return
@@ -196,7 +198,7 @@ def _error_paths(errors_path: Path) -> set[str]:
         return {row["path"] for row in csv.DictReader(fh) if row.get("path")}
 
 
-def run_batch(analyzer, paths: list[Path], out: Path, resume: bool = False, batch_size: int = 64,
+def run_batch(analyzer, paths: list[Path], out: Path, resume: bool = False, batch_size: int = 32,
               progress: bool = True) -> BatchSummary:
     """Analyse ``paths`` into ``out`` (.jsonl or .csv), streaming; see the module docstring.
 
@@ -211,10 +213,9 @@ def run_batch(analyzer, paths: list[Path], out: Path, resume: bool = False, batc
     out.parent.mkdir(parents=True, exist_ok=True)
     errors_path = out.with_name(out.name + ".errors.csv")
     if resume:
-        _truncate_torn_tail(out)
-        _truncate_torn_tail(errors_path)
-        if out.suffix == ".csv":
+        if _truncate_torn_tail(out) and out.suffix == ".csv":
             _drop_last_csv_record(out)
+        _truncate_torn_tail(errors_path)
     elif errors_path.exists():
         errors_path.unlink()  # a fresh output: failures listed by an older run do not belong to it
     done = done_paths(out) if resume else set()
