@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,7 +22,7 @@ MAX_PIXELS = 64_000_000
 #: Smallest side we accept: below this no face or eye can be analysed.
 MIN_SIDE = 8
 
-ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
+ImageInput = str | Path | bytes | np.ndarray | Image.Image
 
 
 def _source_name(src: ImageInput, name: str | None) -> str:
