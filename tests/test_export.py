@@ -98,8 +98,6 @@ def test_cli_export_prints_parity(tmp_path, exported):
     assert diff < 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="TorchPredictor does not catch pickle.UnpicklingError (predictor.py); "
-                   "remove this marker once it raises ModelLoadError")
 def test_cli_export_of_a_non_model_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")

@@ -68,29 +68,6 @@ def _default_label(src: ImageInput) -> str:
     return str(src) if isinstance(src, (str, Path)) else "<image>"
 
 
-def _single_threaded_detector() -> None:
-    """Make YuNet run on one OpenMP thread in the calling thread (a prepare worker).
-
-    Why: the ``yuface`` wheel bundles its own libgomp, which by default spreads each small
-    detection over every core and busy-waits between steps. With photos already prepared in
-    parallel by the pool, that only adds contention: measured on the 2-core box under load,
-    detection of a 200x200 photo took 45-320 ms with the default and 10-16 ms with one thread.
-    ``omp_set_num_threads`` is per calling thread, so the caller's own threads are untouched,
-    and torch's separate OpenMP runtime is not affected at all.
-    """
-    try:
-        import ctypes
-        import glob
-
-        import yuface
-
-        libs_dir = Path(yuface.__file__).resolve().parent.parent / "yuface.libs"
-        for lib in glob.glob(str(libs_dir / "libgomp*.so*")):
-            ctypes.CDLL(lib).omp_set_num_threads(1)
-    except (ImportError, OSError, AttributeError):  # another yuface build: keep its defaults
-        pass
-
-
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
@@ -187,8 +164,7 @@ class Analyzer:
         if workers <= 0:
             yield from self._batched(((True, self._prepare(s, lab)) for s, lab in labelled()), batch_size, with_crops)
             return
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facelens-prepare",
-                                  initializer=_single_threaded_detector)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facelens-prepare")
         try:
             yield from self._batched(_prefetch(pool, self._prepare, labelled(), window=2 * batch_size + workers),
                                      batch_size, with_crops)

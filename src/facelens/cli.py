@@ -84,7 +84,10 @@ def predict(
     except FacelensError as exc:
         _fail(str(exc))
     if out is not None:
-        summary = run_batch(analyzer, paths, out, resume=resume)
+        try:
+            summary = run_batch(analyzer, paths, out, resume=resume)
+        except FacelensError as exc:
+            _fail(str(exc))
         typer.echo(summary.text(), err=True)
         raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
     n_ok = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facelens.models.factory import AGE_MIN, NUM_AGE_BINS
+from facelens.agebins import AGE_MIN, NUM_AGE_BINS
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -54,8 +54,8 @@ class TorchPredictor(Predictor):
             self.meta = ck["meta"]
             model = create_model(self.meta["arch"], self.meta["task"], pretrained=False)
             model.load_state_dict(ck["state_dict"])
-        except (OSError, KeyError, RuntimeError, EOFError) as exc:
-            raise ModelLoadError(f"{path}: not a facelens PyTorch model ({exc})") from exc
+        except Exception as exc:  # torch.load raises pickle, zip and runtime errors of many kinds
+            raise ModelLoadError(f"{path}: not a facelens PyTorch model ({type(exc).__name__}: {exc})") from exc
         self.device = torch.device(device)
         self.model = FlipAverage(model).to(self.device).eval()
         self._torch = torch

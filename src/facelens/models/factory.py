@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from facelens.agebins import NUM_AGE_BINS
 from facelens.models.seed import SeedCNN, SeedXception
 
-AGE_MIN, AGE_MAX = 0, 100
-NUM_AGE_BINS = AGE_MAX - AGE_MIN + 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

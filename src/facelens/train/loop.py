@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from facelens.models.factory import AGE_MIN, NUM_AGE_BINS
+from facelens.agebins import AGE_MIN, NUM_AGE_BINS
 from facelens.train.augment import AugmentConfig, augment_batch
 from facelens.train.checkpoint import load_checkpoint, save_checkpoint
 
