@@ -35,7 +35,8 @@ def _q(s: Any) -> str:
     return json.dumps(str(s), ensure_ascii=False)
 
 
-def _num(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """How a metric value is shown in cards and reports: n/a, thousands separators, 4 significant decimals."""
     if v is None:
         return "n/a"
     if isinstance(v, bool):
@@ -49,7 +50,7 @@ def _num(v: Any) -> str:
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
-        return _num(v).replace("|", "\\|")
+        return format_value(v).replace("|", "\\|")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
@@ -189,7 +190,7 @@ def _evaluation(task: str, metrics: Mapping) -> str:
         return "## Evaluation\n\nNo evaluation metrics were recorded for this model."
     split = metrics.get("split", "test")
     n = metrics.get("n_scored", metrics.get("n"))
-    out = [f"## Evaluation\n\nMeasured on the **{split}** split ({_num(n)} images), which was not used for training, "
+    out = [f"## Evaluation\n\nMeasured on the **{split}** split ({format_value(n)} images), which was not used for training, "
            "early stopping or calibration."]
     rows = [(lab, metrics[k]) for k, _, lab in _metric_defs(task) if k in metrics]
     out.append(_md_table(["metric", "value"], rows))

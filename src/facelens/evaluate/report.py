@@ -17,6 +17,7 @@ import numpy as np
 
 from facelens.evaluate import plots
 from facelens.evaluate.metrics import age_metrics, binary_metrics
+from facelens.evaluate.model_card import format_value
 from facelens.fileio import write_json_atomic, write_text_atomic
 
 __all__ = ["write_age_report", "write_eye_report", "write_json_atomic"]
@@ -77,15 +78,7 @@ def _file_suffixes(names: Sequence[str]) -> dict[str, str]:
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
-    return html.escape(str(v))
+    return html.escape(format_value(v))
 
 
 def _best(values: list[Any], better: str | None) -> set[int]:
