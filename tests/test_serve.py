@@ -233,6 +233,7 @@ def test_healthz_models_docs(client, analyzer):
     assert all(m["name"] and m["input_size"] > 0 for m in models)
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert re.findall(r'(?:src|href)="(https?://[^"]*)"', docs.text) == []  # offline: no CDN assets
     spec = client.get("/openapi.json").json()
     assert "/v1/analyze" in spec["paths"]
     assert "multipart/form-data" in spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]

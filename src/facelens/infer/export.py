@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facelens.fileio import write_json_atomic
 from facelens.infer.predictor import META_KEY, OnnxPredictor, TorchPredictor
 
 
@@ -36,4 +37,6 @@ def export_onnx(model_path: Path, out: Path, opset: int = 17, parity_samples: in
     crops = rng.integers(0, 256, size=(parity_samples, size, size, 3), dtype=np.uint8)
     diff = float(np.abs(tp(crops) - OnnxPredictor(tmp)(crops)).max())
     os.replace(tmp, out)
+    # A readable copy of the metadata beside the model (task, calibration, test metrics...).
+    write_json_atomic(out.with_suffix(".json"), tp.meta | {"export": {"opset": opset, "parity_max_abs_diff": diff}})
     return {"max_abs_diff": diff, "samples": parity_samples, "out": str(out)}

@@ -34,6 +34,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline  # /docs and /redoc served from the wheel, no CDN
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -199,7 +200,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
                 log.error("could not load models: %s", exc)
         yield
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="facelens",
         version=FACELENS_VERSION,
         lifespan=lifespan,

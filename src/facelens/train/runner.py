@@ -342,12 +342,15 @@ def headline(task: str, m: dict) -> str:
 
 def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None) -> list[str]:
     """The commands that rebuild a run's model from its saved config (for model cards)."""
-    data = " ".join(f"--data {d}" for d in cfg["data"])
+    def rel(p: str) -> str:  # paths as a user in the repository root would type them
+        return os.path.relpath(p) if os.path.isabs(p) else p
+
+    data = " ".join(f"--data {rel(d)}" for d in cfg["data"])
     archs = " ".join(f"--arch {a}" for a in cfg["archs"])
-    cmd = (f"facelens train {cfg['task']} {data} --out {cfg['out']} {archs} --epochs {cfg['epochs']} "
+    cmd = (f"facelens train {cfg['task']} {data} --out {rel(cfg['out'])} {archs} --epochs {cfg['epochs']} "
            f"--batch-size {cfg['batch_size']} --lr {cfg['lr']} --seed {cfg['seed']} --split {cfg['split_resolved']}")
     cmds = [cmd]
-    model = f"{cfg['out']}/{arch}/model.pt"
+    model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:
         cmds.append(f"facelens export --model {model} --out models/{shipped_as}")
         cmds.append(f"facelens evaluate {cfg['task']} --model models/{shipped_as} {data} --split test")
