@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import platform
 import time
@@ -318,8 +319,10 @@ def run_training(req: TrainRequest, log=print) -> dict:
                  paths=np.array([str(prep.records[i].path) for i in pos[idx["test"]]]))
         results[arch] = metrics
         log(f"[{arch}] test: " + headline(req.task, metrics))
-    write_json_atomic(out / "comparison.json", {"task": req.task, "seconds_total": round(time.time() - t_start, 1),
-                                                "models": results})
+    # Archs trained later into the same run folder (same split) join the comparison.
+    previous = json.loads((out / "comparison.json").read_text()).get("models", {}) if (out / "comparison.json").exists() else {}
+    write_json_atomic(out / "comparison.json", {"task": req.task, "seconds_last_invocation": round(time.time() - t_start, 1),
+                                                "models": previous | results})
     return results
 
 
