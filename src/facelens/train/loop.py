@@ -137,6 +137,9 @@ def fit(
                 sched.step()
             log(f"note: schedule re-planned for {cfg.epochs} epochs (checkpoint was planned for {saved_total} steps)")
         log(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}/{steps}")
+        if state.get("stopped") and state["bad_epochs"] < cfg.patience:
+            state["stopped"] = False  # a larger --patience on resume lifts an earlier early stop
+            log(f"early stop lifted: {state['bad_epochs']} epochs without improvement < --patience {cfg.patience}")
     elif last.exists():
         log(f"note: {last} exists but --resume was not given; starting afresh")
     ty = torch.as_tensor(train_y, dtype=torch.float32)
