@@ -11,8 +11,8 @@ KNOWN_DATASETS: dict[str, dict[str, str]] = {
         "name": "UTKFace (aligned & cropped faces)",
         "citation": "Zhang, Song, Qi. Age Progression/Regression by Conditional Adversarial Autoencoder. CVPR 2017",
         "terms": "non-commercial research use only",
-        "labels": "age 1..116, gender (0 male, 1 female) and race from the file names; labels are self-reported "
-                  "by nobody: they were annotated from the photos and contain errors",
+        "labels": "age 1..116, gender (0 male, 1 female) and race from the file names; labels were "
+                  "annotated from the photos (not self-reported) and contain errors",
     },
     "faces-20-50": {
         "name": 'Kaggle "20-50" age set (per-age stratified sample of loose celebrity face crops, 128x128)',
