@@ -81,6 +81,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the age model's split seed")
     ap.add_argument("--limit", type=int, default=None, help="at most this many faces")
     ap.add_argument("--sweep", action="store_true", help="try crop geometries (use on --split val)")
+    ap.add_argument("--sides", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 1.0],
+                    help="sweep: crop side in inter-ocular distances")
+    ap.add_argument("--dys", type=float, nargs="+", default=[-0.2, -0.15, -0.1, -0.05, 0.0, 0.05],
+                    help="sweep: vertical offset of the eye (negative = eye below the centre)")
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = ap.parse_args()
     if args.sweep and args.split == "test":
@@ -94,7 +98,7 @@ def main() -> None:
     if args.sweep:
         print("| side (x inter-ocular) | dy | accuracy | balanced | ROC-AUC | ECE |")
         print("|---|---|---|---|---|---|")
-        for side, dy in itertools.product((0.5, 0.6, 0.7, 0.8, 1.0), (-0.1, -0.05, 0.0, 0.05)):
+        for side, dy in itertools.product(args.sides, args.dys):
             m = score(pred, images, eyes, y, EyeCropGeometry(side, dy))["combined"]
             results[f"{side},{dy}"] = m
             print(f"| {side} | {dy} | {m['accuracy']:.4f} | {m['balanced_accuracy']:.4f} | {m['roc_auc']:.4f} | {m['ece']:.4f} |",
