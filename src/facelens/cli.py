@@ -234,6 +234,8 @@ def model_card(
     arch: Annotated[str | None, typer.Option(help="which architecture of the run (default: the first)")] = None,
     out: Annotated[Path | None, typer.Option(help="card file (default RUN_DIR/<arch>/MODEL_CARD.md)")] = None,
     shipped_as: Annotated[str | None, typer.Option(help="file name the model is shipped under, for the card")] = None,
+    evaluations: Annotated[Path | None, typer.Option(help="JSON list of further evaluations "
+                                                     "({title, note, metrics, command}) to include")] = None,
 ) -> None:
     """Write a model card (YAML header + sections) from the run's own saved metadata and metrics."""
     from facelens.evaluate.model_card import write_model_card
@@ -249,6 +251,8 @@ def model_card(
         _fail(f"{meta_path}: missing; has the run for {arch!r} finished?")
     meta = json.loads(meta_path.read_text())
     meta["commands"] = reproduce_commands(cfg, arch, shipped_as)
+    if evaluations:
+        meta["evaluations"] = json.loads(evaluations.read_text())
     path = write_model_card(out or run / arch / "MODEL_CARD.md", meta)
     typer.echo(f"wrote {path}")
 

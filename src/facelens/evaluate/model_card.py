@@ -270,6 +270,21 @@ def _reproduce(meta: Mapping) -> str:
     return "## How to reproduce\n\n```bash\n" + "\n".join(str(c) for c in cmds) + "\n```"
 
 
+def _further_evaluations(meta: Mapping) -> str:
+    """Measurements made after training (e.g. out of domain), each with its command: ``meta['evaluations']``."""
+    evals = meta.get("evaluations") or []
+    if not evals:
+        return ""
+    parts = ["## Further evaluations"]
+    for ev in evals:
+        parts.append(f"### {ev['title']}\n\n{ev.get('note', '')}".rstrip())
+        rows = [(k, v) for k, v in ev.get("metrics", {}).items()]
+        parts.append(_md_table(["measure", "value"], rows))
+        if ev.get("command"):
+            parts.append(f"Reproduce: `{ev['command']}`")
+    return "\n\n".join(parts)
+
+
 def render_model_card(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> str:
     """Markdown model card with YAML front matter, from a model's metadata and evaluation metrics.
 
@@ -288,7 +303,8 @@ def render_model_card(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None
                "appearance, with uncertainty, for research and aggregate use only.")
     sections = [_front_matter(meta, metrics, task, datasets), summary, _details(meta, task), _intended(task, meta),
                 _out_of_scope(task), _training_data(datasets, meta), _evaluation(task, metrics),
-                _limitations(task, metrics), _reproduce(meta)]
+                _further_evaluations(meta), _limitations(task, metrics), _reproduce(meta)]
+    sections = [s for s in sections if s]
     return "\n\n".join(sections) + "\n"
 
 
