@@ -1,0 +1,130 @@
+"""End-to-end runs on the real data in ../shared/data (skipped when it is absent).
+
+- a tiny training run per task (a few steps of one epoch) produces a model, which then goes
+  through export, predict and evaluate via the real command line;
+- the shipped models beat the trivial predictor (mean age / majority class) on held-out
+  test-split samples they never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facelens.api import Analyzer, default_model_path
+
+pytestmark = [pytest.mark.data, pytest.mark.slow]
+
+
+def facelens(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "facelens.cli", *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"facelens {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_age_run(tmp_path_factory, shared_data: Path) -> Path:
+    out = tmp_path_factory.mktemp("age-run")
+    facelens("train", "age", "--data", str(shared_data / "faces-20-50" / "train"), "--out", str(out), "--epochs", "1",
+             "--max-images", "48", "--max-steps-per-epoch", "2", "--batch-size", "16", "--arch", "mobilenetv2",
+             "--arch", "seed-cnn")
+    return out
+
+
+def test_tiny_age_training_writes_a_complete_run(tiny_age_run: Path) -> None:
+    for name in ("config.json", "hygiene.json", "split.csv", "comparison.json"):
+        assert (tiny_age_run / name).is_file(), name
+    comparison = json.loads((tiny_age_run / "comparison.json").read_text())
+    assert set(comparison["models"]) == {"mobilenetv2", "seed-cnn"}
+    meta = json.loads((tiny_age_run / "mobilenetv2" / "meta.json").read_text())
+    assert meta["split"]["strategy"] == "content" and meta["interval_scale"] > 0
+    assert (tiny_age_run / "mobilenetv2" / "checkpoints" / "last.pt").is_file()
+
+
+def test_tiny_age_model_exports_predicts_and_evaluates(tiny_age_run: Path, tmp_path: Path, shared_data: Path) -> None:
+    onnx = tmp_path / "age.onnx"
+    out = facelens("export", "--model", str(tiny_age_run / "mobilenetv2" / "model.pt"), "--out", str(onnx)).stdout
+    diff = float(out.rsplit("max abs difference", 1)[1].strip())
+    assert diff < 1e-3
+    photo = next((shared_data / "faces-20-50" / "train" / "30").glob("*.jpg"))
+    res = facelens("predict", str(photo), "--json", "--age-model", str(onnx), "--no-eyes")
+    line = json.loads(res.stdout.splitlines()[0])
+    assert line["error"] is None and line["path"] == str(photo)
+    if line["faces"]:
+        age = line["faces"][0]["age"]
+        assert age["low"] <= age["value"] <= age["high"]
+    metrics = tmp_path / "m.json"
+    facelens("evaluate", "age", "--model", str(onnx), "--data", str(shared_data / "faces-20-50" / "train"),
+             "--out", str(metrics))
+    m = json.loads(metrics.read_text())["models"]
+    (only,) = m.values()
+    assert only["split"] == "test" and only["n_scored"] > 0 and np.isfinite(only["mae"])
+
+
+def test_resume_continues_a_finished_run_without_retraining(tiny_age_run: Path, shared_data: Path) -> None:
+    before = (tiny_age_run / "mobilenetv2" / "checkpoints" / "best.pt").stat().st_mtime_ns
+    proc = facelens("train", "age", "--data", str(shared_data / "faces-20-50" / "train"), "--out", str(tiny_age_run),
+                    "--epochs", "1", "--max-images", "48", "--max-steps-per-epoch", "2", "--batch-size", "16",
+                    "--resume")
+    assert "resumed from" in proc.stderr
+    assert (tiny_age_run / "mobilenetv2" / "checkpoints" / "best.pt").stat().st_mtime_ns == before
+
+
+def test_tiny_eye_training_and_predict_eyes(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "eyes-run"
+    proc = facelens("train", "eyes", "--data", str(shared_data / "eyes"), "--out", str(out), "--epochs", "1",
+                    "--max-images", "48", "--max-steps-per-epoch", "2", "--batch-size", "16")
+    assert "femaleeyes -> female" in proc.stderr and "split (blocks" in proc.stderr
+    model = out / "mobilenetv2" / "model.pt"
+    crop = next((shared_data / "eyes" / "maleeyes").glob("*.jpg"))
+    res = json.loads(facelens("predict-eyes", str(crop), "--json", "--eye-model", str(model)).stdout)
+    assert res["error"] is None and abs(res["p_female"] + res["p_male"] - 1) < 1e-3
+
+
+def _sample(task: str, shared_data: Path, n: int, data: list[Path]):
+    from facelens.data.splits import DEFAULT_FRACTIONS
+    from facelens.train.runner import prepare_records
+
+    strategy = "content" if task == "age" else "blocks"
+    prep = prepare_records(task, [str(d) for d in data], strategy, 0, DEFAULT_FRACTIONS, log=lambda m: None)
+    test = np.flatnonzero(prep.splits == "test")
+    train_mean = float(prep.targets[prep.splits == "train"].mean())
+    pick = np.random.default_rng(1).choice(test, size=min(n, len(test)), replace=False)
+    return [prep.records[i] for i in pick], prep.targets[pick], train_mean
+
+
+def test_shipped_age_model_beats_the_mean_on_held_out_faces(shared_data: Path) -> None:
+    model = default_model_path("age")
+    if not model.is_file():
+        pytest.fail(f"shipped age model missing: {model}")
+    records, ages, train_mean = _sample("age", shared_data, 200, [shared_data / "utkface"])
+    analyzer = Analyzer(eye_model=False)
+    pred, true = [], []
+    for r, a in zip(records, ages, strict=True):
+        res = analyzer.analyze(r.path)
+        if res.faces:
+            pred.append(res.faces[0].age.value)
+            true.append(a)
+    true_arr, pred_arr = np.array(true), np.array(pred)
+    assert len(pred) > 150
+    model_mae = np.abs(pred_arr - true_arr).mean()
+    mean_mae = np.abs(train_mean - true_arr).mean()
+    assert model_mae < 0.6 * mean_mae, (model_mae, mean_mae)
+
+
+def test_shipped_eye_model_beats_the_majority_class_on_a_held_out_block(shared_data: Path) -> None:
+    model = default_model_path("eyes")
+    if not model.is_file():
+        pytest.fail(f"shipped eye model missing: {model}")
+    records, labels, train_rate = _sample("eyes", shared_data, 300, [shared_data / "eyes"])
+    results = Analyzer(age_model=False).predict_eye_crops([r.path for r in records])
+    p = np.array([r.p_female for r in results])
+    accuracy = np.mean((p >= 0.5) == (labels >= 0.5))
+    majority = max(labels.mean(), 1 - labels.mean())
+    assert accuracy > majority + 0.1, (accuracy, majority)
