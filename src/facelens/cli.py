@@ -72,6 +72,7 @@ def predict(
     eye_model: Annotated[Path | None, typer.Option(help="eye model (.onnx or .pt)")] = None,
     no_age: Annotated[bool, typer.Option(help="skip age estimation")] = False,
     no_eyes: Annotated[bool, typer.Option(help="skip the eye-based sex estimate")] = False,
+    batch_size: Annotated[int, typer.Option(help="faces per model call, gathered across photos")] = 32,
     backend: Backend = "auto",
     device: Device = "cpu",
 ) -> None:
@@ -85,13 +86,13 @@ def predict(
         _fail(str(exc))
     if out is not None:
         try:
-            summary = run_batch(analyzer, paths, out, resume=resume)
+            summary = run_batch(analyzer, paths, out, resume=resume, batch_size=batch_size)
         except FacelensError as exc:
             _fail(str(exc))
         typer.echo(summary.text(), err=True)
         raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
     n_ok = 0
-    for r in analyzer.analyze_many(paths, names=[str(p) for p in paths]):
+    for r in analyzer.analyze_many(paths, names=[str(p) for p in paths], batch_size=batch_size):
         n_ok += r.error is None
         typer.echo(json.dumps(r.to_dict()) if json_out else format_result_text(r))
     if paths and n_ok == 0:
