@@ -93,8 +93,6 @@ def _open(model: str | Path | Predictor | None | bool, task: str, backend: str, 
     path = Path(model) if model else default_model_path(task)
     if model is None and not path.is_file():
         return None  # no shipped default yet: the analyzer runs without this task
-    if backend == "torch" and path.suffix == ".onnx":
-        pass  # load_predictor finds the .pt twin
     pred = load_predictor(path, backend=backend, device=device)
     if pred.meta.get("task") != task:
         raise ModelLoadError(f"{path}: is a {pred.meta.get('task')!r} model, expected a {task!r} model")
