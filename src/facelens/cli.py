@@ -127,10 +127,10 @@ def predict_eyes(
         raise typer.Exit(1)
 
 
-def _train(task: str, data: list[str], out: Path, arch: list[str] | None, **kw) -> None:
+def _train(task: str, data: list[str], out: Path, arch: list[str] | None, **options) -> None:
     from facelens.train.runner import TrainRequest, run_training
 
-    req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **kw)
+    req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **options)
     try:
         run_training(req, log=lambda m: typer.echo(m, err=True))
     except (FacelensError, ValueError) as exc:
@@ -155,10 +155,7 @@ def train_age(
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
 ) -> None:
     """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
-    _train("age", data, out, arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split=split,
-           conflict_policy=conflict_policy, resume=resume, device=device, pretrained=pretrained,
-           input_size=input_size, patience=patience, max_images=max_images,
-           max_steps_per_epoch=max_steps_per_epoch, workers=workers, threads=threads)
+    _train("age", **locals())  # every option maps 1:1 onto a TrainRequest field
 
 
 @train_app.command("eyes")
@@ -176,10 +173,7 @@ def train_eyes(
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
-    _train("eyes", data, out, arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split=split,
-           female_class=female_class, male_class=male_class, conflict_policy=conflict_policy, resume=resume,
-           device=device, pretrained=pretrained, input_size=input_size, patience=patience, max_images=max_images,
-           max_steps_per_epoch=max_steps_per_epoch, workers=workers, threads=threads)
+    _train("eyes", **locals())
 
 
 def _evaluate(task: str, models: list[Path], data: list[str], split: str, report: Path | None, out: Path | None,
