@@ -8,6 +8,7 @@ head is re-drawn: outputs then differ from input to input and from the mirrored 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,9 @@ def test_metadata_travels_with_onnx_file(exported):
     pt, onnx_path, _ = exported
     op = load_predictor(onnx_path)
     assert op.backend == "onnx"
-    assert op.meta == TorchPredictor(pt).meta
+    assert {k: v for k, v in op.meta.items() if k not in ("precision", "export")} == TorchPredictor(pt).meta
+    assert op.meta["precision"] == "fp32"
+    assert op.meta["export"]["parity_max_abs_diff"] < 1e-3
     assert load_predictor(onnx_path, backend="torch").backend == "torch"  # the .pt twin beside it
 
 
@@ -106,3 +109,68 @@ def test_cli_export_of_a_non_model_is_a_clear_error(tmp_path):
     assert "bad.pt" in res.output
     assert not (tmp_path / "x.onnx").exists()
     assert "Traceback" not in res.output
+
+
+def test_no_tta_export_is_the_bare_network(tmp_path, exported):
+    pt, _, _ = exported
+    res = export_onnx(pt, tmp_path / "bare.onnx", tta=False)
+    bare = OnnxPredictor(tmp_path / "bare.onnx")
+    assert bare.meta["tta"] == "none"
+    assert res["max_abs_diff"] < 1e-3
+    crops = np.random.default_rng(5).integers(0, 256, size=(6, 64, 64, 3), dtype=np.uint8)
+    out, mirrored = bare(crops), bare(crops[:, :, ::-1].copy())
+    assert np.abs(out - mirrored).max() > 1e-3, "without TTA a mirrored crop gives another output"
+    # the flip-average model is the mean of the bare model on the crop and its mirror
+    np.testing.assert_allclose(load_predictor(exported[1])(crops), (out + mirrored) / 2, atol=1e-3)
+
+
+def eye_folder_dataset(root: Path, per_class: int = 40) -> Path:
+    """Two class folders of small random JPEGs (content differs, so the content split is stable)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("femaleeyes", "maleeyes"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{cls}{i}.jpg", quality=90)
+    return root
+
+
+def test_int8_export_is_recalibrated_and_measured_on_its_own_split(tmp_path, exported, monkeypatch):
+    monkeypatch.setenv("FACELENS_CACHE", str(tmp_path / "cache"))
+    pt, fp32_onnx, _ = exported
+    ck = torch.load(pt, weights_only=False)
+    ck["meta"] |= {"split": {"strategy": "random", "seed": 0, "fractions": [0.5, 0.25, 0.25], "block_size": None},
+                   "class_map": {"femaleeyes": 1, "maleeyes": 0}}
+    torch.save(ck, tmp_path / "eyes.pt")
+    data = eye_folder_dataset(tmp_path / "eyes")
+    res = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "eyes.pt"), "--out", str(tmp_path / "q.onnx"),
+                                   "--int8", "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    q = OnnxPredictor(tmp_path / "q.onnx")
+    assert q.meta["precision"] == "int8" and q.meta["tta"] == "flip-average"
+    assert q.meta["export"]["recalibrated_on"] == "val"
+    # the stored test metrics are what `facelens evaluate` measures on the same split with this file
+    res = CliRunner().invoke(app, ["evaluate", "eyes", "--model", str(tmp_path / "q.onnx"), "--data", str(data),
+                                   "--out", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    measured = next(iter(json.loads((tmp_path / "m.json").read_text())["models"].values()))
+    assert q.meta["metrics"]["split"] == "test" and 0 < q.meta["metrics"]["n"] < 80
+    assert measured["n"] == q.meta["metrics"]["n"]
+    assert measured["accuracy"] == pytest.approx(q.meta["metrics"]["accuracy"])
+    assert (tmp_path / "q.onnx").stat().st_size < 0.5 * fp32_onnx.stat().st_size
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer), "weights stored as int8"
+
+
+def test_int8_without_data_is_a_clear_error(tmp_path, exported):
+    pt, _, _ = exported
+    res = CliRunner().invoke(app, ["export", "--model", str(pt), "--out", str(tmp_path / "q.onnx"), "--int8"])
+    assert res.exit_code != 0
+    assert "--data" in res.output
+    assert not (tmp_path / "q.onnx").exists()

@@ -211,13 +211,17 @@ def evaluate_eyes(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _R
 def export(
     model: Annotated[Path, typer.Option(help="trained PyTorch model (RUN_DIR/<arch>/model.pt)")],
     out: Annotated[Path, typer.Option(help="ONNX file to write")],
+    tta: Annotated[bool, typer.Option(help="bake the flip-average test-time augmentation in (2x compute)")] = True,
+    int8: Annotated[bool, typer.Option(help="quantise to int8 (needs --data: calibrated on the training split)")] = False,
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", help="the model's training data (repeatable): re-fit calibration on val, re-measure on test")] = None,
 ) -> None:
-    """Export to ONNX (flip TTA included) and check parity with PyTorch."""
+    """Export to ONNX and check parity with PyTorch; optionally a faster variant (--no-tta, --int8)."""
     from facelens.infer.export import export_onnx
 
     try:
-        res = export_onnx(model, out)
-    except FacelensError as exc:
+        res = export_onnx(model, out, tta=tta, int8=int8, data=data, log=lambda m: typer.echo(m, err=True))
+    except (FacelensError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {res['out']}; parity with PyTorch on {res['samples']} random crops: "
                f"max abs difference {res['max_abs_diff']:.2e}")

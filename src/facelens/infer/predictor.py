@@ -1,7 +1,7 @@
 """Load a trained model (PyTorch ``.pt`` or ``.onnx``) and run it on uint8 crops in batches.
 
-Both backends return the same raw outputs (the flip-average TTA is inside the exported graph
-and added around the PyTorch model), and both carry the model's metadata (task, head, input
+Both backends return the same raw outputs (the flip-average TTA, when the model's metadata
+asks for it, is inside the exported graph and added around the PyTorch model), and both carry the model's metadata (task, head, input
 size, calibration), so decoding is shared (``facelens.infer.postprocess``).
 """
 
@@ -57,7 +57,9 @@ class TorchPredictor(Predictor):
         except Exception as exc:  # torch.load raises pickle, zip and runtime errors of many kinds
             raise ModelLoadError(f"{path}: not a facelens PyTorch model ({type(exc).__name__}: {exc})") from exc
         self.device = torch.device(device)
-        self.model = FlipAverage(model).to(self.device).eval()
+        if self.meta.get("tta", "flip-average") == "flip-average":
+            model = FlipAverage(model)
+        self.model = model.to(self.device).eval()
         self._torch = torch
 
     def _run(self, crops: np.ndarray) -> np.ndarray:

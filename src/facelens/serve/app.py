@@ -179,15 +179,19 @@ class ServiceState:
 
 
 def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_concurrent: int | None = None) -> FastAPI:
+               max_concurrent: int | None = None, processes: int = 1) -> FastAPI:
     """Build the app. ``analyzer=None`` loads the default models at startup (lifespan).
 
     ``max_concurrent``: analyses running at once (default: CPU count); the rest wait.
+    ``processes``: worker processes sharing the machine; each detection gets its share of the cores.
     """
     state = ServiceState(analyzer=analyzer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        from facelens.face.detect import set_detection_threads
+
+        set_detection_threads((os.cpu_count() or 1) // max(1, processes))
         state.limiter = anyio.CapacityLimiter(max_concurrent or os.cpu_count() or 1)
         if state.analyzer is None:
             try:
@@ -298,7 +302,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
 def app_factory() -> FastAPI:
     """Factory for ``uvicorn --factory`` with several workers (settings come from the environment)."""
     limit = int(os.environ.get("FACELENS_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
-    return create_app(max_upload_bytes=limit)
+    return create_app(max_upload_bytes=limit, processes=int(os.environ.get("FACELENS_WORKERS", 1)))
 
 
 def run_server(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_upload_mb: float = 10.0) -> None:
@@ -310,6 +314,7 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_
     if workers > 1:
         # Each worker process imports the factory and loads its own copy of the models.
         os.environ["FACELENS_MAX_UPLOAD_BYTES"] = str(limit)
+        os.environ["FACELENS_WORKERS"] = str(workers)
         uvicorn.run("facelens.serve.app:app_factory", factory=True, host=host, port=port, workers=workers)
     else:
         uvicorn.run(create_app(max_upload_bytes=limit), host=host, port=port)
