@@ -1,8 +1,10 @@
 """Model-only throughput: faces (crops) per second for the age and eye models, torch vs ONNX Runtime.
 
 Feeds random uint8 crops of the model's input size (what the analyzer feeds after cropping)
-straight to ``load_predictor(...)``, so it measures the network plus the flip-average TTA
-baked into it, not detection. Each configuration gets one warm-up run, then the median of
+straight to ``load_predictor(...)``, so it measures the network plus any flip-average TTA
+baked into it, not detection. The torch backend runs the ``.pt`` twin (fp32, with the run's
+TTA), the onnx backend the shipped file (see its ``precision`` and ``tta`` metadata).
+Each configuration gets one warm-up run, then the median of
 ``--runs`` timed runs is reported with the spread. Prints a Markdown table.
 
     python benchmarks/bench_models.py                        # shipped models, batch 1 and 32, both backends
@@ -77,16 +79,17 @@ def main(argv: list[str] | None = None) -> int:
                 med = statistics.median(rates)
                 target = TARGETS[task]
                 verdict = ("met" if med >= target else "MISSED") if batch >= 32 else "-"
-                rows.append(f"| {task} | {pred.meta['input_size']} | {backend} | {batch} | {med:,.0f} | "
+                variant = f"{pred.meta.get('precision', 'fp32')}, TTA {pred.meta.get('tta', 'flip-average')}"
+                rows.append(f"| {task} | {pred.meta['input_size']} | {variant} | {backend} | {batch} | {med:,.0f} | "
                             f"{min(rates):,.0f}-{max(rates):,.0f} | >= {target:,.0f} at batch 32 | {verdict} |")
                 print(rows[-1], file=sys.stderr, flush=True)
             del pred
 
     load = os.getloadavg()
-    print(f"\nModel throughput, median of {args.runs} runs (flip-average TTA included; "
+    print(f"\nModel throughput, median of {args.runs} runs (TTA, where a model has it, included; "
           f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end)\n")
-    print("| model | input px | backend | batch | faces/s (median) | range | target | |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | input px | variant | backend | batch | faces/s (median) | range | target | |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
     return 0

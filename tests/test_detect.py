@@ -101,3 +101,34 @@ def test_detection_rate_on_utkface(shared_data):
     sample = files[:: len(files) // 100][:100]  # spread over ages (names start with the age)
     found = sum(bool(detect_faces(load_image(p))) for p in sample)
     assert found >= 95, f"found a face on only {found}/100 UTKFace images"
+
+
+def test_thread_setting_reaches_every_loaded_openmp_runtime(astronaut):
+    """After `import torch`, yuface's GOMP calls bind to torch's libgomp: both must get the setting."""
+    import threading
+    from pathlib import Path
+
+    import torch  # noqa: F401 - loads torch's libgomp into the global symbol scope
+    import yuface
+
+    from facelens.face import detect
+
+    libs = detect._loaded_libgomps(Path(yuface.__file__).resolve().parent.parent / "yuface.libs")
+    assert any("torch" in p for p in libs), libs
+    assert any("yuface" in p for p in libs), libs
+    seen = {}
+
+    def probe() -> None:  # a fresh thread, as in the service's pool
+        import ctypes
+
+        detect.detect_faces(astronaut)
+        seen.update({p: ctypes.CDLL(p).omp_get_max_threads() for p in libs})
+
+    detect.set_detection_threads(2)
+    try:
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join()
+    finally:
+        detect.set_detection_threads(1)
+    assert set(seen.values()) == {2}, seen

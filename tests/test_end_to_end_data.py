@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from facelens.api import Analyzer, default_model_path
+from facelens.evaluate.model_card import format_value
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -65,6 +66,27 @@ def test_tiny_age_model_exports_predicts_and_evaluates(tiny_age_run: Path, tmp_p
     m = json.loads(metrics.read_text())["models"]
     (only,) = m.values()
     assert only["split"] == "test" and only["n_scored"] > 0 and np.isfinite(only["mae"])
+
+
+def test_shipped_variant_gets_its_own_metrics_and_card(tiny_age_run: Path, tmp_path: Path, shared_data: Path) -> None:
+    """A --no-tta export re-measured on a small manifest; its card reports it and shows the run's model beside it."""
+    photos = sorted((shared_data / "faces-20-50" / "train" / "30").glob("*.jpg"))[:24]
+    photos += sorted((shared_data / "faces-20-50" / "train" / "45").glob("*.jpg"))[:24]
+    manifest = tmp_path / "small.csv"
+    manifest.write_text("path,age\n" + "".join(f"{p},{p.parent.name}\n" for p in photos))
+    onnx = tmp_path / "age-fast.onnx"
+    facelens("export", "--model", str(tiny_age_run / "mobilenetv2" / "model.pt"), "--out", str(onnx), "--no-tta",
+             "--data", str(manifest))
+    meta = json.loads(onnx.with_suffix(".json").read_text())
+    assert meta["tta"] == "none" and meta["export"]["recalibrated_on"] == "val"
+    assert 0 < meta["metrics"]["n"] < len(photos)
+    card = tmp_path / "card.md"
+    facelens("model-card", "--run", str(tiny_age_run), "--model", str(onnx), "--out", str(card))
+    text = card.read_text()
+    export_line = next(line for line in text.splitlines() if line.startswith("facelens export"))
+    assert "--no-tta" in export_line and manifest.name in export_line
+    assert "The run's PyTorch model" in text
+    assert format_value(meta["metrics"]["mae"]) in text
 
 
 def test_resume_continues_a_finished_run_without_retraining(tiny_age_run: Path, shared_data: Path) -> None:

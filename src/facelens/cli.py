@@ -233,12 +233,14 @@ def model_card(
     arch: Annotated[str | None, typer.Option(help="which architecture of the run (default: the first)")] = None,
     out: Annotated[Path | None, typer.Option(help="card file (default RUN_DIR/<arch>/MODEL_CARD.md)")] = None,
     shipped_as: Annotated[str | None, typer.Option(help="file name the model is shipped under, for the card")] = None,
+    model: Annotated[Path | None, typer.Option(
+        help="the shipped file (e.g. an --int8 export): the card reports its own metrics, the run's model beside them")] = None,
     evaluations: Annotated[Path | None, typer.Option(help="JSON list of further evaluations "
                                                      "({title, note, metrics, command}) to include")] = None,
 ) -> None:
     """Write a model card (YAML header + sections) from the run's own saved metadata and metrics."""
     from facelens.evaluate.model_card import write_model_card
-    from facelens.train.runner import reproduce_commands
+    from facelens.train.runner import headline, reproduce_commands
 
     cfg_path = run / "config.json"
     if not cfg_path.is_file():
@@ -248,10 +250,23 @@ def model_card(
     meta_path = run / arch / "meta.json"
     if not meta_path.is_file():
         _fail(f"{meta_path}: missing; has the run for {arch!r} finished?")
-    meta = json.loads(meta_path.read_text())
-    meta["commands"] = reproduce_commands(cfg, arch, shipped_as)
-    if evaluations:
-        meta["evaluations"] = json.loads(evaluations.read_text())
+    run_meta = meta = json.loads(meta_path.read_text())
+    extra: list[dict] = []
+    if model is not None:
+        from facelens.infer.predictor import load_predictor
+
+        try:
+            meta = load_predictor(model).meta
+        except FacelensError as exc:
+            _fail(str(exc))
+        if meta.get("metrics") != run_meta.get("metrics"):
+            m = run_meta["metrics"]
+            extra.append({"title": f"The run's PyTorch model ({run_meta.get('tta', 'no')} TTA, fp32)",
+                          "note": "The trained network before export, on the same test split "
+                                  "(served by `--backend torch` from the .pt file beside the shipped one).",
+                          "metrics": {"summary": headline(cfg["task"], m)}})
+    meta["commands"] = reproduce_commands(cfg, arch, shipped_as or (model.name if model else None), meta)
+    meta["evaluations"] = extra + (json.loads(evaluations.read_text()) if evaluations else [])
     path = write_model_card(out or run / arch / "MODEL_CARD.md", meta)
     typer.echo(f"wrote {path}")
 

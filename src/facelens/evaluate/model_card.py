@@ -125,6 +125,10 @@ def _details(meta: Mapping, task: str) -> str:
         rows.append(("calibration", "80% interval from validation residual quantiles (split conformal)"))
     if meta.get("tta"):
         rows.append(("test-time augmentation", meta["tta"]))
+    if meta.get("precision"):
+        parity = (meta.get("export") or {}).get("parity_max_abs_diff")
+        rows.append(("numeric precision", meta["precision"] + (f" (ONNX export, max abs output difference to "
+                                                               f"PyTorch {parity:.2g} on random crops)" if parity is not None else "")))
     split = meta.get("split") or {}
     if split:
         rows.append(("data split", f"{split.get('strategy')} (seed {split.get('seed')}, fractions "

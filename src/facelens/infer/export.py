@@ -138,7 +138,7 @@ def export_onnx(model_path: Path, out: Path, *, tta: bool = True, int8: bool = F
         export_info = {"opset": opset, "parity_max_abs_diff": float(np.abs(reference - onnx_pred(crops)).max())}
         if splits is not None:
             meta = _refit_and_measure(meta, onnx_pred, prep, splits, log)
-            export_info["recalibrated_on"] = "val"
+            export_info |= {"recalibrated_on": "val", "data": list(data)}
         meta["export"] = export_info
         _write_onnx_meta(tmp, meta)
         os.replace(tmp, out)

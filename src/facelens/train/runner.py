@@ -343,8 +343,18 @@ def headline(task: str, m: dict) -> str:
             f"ROC-AUC {_fmt(m['roc_auc'], '.4f')}, ECE {_fmt(m['ece'], '.4f')}")
 
 
-def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None) -> list[str]:
-    """The commands that rebuild a run's model from its saved config (for model cards)."""
+def export_flags(meta: dict) -> list[str]:
+    """``facelens export`` options that rebuild an exported variant described by its metadata."""
+    flags = []
+    if meta.get("tta") == "none":
+        flags.append("--no-tta")
+    if meta.get("precision") == "int8":
+        flags.append("--int8")
+    return flags
+
+
+def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, shipped_meta: dict | None = None) -> list[str]:
+    """The commands that rebuild a run's model (and its shipped export) from its saved config (for model cards)."""
     def rel(p: str) -> str:  # paths as a user in the repository root would type them
         return os.path.relpath(p) if os.path.isabs(p) else p
 
@@ -352,10 +362,16 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None) -> l
     archs = " ".join(f"--arch {a}" for a in cfg["archs"])
     cmd = (f"facelens train {cfg['task']} {data} --out {rel(cfg['out'])} {archs} --epochs {cfg['epochs']} "
            f"--batch-size {cfg['batch_size']} --lr {cfg['lr']} --seed {cfg['seed']} --split {cfg['split_resolved']}")
+    if cfg.get("patience") is not None:
+        cmd += f" --patience {cfg['patience']}"
+    if cfg.get("input_size"):
+        cmd += f" --input-size {cfg['input_size']}"
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:
-        cmds.append(f"facelens export --model {model} --out models/{shipped_as}")
+        flags = export_flags(shipped_meta or {})
+        flags += [f"--data {rel(d)}" for d in (shipped_meta or {}).get("export", {}).get("data", [])]
+        cmds.append(" ".join([f"facelens export --model {model} --out models/{shipped_as}", *flags]))
         cmds.append(f"facelens evaluate {cfg['task']} --model models/{shipped_as} {data} --split test")
     else:
         cmds.append(f"facelens evaluate {cfg['task']} --model {model} {data} --split test")
