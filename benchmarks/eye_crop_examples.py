@@ -29,7 +29,7 @@ def main() -> None:
     canvas = rgb.copy()
     crops = []
     for side, eye, other in (("right", face.right_eye, face.left_eye), ("left", face.left_eye, face.right_eye)):
-        crop, (x, y, w, h) = cut_eye(rgb, np.array(eye), np.array(other), 64, DEFAULT_EYE_GEOMETRY)
+        crop, (x, y, w, h) = cut_eye(rgb, np.array(eye), np.array(other), 64, DEFAULT_EYE_GEOMETRY, np.array(face.mouth))
         cv2.rectangle(canvas, (round(x), round(y)), (round(x + w), round(y + h)), (255, 200, 0), 2)
         crops.append((side, crop))
     x, y, w, h = (round(v) for v in face.box)

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def landmarks_for(records, limit: int | None, seed: int):
-    """(eyes per face, sex labels) for records with a detected face."""
+    """(images, (left eye, right eye, mouth) per face, sex labels) for records with a detected face."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(records))[:limit] if limit else np.arange(len(records))
     eyes, labels, images = [], [], []
@@ -53,7 +53,7 @@ def landmarks_for(records, limit: int | None, seed: int):
         if not faces:
             continue
         f = faces[0]
-        eyes.append((np.array(f.left_eye), np.array(f.right_eye)))
+        eyes.append((np.array(f.left_eye), np.array(f.right_eye), np.array(f.mouth)))
         labels.append(1.0 if sex == "female" else 0.0)
         images.append(rgb)
     return images, eyes, np.array(labels)
@@ -62,9 +62,9 @@ def landmarks_for(records, limit: int | None, seed: int):
 def score(pred, images, eyes, y, geometry: EyeCropGeometry) -> dict:
     size = pred.meta["input_size"]
     crops = []
-    for rgb, (left, right) in zip(images, eyes, strict=True):
-        crops.append(cut_eye(rgb, left, right, size, geometry)[0])
-        crops.append(cut_eye(rgb, right, left, size, geometry)[0])
+    for rgb, (left, right, mouth) in zip(images, eyes, strict=True):
+        crops.append(cut_eye(rgb, left, right, size, geometry, mouth)[0])
+        crops.append(cut_eye(rgb, right, left, size, geometry, mouth)[0])
     p = decode_eyes(pred(np.stack(crops)), pred.meta)
     p_left, p_right = p[0::2], p[1::2]
     combined = np.array([combine_eye_probabilities([a, b]) for a, b in zip(p_left, p_right, strict=True)])

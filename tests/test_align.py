@@ -158,6 +158,21 @@ def test_eye_crop_is_upright_for_both_eyes(roll, side):
     assert np.linalg.det(m[:, :2]) > 0  # no mirror
 
 
+@pytest.mark.parametrize("roll", [-150.0, -120.0, -90.0, -45.0, 0.0, 60.0, 100.0, 135.0, 180.0])
+@pytest.mark.parametrize("side", ["right_eye", "left_eye"])
+def test_eye_crop_with_mouth_is_upright_at_any_roll(roll, side):
+    pts = _face_points(centre=(300, 300), iod=80, roll_deg=roll)
+    other = "left_eye" if side == "right_eye" else "right_eye"
+    m = eye_crop_transform(pts[side], pts[other], 64, mouth=pts["mouth"])
+    eye_c, other_c, mouth_c, forehead_c = apply_transform(
+        m, np.stack([pts[side], pts[other], pts["mouth"], pts["forehead"]])
+    )
+    assert mouth_c[1] > eye_c[1] + 10 and forehead_c[1] < eye_c[1] - 10
+    assert abs(other_c[1] - eye_c[1]) < 1e-9
+    assert (other_c[0] > eye_c[0]) == (side == "right_eye")  # as on an upright face
+    assert np.linalg.det(m[:, :2]) > 0
+
+
 def test_eye_crop_scales_with_interocular_distance():
     size = 64
     geometry = EyeCropGeometry(side=0.8, dy=0.0)

@@ -132,6 +132,7 @@ class Analyzer:
             m = pred.meta
             out.append({"name": m["name"], "task": m["task"], "arch": m["arch"], "version": m.get("facelens_version"),
                         "created": m.get("created"), "input_size": m["input_size"], "backend": pred.backend,
+                        "precision": m.get("precision", "fp32"), "tta": m.get("tta", "flip-average"),
                         "test_metrics": {k: v for k, v in m.get("metrics", {}).items() if not isinstance(v, (dict, list))}})
         return out
 
@@ -217,7 +218,7 @@ class Analyzer:
                 crops = []
                 for d in dets:
                     for eye, other in ((d.left_eye, d.right_eye), (d.right_eye, d.left_eye)):
-                        c, b = cut_eye(rgb, np.array(eye), np.array(other), size, self.eye_geometry)
+                        c, b = cut_eye(rgb, np.array(eye), np.array(other), size, self.eye_geometry, np.array(d.mouth))
                         crops.append(c)
                         item.eye_boxes.append(b)
                 item.eye_crops = np.stack(crops)

@@ -113,12 +113,16 @@ DEFAULT_EYE_GEOMETRY = EyeCropGeometry()
 
 
 def eye_crop_transform(
-    eye: np.ndarray, other_eye: np.ndarray, size: int, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY
+    eye: np.ndarray, other_eye: np.ndarray, size: int, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
+    mouth: np.ndarray | None = None,
 ) -> np.ndarray:
     """2x3 matrix that cuts an upright square crop of ``size`` px around ``eye``.
 
     The crop is rotated so the line between the eyes is horizontal (the training crops are
     upright) and scaled by the inter-ocular distance, so it does not depend on image size.
+    The eye line alone cannot tell up from down; with ``mouth`` given, the crop is turned so
+    the mouth lies below the eyes, which keeps it upright at any head roll (without it,
+    faces rolled past 90 degrees would give upside-down crops).
     """
     eye = np.asarray(eye, dtype=np.float64)
     other = np.asarray(other_eye, dtype=np.float64)
@@ -126,9 +130,12 @@ def eye_crop_transform(
     dist = float(np.hypot(*vec))
     if dist < 1e-6:
         raise ValueError("eye points coincide")
-    # Angle of the inter-ocular line; for the right eye 'other' lies to the image right.
-    angle = np.arctan2(vec[1], vec[0])
-    if vec[0] < 0:  # left eye: the other eye is to the image left; keep the crop upright
+    angle = np.arctan2(vec[1], vec[0])  # rotating by -angle makes the eye line point to +x
+    if mouth is not None:
+        down = np.asarray(mouth, dtype=np.float64) - (eye + other) / 2
+        if -np.sin(angle) * down[0] + np.cos(angle) * down[1] < 0:  # mouth would land above the eyes
+            angle += np.pi
+    elif vec[0] < 0:  # no mouth: assume a roll under 90 degrees, i.e. up is up in the image
         angle = np.arctan2(-vec[1], -vec[0])
     side_px = geometry.side * dist
     scale = size / side_px
@@ -140,10 +147,11 @@ def eye_crop_transform(
 
 
 def cut_eye(
-    rgb: np.ndarray, eye: np.ndarray, other_eye: np.ndarray, size: int, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY
+    rgb: np.ndarray, eye: np.ndarray, other_eye: np.ndarray, size: int, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
+    mouth: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Cut one eye crop; returns (crop, axis-aligned box of the crop in image pixels)."""
-    m = eye_crop_transform(eye, other_eye, size, geometry)
+    m = eye_crop_transform(eye, other_eye, size, geometry, mouth)
     crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if _scale(m) < 1 else cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
     corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float64)
