@@ -189,3 +189,30 @@ def test_analyze_many_batches_across_photos_like_analyze(tmp_path, analyzer):
     for a, b in zip(many, one, strict=True):
         da, db = a.to_dict(), b.to_dict()
         assert json.dumps(da, sort_keys=True) == json.dumps(db, sort_keys=True)
+
+
+def test_analyzer_sessions_do_not_spin_but_plain_predictors_do(analyzer) -> None:
+    """Between the analyzer's model calls the detector needs the cores; alone, spinning is faster."""
+    from facelens.infer.predictor import OnnxPredictor, load_predictor
+
+    onnx = [p for p in (analyzer.age, analyzer.eyes) if isinstance(p, OnnxPredictor)]
+    assert onnx, "the analyzer should open .onnx models with ONNX Runtime"
+    key = "session.intra_op.allow_spinning"
+    for pred in onnx:
+        assert pred.session.get_session_options().get_session_config_entry(key) == "0"
+    alone = load_predictor(onnx[0].path).session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's default: spin
+        alone.get_session_config_entry(key)
+
+
+def test_detect_max_side_trades_small_faces_for_speed(models_env, monkeypatch) -> None:
+    """A 60 px face in a 2400 px photo is lost at the default detection size and found at full size."""
+    if "FACELENS_MODELS" in models_env:
+        monkeypatch.setenv("FACELENS_MODELS", models_env["FACELENS_MODELS"])
+    face = cv2.resize(skdata.astronaut()[20:320, 80:380], (90, 90), interpolation=cv2.INTER_AREA)
+    photo = np.full((1800, 2400, 3), 128, dtype=np.uint8)
+    photo[900:990, 1200:1290] = face
+    assert Analyzer().analyze(photo).faces == []
+    (found,) = Analyzer(detect_max_side=2400).analyze(photo).faces
+    x, y, w, h = found.box
+    assert 1190 < x + w / 2 < 1300 and 890 < y + h / 2 < 1000

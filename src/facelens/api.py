@@ -23,7 +23,7 @@ import numpy as np
 from facelens.data.crops import eye_crop_from_image
 from facelens.errors import ImageLoadError, ModelLoadError
 from facelens.face.align import AGE_TEMPLATE, DEFAULT_EYE_GEOMETRY, EyeCropGeometry, align_face, cut_eye
-from facelens.face.detect import DEFAULT_MIN_SCORE, Detection, detect_faces
+from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, detect_faces
 from facelens.images import ImageInput, load_image
 from facelens.infer.postprocess import combine_eye_probabilities, decode_age, decode_eyes
 from facelens.infer.predictor import Predictor, load_predictor
@@ -93,7 +93,8 @@ def _open(model: str | Path | Predictor | None | bool, task: str, backend: str, 
     path = Path(model) if model else default_model_path(task)
     if model is None and not path.is_file():
         return None  # no shipped default yet: the analyzer runs without this task
-    pred = load_predictor(path, backend=backend, device=device)
+    # Detection runs between the model calls here, so ONNX Runtime must not spin (OnnxPredictor).
+    pred = load_predictor(path, backend=backend, device=device, spin=False)
     if pred.meta.get("task") != task:
         raise ModelLoadError(f"{path}: is a {pred.meta.get('task')!r} model, expected a {task!r} model")
     return pred
@@ -104,6 +105,8 @@ class Analyzer:
 
     ``age_model`` / ``eye_model``: a path, a loaded Predictor, None for the shipped default,
     or False to skip that task. ``backend``: 'auto' (ONNX Runtime for .onnx files), 'onnx' or 'torch'.
+    ``detect_max_side``: photos are scaled down to this longest side for detection only (crops
+    are cut from the full-resolution pixels); raise it to find small faces in large photos.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class Analyzer:
         min_face_score: float = DEFAULT_MIN_SCORE,
         max_faces: int = 50,
         eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
+        detect_max_side: int = DETECT_MAX_SIDE,
     ) -> None:
         self.age = _open(age_model, "age", backend, device)
         self.eyes = _open(eye_model, "eyes", backend, device)
@@ -123,6 +127,7 @@ class Analyzer:
         self.min_face_score = min_face_score
         self.max_faces = max_faces
         self.eye_geometry = eye_geometry
+        self.detect_max_side = detect_max_side
 
     def models_info(self) -> list[dict]:
         out = []
@@ -202,7 +207,7 @@ class Analyzer:
         result = ImageResult(path=label, width=int(rgb.shape[1]), height=int(rgb.shape[0]))
         t0 = time.perf_counter()
         try:
-            dets = detect_faces(rgb, self.min_face_score)[: self.max_faces]
+            dets = detect_faces(rgb, self.min_face_score, self.detect_max_side)[: self.max_faces]
             t1 = time.perf_counter()
             result.timings_ms = {"load": _ms(t_load), "detect": _ms(t1 - t0)}
             if not dets:

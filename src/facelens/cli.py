@@ -55,11 +55,12 @@ def format_result_text(r) -> str:
 
 
 def _analyzer(age_model: Path | None, eye_model: Path | None, backend: str, device: str, no_age: bool = False,
-              no_eyes: bool = False):
+              no_eyes: bool = False, detect_max_side: int | None = None):
     from facelens.api import Analyzer
 
+    extra = {"detect_max_side": detect_max_side} if detect_max_side else {}
     return Analyzer(age_model=False if no_age else age_model, eye_model=False if no_eyes else eye_model,
-                    backend=backend, device=device)
+                    backend=backend, device=device, **extra)
 
 
 @app.command()
@@ -75,12 +76,14 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="faces per model call, gathered across photos")] = 32,
     backend: Backend = "auto",
     device: Device = "cpu",
+    detect_max_side: Annotated[int | None, typer.Option(
+        help="detect on photos scaled to this longest side (default 512); raise it for small faces in big photos")] = None,
 ) -> None:
     """Detect every face in photos and estimate its age (80% interval) and sex from its eyes."""
     from facelens.infer.batch import expand_inputs, run_batch
 
     try:
-        analyzer = _analyzer(age_model, eye_model, backend, device, no_age, no_eyes)
+        analyzer = _analyzer(age_model, eye_model, backend, device, no_age, no_eyes, detect_max_side)
         paths = expand_inputs(inputs)
     except FacelensError as exc:
         _fail(str(exc))

@@ -72,13 +72,23 @@ class TorchPredictor(Predictor):
 class OnnxPredictor(Predictor):
     backend = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, spin: bool = True) -> None:
+        """``spin``: let ONNX Runtime's threads busy-wait between runs (its default).
+
+        That is fastest when the model has the cores to itself (age model, batch 32: 531 faces/s
+        against 371 without), but the spinning threads steal the cores from face detection when
+        the two interleave: in the service a lone request took 71 ms at p50 with spinning and
+        40-48 ms without, and a batch run went from 68 to 78 photos/s (benchmarks/README.md).
+        """
         import onnxruntime as ort
 
+        self.path = Path(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -94,8 +104,12 @@ class OnnxPredictor(Predictor):
         return self.session.run(None, {self.input_name: x})[0]
 
 
-def load_predictor(path: str | Path, backend: str = "auto", device: str = "cpu") -> Predictor:
-    """Open a model file; ``backend`` 'auto' follows the file type (.onnx -> ONNX Runtime)."""
+def load_predictor(path: str | Path, backend: str = "auto", device: str = "cpu", spin: bool = True) -> Predictor:
+    """Open a model file; ``backend`` 'auto' follows the file type (.onnx -> ONNX Runtime).
+
+    ``spin=False`` keeps ONNX Runtime's idle threads from busy-waiting (see ``OnnxPredictor``):
+    use it when other CPU work, such as face detection, runs between model calls.
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"{p}: model file not found")
@@ -104,7 +118,7 @@ def load_predictor(path: str | Path, backend: str = "auto", device: str = "cpu")
     if backend == "onnx":
         if p.suffix != ".onnx":
             raise ModelLoadError(f"{p}: --backend onnx needs an .onnx file (export it with `facelens export`)")
-        return OnnxPredictor(p)
+        return OnnxPredictor(p, spin=spin)
     if backend == "torch":
         if p.suffix == ".onnx":
             torch_twin = p.with_suffix(".pt")
