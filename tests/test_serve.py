@@ -231,6 +231,13 @@ def test_healthz_models_docs(client, analyzer):
     models = client.get("/v1/models").json()["models"]
     assert {m["task"] for m in models} == {"age", "eyes"}
     assert all(m["name"] and m["input_size"] > 0 for m in models)
+    for m in models:  # the model card in brief: its split, its data's terms and what it must not be used for
+        card = m["card"]
+        assert card["test_split"]["n"] == m["test_metrics"]["n"] > 0
+        assert any("decisions about individuals" in item for item in card["out_of_scope"])
+        assert "**" not in " ".join(card["out_of_scope"])
+    eyes_card = next(m["card"] for m in models if m["task"] == "eyes")
+    assert any("gender identity" in item for item in eyes_card["out_of_scope"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     assert re.findall(r'(?:src|href)="(https?://[^"]*)"', docs.text) == []  # offline: no CDN assets

@@ -10,6 +10,7 @@ does). Every face goes through the same crop code the models were trained on.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections import deque
@@ -128,8 +129,17 @@ class Analyzer:
         self.max_faces = max_faces
         self.eye_geometry = eye_geometry
         self.detect_max_side = detect_max_side
+        self._models_info: list[dict] | None = None
 
     def models_info(self) -> list[dict]:
+        """Name, version, precision, test metrics and model-card summary of each loaded model."""
+        if self._models_info is None:  # built once: the service answers it with every request
+            self._models_info = self._describe_models()
+        return copy.deepcopy(self._models_info)
+
+    def _describe_models(self) -> list[dict]:
+        from facelens.evaluate.model_card import card_summary
+
         out = []
         for pred in (self.age, self.eyes):
             if pred is None:
@@ -138,7 +148,8 @@ class Analyzer:
             out.append({"name": m["name"], "task": m["task"], "arch": m["arch"], "version": m.get("facelens_version"),
                         "created": m.get("created"), "input_size": m["input_size"], "backend": pred.backend,
                         "precision": m.get("precision", "fp32"), "tta": m.get("tta", "flip-average"),
-                        "test_metrics": {k: v for k, v in m.get("metrics", {}).items() if not isinstance(v, (dict, list))}})
+                        "test_metrics": {k: v for k, v in m.get("metrics", {}).items() if not isinstance(v, (dict, list))},
+                        "card": card_summary(m)})
         return out
 
     # -- whole photos -------------------------------------------------------------------------

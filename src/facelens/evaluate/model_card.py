@@ -154,7 +154,8 @@ def _intended(task: str, meta: Mapping) -> str:
             "- Every output is an estimate from appearance with a stated uncertainty, not a fact about a person.")
 
 
-def _out_of_scope(task: str) -> str:
+def out_of_scope_items(task: str) -> list[str]:
+    """What the model must not be used for (Markdown bold marks the headline of each item)."""
     items = [
         "**No decisions about individuals.** Do not use the outputs to grant or deny access, services, employment, "
         "credit, insurance, benefits or entry, or for age verification with legal effect.",
@@ -173,7 +174,29 @@ def _out_of_scope(task: str) -> str:
     else:
         items.append("Not for estimating the age of children for child-safety or legal-age decisions: the errors "
                      "are years wide.")
-    return "## Out-of-scope use\n\n" + "\n".join(f"- {i}" for i in items)
+    return items
+
+
+def _out_of_scope(task: str) -> str:
+    return "## Out-of-scope use\n\n" + "\n".join(f"- {i}" for i in out_of_scope_items(task))
+
+
+def card_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The model card in brief, as plain JSON: what the service shows under /v1/models."""
+    task = meta["task"]
+    split = meta.get("metrics", {})
+    return {
+        "title": TASK_TITLES.get(task, task),
+        "training_data": [{"name": d.get("name"), "terms": d.get("terms")} for d in _datasets(meta)],
+        "test_split": {"n": split.get("n"), "strategy": meta.get("split", {}).get("strategy"),
+                       "seed": meta.get("split", {}).get("seed")},
+        "out_of_scope": [i.replace("**", "") for i in out_of_scope_items(task)],
+        "estimates_only": "Every output is an estimate from appearance with a stated uncertainty, "
+                          "not a fact about a person.",
+    }
+
+
+
 
 
 def _training_data(datasets: list[dict], meta: Mapping) -> str:
