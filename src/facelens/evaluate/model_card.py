@@ -197,8 +197,6 @@ def card_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 
-
-
 def _training_data(datasets: list[dict], meta: Mapping) -> str:
     if not datasets:
         return "## Training data\n\nNot recorded. Check the data's own licence before sharing this model."
