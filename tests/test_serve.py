@@ -226,6 +226,20 @@ def test_lifespan_loads_default_models(analyzer):
         assert c.app.state.facelens.analyzer is not None
 
 
+def test_detect_max_side_reaches_the_loaded_analyzer(analyzer):
+    """A small face in a big photo: missed at the default detection size, found when it is raised."""
+    from skimage import data as skdata
+
+    face = np.array(Image.fromarray(skdata.astronaut()[20:320, 80:380]).resize((90, 90)))
+    photo = np.full((1800, 2400, 3), 128, dtype=np.uint8)
+    photo[900:990, 1200:1290] = face
+    body = _jpeg(photo)
+    for side, n_faces in ((None, 0), (2400, 1)):
+        with TestClient(create_app(detect_max_side=side)) as c:
+            r = c.post("/v1/analyze", content=body, headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 200 and len(r.json()["faces"]) == n_faces, (side, r.json())
+
+
 def test_healthz_models_docs(client, analyzer):
     assert client.get("/healthz").json()["models_loaded"] is True
     models = client.get("/v1/models").json()["models"]

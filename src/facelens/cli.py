@@ -25,6 +25,8 @@ app.add_typer(evaluate_app, name="evaluate")
 
 Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime for .onnx), onnx or torch")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
+DetectMaxSide = Annotated[int | None, typer.Option(
+    help="detect on photos scaled to this longest side (default 512); raise it for small faces in big photos")]
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -76,8 +78,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="faces per model call, gathered across photos")] = 32,
     backend: Backend = "auto",
     device: Device = "cpu",
-    detect_max_side: Annotated[int | None, typer.Option(
-        help="detect on photos scaled to this longest side (default 512); raise it for small faces in big photos")] = None,
+    detect_max_side: DetectMaxSide = None,
 ) -> None:
     """Detect every face in photos and estimate its age (80% interval) and sex from its eyes."""
     from facelens.infer.batch import expand_inputs, run_batch
@@ -279,13 +280,14 @@ def serve(
     host: str = "127.0.0.1", port: int = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 10.0,
+    detect_max_side: DetectMaxSide = None,
 ) -> None:
     """Serve the REST API (/v1/analyze, /docs) and the web page (/) with FastAPI + uvicorn."""
     try:
         from facelens.serve.app import run_server
     except ImportError as exc:  # pragma: no cover - the service module is part of the package
         _fail(f"the web service is not available: {exc}")
-    run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb)
+    run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb, detect_max_side=detect_max_side)
 
 
 @app.command()

@@ -179,11 +179,13 @@ class ServiceState:
 
 
 def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_concurrent: int | None = None, processes: int = 1) -> FastAPI:
+               max_concurrent: int | None = None, processes: int = 1, detect_max_side: int | None = None) -> FastAPI:
     """Build the app. ``analyzer=None`` loads the default models at startup (lifespan).
 
     ``max_concurrent``: analyses running at once (default: CPU count); the rest wait.
     ``processes``: worker processes sharing the machine; each detection gets its share of the cores.
+    ``detect_max_side``: for the loaded analyzer, the longest side photos are detected at
+    (default 512, see ``facelens.face.detect``); raise it to find small faces in large photos.
     """
     state = ServiceState(analyzer=analyzer)
 
@@ -197,7 +199,8 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
             try:
                 from facelens.api import Analyzer
 
-                state.analyzer = await anyio.to_thread.run_sync(Analyzer)
+                extra = {"detect_max_side": detect_max_side} if detect_max_side else {}
+                state.analyzer = await anyio.to_thread.run_sync(lambda: Analyzer(**extra))
                 log.info("models loaded: %s", models_summary(state.analyzer))
             except FacelensError as exc:  # keep serving /healthz so operators see why
                 state.load_error = str(exc)
@@ -302,10 +305,13 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
 def app_factory() -> FastAPI:
     """Factory for ``uvicorn --factory`` with several workers (settings come from the environment)."""
     limit = int(os.environ.get("FACELENS_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
-    return create_app(max_upload_bytes=limit, processes=int(os.environ.get("FACELENS_WORKERS", 1)))
+    side = int(os.environ.get("FACELENS_DETECT_MAX_SIDE", 0)) or None
+    return create_app(max_upload_bytes=limit, processes=int(os.environ.get("FACELENS_WORKERS", 1)),
+                      detect_max_side=side)
 
 
-def run_server(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_upload_mb: float = 10.0) -> None:
+def run_server(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_upload_mb: float = 10.0,
+               detect_max_side: int | None = None) -> None:
     """Run the service with uvicorn (what ``facelens serve`` calls)."""
     import uvicorn
 
@@ -315,6 +321,7 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_
         # Each worker process imports the factory and loads its own copy of the models.
         os.environ["FACELENS_MAX_UPLOAD_BYTES"] = str(limit)
         os.environ["FACELENS_WORKERS"] = str(workers)
+        os.environ["FACELENS_DETECT_MAX_SIDE"] = str(detect_max_side or 0)
         uvicorn.run("facelens.serve.app:app_factory", factory=True, host=host, port=port, workers=workers)
     else:
-        uvicorn.run(create_app(max_upload_bytes=limit), host=host, port=port)
+        uvicorn.run(create_app(max_upload_bytes=limit, detect_max_side=detect_max_side), host=host, port=port)
