@@ -40,6 +40,7 @@ def test_duplicates_with_equal_labels_collapse(tmp_path, write_jpeg):
     assert report.conflict_groups == [] and report.conflicts_dropped == 0
     assert report.digests[a] == report.digests[a_copy] != report.digests[b]
     assert report.summary()["exact_duplicates_removed"] == 1
+    assert report.copy_label_noise["noise_std"] == 0.0  # copies that agree: no label noise seen
 
 
 def _conflict_records(tmp_path, write_jpeg) -> tuple[list[Record], Record]:
@@ -58,6 +59,10 @@ def test_conflicting_labels_dropped_by_default(tmp_path, write_jpeg):
     assert {r.label for r in report.conflict_groups[0]} == {20.0, 41.0}
     assert report.exact_duplicates == 0
     assert any("conflicting" in line and "2 images dropped" in line for line in report.lines())
+    # one photo filed as 20 and as 41: a label spread of std sqrt(2 * 10.5^2) = 14.85 years
+    assert report.copy_label_noise["noise_std"] == pytest.approx(14.849, abs=1e-3)
+    assert report.summary()["copy_label_noise"]["groups"] == 1
+    assert any("label spread among copies" in line and "14.8" in line for line in report.lines())
 
 
 def test_conflicting_labels_keep_first(tmp_path, write_jpeg):

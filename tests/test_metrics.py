@@ -13,7 +13,9 @@ from facelens.evaluate.metrics import (
     binary_metrics,
     cs_curve,
     decade_label,
+    duplicate_label_noise,
     expected_calibration_error,
+    noise_limits,
     reliability_bins,
     roc_auc,
     roc_curve,
@@ -212,3 +214,29 @@ def test_binary_input_validation():
         binary_metrics([0, 1], [0.1, 1.2])
     with pytest.raises(ValueError):
         binary_metrics([0, 1, 1], [0.1, 0.2])
+
+
+def test_duplicate_label_noise_pools_within_group_spread():
+    # pairs (20, 24) and (30, 30): ss = 8 + 0, dof = 2 -> std 2; singletons are ignored
+    est = duplicate_label_noise([[20, 24], [30, 30], [41]])
+    assert est["groups"] == 2 and est["conflicting"] == 1 and est["dof"] == 2
+    assert est["noise_std"] == pytest.approx(2.0)
+    assert est["low"] < 2.0 < est["high"]
+    _plain(est)
+    assert duplicate_label_noise([[5], []])["noise_std"] is None
+
+
+def test_duplicate_label_noise_recovers_simulated_noise():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(20, 50, 2000)
+    groups = [t + rng.normal(0, 5.0, 2) for t in truth]
+    est = duplicate_label_noise(groups, confidence=0.99)
+    assert est["low"] < 5.0 < est["high"]
+    assert est["noise_std"] == pytest.approx(5.0, rel=0.05)
+
+
+def test_noise_limits():
+    lim = noise_limits(6.0, 10.0)
+    assert lim == {"rmse_floor": 6.0, "r2_ceiling": pytest.approx(0.64)}
+    with pytest.raises(ValueError):
+        noise_limits(1.0, 0.0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facelens.data.readers import AGE_RANGE, Record
+from facelens.evaluate.metrics import duplicate_label_noise
 
 CONFLICT_POLICIES = ("drop", "keep-first", "keep-all")
 
@@ -29,6 +30,7 @@ class HygieneReport:
     out_of_range: list[tuple[Path, float]] = field(default_factory=list)
     label_counts: dict[str, int] = field(default_factory=dict)
     label_range: tuple[float, float] | None = None
+    copy_label_noise: dict | None = None  # age: label spread among copies of one photo (label noise)
 
     def summary(self) -> dict:
         return {
@@ -40,6 +42,7 @@ class HygieneReport:
             "out_of_range": len(self.out_of_range),
             "label_range": list(self.label_range) if self.label_range else None,
             "label_counts": self.label_counts,
+            "copy_label_noise": self.copy_label_noise,
         }
 
     def lines(self) -> list[str]:
@@ -52,6 +55,11 @@ class HygieneReport:
             f"({s['conflicting_records_dropped']} images dropped)",
             f"labels out of range: {s['out_of_range']}" + "".join(f"\n  - {p}: {v}" for p, v in self.out_of_range[:20]),
         ]
+        noise = self.copy_label_noise
+        if noise and noise["noise_std"] is not None:
+            out.append(f"label spread among copies of one photo: std {noise['noise_std']:.1f} years "
+                       f"[90%: {noise['low']:.1f}, {noise['high']:.1f}] over {noise['groups']} groups "
+                       "(a sign of label noise; no model can score an RMSE below the noise)")
         if self.label_range:
             out.append(f"label range: {self.label_range[0]:g} .. {self.label_range[1]:g}")
         if self.label_counts:
@@ -122,6 +130,8 @@ def check_hygiene(
         else:
             report.conflicts_dropped += len(group)
     report.kept.sort(key=lambda r: str(r.path))
+    if age_range is not None:
+        report.copy_label_noise = duplicate_label_noise([float(r.label) for r in g] for g in by_digest.values())
     if age_range is not None and report.kept:
         ages = [float(r.label) for r in report.kept]
         report.label_range = (min(ages), max(ages))
