@@ -7,6 +7,7 @@ models/baselines/) are evaluated beside ours on the same images.
 
     python benchmarks/targets.py             # both tasks
     python benchmarks/targets.py --task eyes
+    python benchmarks/targets.py --task age --age-model models/age-mobilenetv2-144.onnx
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def _row(name: str, value: float | None, target: str, ok: bool) -> str:
     return f"| {name} | {shown} | {target} | {'met' if ok else 'MISSED'} |"
 
 
-def age(quiet) -> list[str]:
-    models = [default_model_path("age")]
+def age(quiet, model: Path | None = None) -> list[str]:
+    models = [model or default_model_path("age")]
     seed = BASELINES / "age-seed-cnn.onnx"
     if seed.exists():
         models.append(seed)
@@ -81,11 +82,12 @@ def eyes(quiet) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=["age", "eyes", "both"], default="both")
+    ap.add_argument("--age-model", type=Path, help="age model to check (default: the shipped default)")
     args = ap.parse_args()
     quiet = lambda m: None  # noqa: E731
     rows = ["| measure | measured | target | |", "|---|---|---|---|"]
     if args.task in ("age", "both"):
-        rows += age(quiet)
+        rows += age(quiet, args.age_model)
     if args.task in ("eyes", "both"):
         rows += eyes(quiet)
     print("\n".join(rows))

@@ -265,9 +265,11 @@ def model_card(
             _fail(str(exc))
         if meta.get("metrics") != run_meta.get("metrics"):
             m = run_meta["metrics"]
+            twin = model.with_suffix(".pt")
+            where = (f"served by `--backend torch` from {twin.name} beside the shipped file" if twin.is_file()
+                     else f"the run's {arch}/model.pt, not shipped")
             extra.append({"title": f"The run's PyTorch model ({run_meta.get('tta', 'no')} TTA, fp32)",
-                          "note": "The trained network before export, on the same test split "
-                                  "(served by `--backend torch` from the .pt file beside the shipped one).",
+                          "note": f"The trained network before export, on the same test split ({where}).",
                           "metrics": {"summary": headline(cfg["task"], m)}})
     meta["commands"] = reproduce_commands(cfg, arch, shipped_as or (model.name if model else None), meta)
     meta["evaluations"] = extra + (json.loads(evaluations.read_text()) if evaluations else [])
