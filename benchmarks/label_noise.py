@@ -14,28 +14,23 @@ indicative; they say whether a target is plausible, not what a model will reach.
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from facelens.data.hygiene import file_digest
+from facelens.data.hygiene import check_hygiene
 from facelens.data.readers import read_dataset
-from facelens.evaluate.metrics import duplicate_label_noise, noise_limits
+from facelens.evaluate.metrics import noise_limits
 from facelens.fileio import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = [ROOT.parent / "shared/data/utkface", ROOT.parent / "shared/data/faces-20-50/train"]
 
 
-def noise_report(source: Path, confidence: float) -> dict:
+def noise_report(source: Path) -> dict:
     records = read_dataset(source, "age").records
-    labels_by_digest: dict[str, list[float]] = defaultdict(list)
-    for r in tqdm(records, desc=f"hashing {source.name}", unit="img", leave=False):
-        labels_by_digest[file_digest(r.path)].append(float(r.label))
+    est = check_hygiene(records, policy="keep-all").copy_label_noise  # the figure `train` prints (90% interval)
     ages = np.array([float(r.label) for r in records])
-    est = duplicate_label_noise(labels_by_digest.values(), confidence=confidence)
     row = {"data": str(source), "images": len(records), "label_std": float(ages.std()), **est}
     if est["noise_std"] is not None:
         row |= noise_limits(est["noise_std"], row["label_std"])
@@ -47,12 +42,10 @@ def noise_report(source: Path, confidence: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", action="append", type=Path, help="age dataset (repeatable); default: both shared sets")
-    ap.add_argument("--confidence", type=float, default=0.9, help="level of the noise-std interval")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
-    rows = [noise_report(d, args.confidence) for d in (args.data or DEFAULT_DATA)]
-    pct = f"{args.confidence:.0%}"
-    print(f"| data | images | copy groups (conflicting) | label noise std [{pct}] | label std | RMSE floor | R² ceiling [{pct}] |")
+    rows = [noise_report(d) for d in (args.data or DEFAULT_DATA)]
+    print("| data | images | copy groups (conflicting) | label noise std [90%] | label std | RMSE floor | R² ceiling [90%] |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if r["noise_std"] is None:

@@ -59,7 +59,7 @@ class HygieneReport:
         if noise and noise["noise_std"] is not None:
             out.append(f"label spread among copies of one photo: std {noise['noise_std']:.1f} years "
                        f"[90%: {noise['low']:.1f}, {noise['high']:.1f}] over {noise['groups']} groups "
-                       "(a sign of label noise; no model can score an RMSE below the noise)")
+                       "(copies of one photo should agree: a sign of label noise, see benchmarks/label_noise.py)")
         if self.label_range:
             out.append(f"label range: {self.label_range[0]:g} .. {self.label_range[1]:g}")
         if self.label_counts:
