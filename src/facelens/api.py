@@ -107,7 +107,8 @@ class Analyzer:
     ``age_model`` / ``eye_model``: a path, a loaded Predictor, None for the shipped default,
     or False to skip that task. ``backend``: 'auto' (ONNX Runtime for .onnx files), 'onnx' or 'torch'.
     ``detect_max_side``: photos are scaled down to this longest side for detection only (crops
-    are cut from the full-resolution pixels); raise it to find small faces in large photos.
+    are cut from the full-resolution pixels); None means 512 (``DETECT_MAX_SIDE``). Raise it to
+    find small faces in large photos.
     """
 
     def __init__(
@@ -119,7 +120,7 @@ class Analyzer:
         min_face_score: float = DEFAULT_MIN_SCORE,
         max_faces: int = 50,
         eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
-        detect_max_side: int = DETECT_MAX_SIDE,
+        detect_max_side: int | None = None,
     ) -> None:
         self.age = _open(age_model, "age", backend, device)
         self.eyes = _open(eye_model, "eyes", backend, device)
@@ -128,7 +129,7 @@ class Analyzer:
         self.min_face_score = min_face_score
         self.max_faces = max_faces
         self.eye_geometry = eye_geometry
-        self.detect_max_side = detect_max_side
+        self.detect_max_side = detect_max_side or DETECT_MAX_SIDE
         self._models_info: list[dict] | None = None
 
     def models_info(self) -> list[dict]:

@@ -60,9 +60,8 @@ def _analyzer(age_model: Path | None, eye_model: Path | None, backend: str, devi
               no_eyes: bool = False, detect_max_side: int | None = None):
     from facelens.api import Analyzer
 
-    extra = {"detect_max_side": detect_max_side} if detect_max_side else {}
     return Analyzer(age_model=False if no_age else age_model, eye_model=False if no_eyes else eye_model,
-                    backend=backend, device=device, **extra)
+                    backend=backend, device=device, detect_max_side=detect_max_side)
 
 
 @app.command()

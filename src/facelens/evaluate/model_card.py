@@ -184,17 +184,16 @@ def _out_of_scope(task: str) -> str:
 def card_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The model card in brief, as plain JSON: what the service shows under /v1/models."""
     task = meta["task"]
-    split = meta.get("metrics", {})
+    metrics = meta.get("metrics", {})
     return {
         "title": TASK_TITLES.get(task, task),
         "training_data": [{"name": d.get("name"), "terms": d.get("terms")} for d in _datasets(meta)],
-        "test_split": {"n": split.get("n"), "strategy": meta.get("split", {}).get("strategy"),
+        "test_split": {"n": metrics.get("n"), "strategy": meta.get("split", {}).get("strategy"),
                        "seed": meta.get("split", {}).get("seed")},
         "out_of_scope": [i.replace("**", "") for i in out_of_scope_items(task)],
         "estimates_only": "Every output is an estimate from appearance with a stated uncertainty, "
                           "not a fact about a person.",
     }
-
 
 
 def _training_data(datasets: list[dict], meta: Mapping) -> str:

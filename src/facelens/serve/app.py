@@ -199,8 +199,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
             try:
                 from facelens.api import Analyzer
 
-                extra = {"detect_max_side": detect_max_side} if detect_max_side else {}
-                state.analyzer = await anyio.to_thread.run_sync(lambda: Analyzer(**extra))
+                state.analyzer = await anyio.to_thread.run_sync(lambda: Analyzer(detect_max_side=detect_max_side))
                 log.info("models loaded: %s", models_summary(state.analyzer))
             except FacelensError as exc:  # keep serving /healthz so operators see why
                 state.load_error = str(exc)
