@@ -142,6 +142,8 @@ def _train(task: str, data: list[str], out: Path, arch: list[str] | None, **opti
 
 _DATA = Annotated[list[str], typer.Option("--data", help="dataset folder or CSV manifest (repeatable)")]
 _OUT = Annotated[Path, typer.Option("--out", help="run folder (config, checkpoints, models, metrics)")]
+_EMA = Annotated[float, typer.Option(help="keep, validate and ship a moving average of the weights with this decay "
+                                          "per step (e.g. 0.998); 0 = off")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
 
 
@@ -153,6 +155,7 @@ def train_age(
     conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
     resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
     device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
+    ema_decay: _EMA = 0.0,
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
@@ -171,6 +174,7 @@ def train_eyes(
     conflict_policy: str = "drop",
     resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
     device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
+    ema_decay: _EMA = 0.0,
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,

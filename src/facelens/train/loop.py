@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from facelens.agebins import AGE_MIN, NUM_AGE_BINS
@@ -36,6 +37,7 @@ class FitConfig:
     seed: int = 0
     label_sigma: float = 1.5  # age-bins: std-dev (years) of the Gaussian soft label
     checkpoint_every: int = 200
+    ema_decay: float = 0.0  # >0: validate, keep and ship an exponential moving average of the weights
     max_steps_per_epoch: int | None = None  # for smoke tests
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -78,6 +80,21 @@ def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float) -> torc
 
 
 @torch.no_grad()
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights *and* BatchNorm statistics, or None.
+
+    Why: with ~300 steps an epoch, validation MAE of the raw weights jumps by up to a year
+    from one epoch to the next (the last mini-batches decide where the weights land); the
+    average over the last ~1/(1-decay) steps is a smoother, usually better, model.
+    """
+    if decay <= 0:
+        return None
+    if not 0 < decay < 1:
+        raise ValueError(f"--ema-decay must be in [0, 1), got {decay}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+@torch.no_grad()
 def predict_outputs(model: nn.Module, crops: np.ndarray, device: torch.device, batch_size: int = 256,
                     desc: str | None = None) -> np.ndarray:
     """Raw model outputs for uint8 crops, in evaluation mode."""
@@ -113,7 +130,8 @@ def fit(
     resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train ``model`` in place; returns a summary. Best weights are loaded back at the end."""
+    """Train ``model`` in place; returns a summary. The best validated weights (the moving average
+    when ``cfg.ema_decay`` > 0) are loaded back into ``model`` at the end."""
     ckpt_dir = run_dir / "checkpoints"
     model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -121,6 +139,8 @@ def fit(
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    ema = make_ema(model, cfg.ema_decay)
+    scored = ema.module if ema is not None else model  # the weights validated, kept and shipped
     state = {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "seconds": 0.0}
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
@@ -128,6 +148,11 @@ def fit(
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["state"]
+        if ("ema" in ck) != (ema is not None):
+            was = "with" if "ema" in ck else "without"
+            raise ValueError(f"{last} was written {was} --ema-decay; resume with the options of the original run")
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         saved_total = ck["scheduler"].get("total_steps")
         if saved_total == cfg.epochs * steps:
             sched.load_state_dict(ck["scheduler"])
@@ -148,9 +173,11 @@ def fit(
     def save(best: bool = False) -> None:
         ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
               "state": state, "config": asdict(cfg)}
+        if ema is not None:
+            ck["ema"] = ema.state_dict()
         save_checkpoint(last, ck)
         if best:
-            save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "state": state})
+            save_checkpoint(ckpt_dir / "best.pt", {"model": scored.state_dict(), "state": state})
 
     while state["epoch"] < cfg.epochs and not state.get("stopped"):
         epoch = state["epoch"]
@@ -171,6 +198,8 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             running = 0.9 * running + 0.1 * loss.item() if step > first_step else loss.item()
             bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
             state["step"] = step + 1
@@ -179,7 +208,7 @@ def fit(
                 t0 = time.time()
                 save()
         bar.close()
-        score = validation_score(cfg.head, predict_outputs(model, val_x, device), val_y)
+        score = validation_score(cfg.head, predict_outputs(scored, val_x, device), val_y)
         state["seconds"] += time.time() - t0
         improved = score < state["best"] - 1e-4
         state["history"].append({"epoch": epoch + 1, "val": score, "loss": running, "seconds": state["seconds"]})

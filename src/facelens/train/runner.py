@@ -60,6 +60,7 @@ class TrainRequest:
     max_images: int | None = None  # cap per split, for smoke tests
     max_steps_per_epoch: int | None = None
     patience: int = 3
+    ema_decay: float = 0.0  # >0: keep a moving average of the weights (see train.loop.make_ema)
     workers: int | None = None
     threads: int | None = None  # CPU threads for torch (default: all cores)
 
@@ -279,7 +280,7 @@ def run_training(req: TrainRequest, log=print) -> dict:
         torch.manual_seed(req.seed)
         model = create_model(arch, req.task, pretrained=req.pretrained)
         cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
-                        patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch)
+                        patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay)
         y = prep.targets[pos]
         summary = fit(model, cs.crops[idx["train"]], y[idx["train"]], cs.crops[idx["val"]], y[idx["val"]], cfg,
                       arch_dir, device, resume=req.resume, log=log)
@@ -366,6 +367,8 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
         cmd += f" --patience {cfg['patience']}"
     if cfg.get("input_size"):
         cmd += f" --input-size {cfg['input_size']}"
+    if cfg.get("ema_decay"):
+        cmd += f" --ema-decay {cfg['ema_decay']}"
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:

@@ -1,0 +1,80 @@
+"""The training loop's weight averaging (EMA): what is validated is what is kept and resumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from facelens.agebins import NUM_AGE_BINS
+from facelens.train.checkpoint import load_checkpoint
+from facelens.train.loop import FitConfig, fit, make_ema
+
+
+def tiny_age_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, NUM_AGE_BINS))
+
+
+def tiny_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), rng.uniform(1, 90, n).astype(np.float32)
+
+
+def run(tmp: Path, epochs: int, ema_decay: float, resume: bool = False, model: nn.Module | None = None) -> nn.Module:
+    model = model or tiny_age_net()
+    tx, ty = tiny_data(48, 1)
+    vx, vy = tiny_data(16, 2)
+    cfg = FitConfig(head="age-bins", epochs=epochs, batch_size=16, ema_decay=ema_decay, patience=99)
+    fit(model, tx, ty, vx, vy, cfg, tmp, torch.device("cpu"), resume=resume, log=lambda m: None)
+    return model
+
+
+def test_make_ema_is_off_at_zero_and_rejects_decays_outside_0_1() -> None:
+    assert make_ema(tiny_age_net(), 0.0) is None
+    with pytest.raises(ValueError, match="ema-decay"):
+        make_ema(tiny_age_net(), 1.0)
+
+
+def test_ema_tracks_parameters_and_batchnorm_statistics() -> None:
+    net = tiny_age_net()
+    ema = make_ema(net, 0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        net[1].running_mean.add_(2.0)
+    ema.update_parameters(net)  # first update copies
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        net[1].running_mean.add_(2.0)
+    ema.update_parameters(net)  # then halfway: 0.5 * old + 0.5 * new
+    for p_ema, p in zip(ema.module.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(p_ema, p - 0.5)
+    torch.testing.assert_close(ema.module[1].running_mean, net[1].running_mean - 1.0)
+
+
+def test_fit_with_ema_keeps_the_average_not_the_last_weights(tmp_path: Path) -> None:
+    model = run(tmp_path, epochs=2, ema_decay=0.9)
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    raw = last["model"]
+    kept = model.state_dict()
+    for k, v in best["model"].items():
+        torch.testing.assert_close(kept[k], v)  # the model handed back is the validated average
+    assert any(not torch.equal(raw[k], kept[k]) for k in raw if raw[k].is_floating_point())
+
+
+def test_resume_must_keep_the_ema_choice_of_the_run(tmp_path: Path) -> None:
+    run(tmp_path / "with", epochs=1, ema_decay=0.9)
+    run(tmp_path / "with", epochs=2, ema_decay=0.9, resume=True)
+    assert load_checkpoint(tmp_path / "with" / "checkpoints" / "last.pt")["state"]["epoch"] == 2
+    with pytest.raises(ValueError, match="written with --ema-decay"):
+        run(tmp_path / "with", epochs=3, ema_decay=0.0, resume=True)
+    run(tmp_path / "without", epochs=1, ema_decay=0.0)
+    with pytest.raises(ValueError, match="written without --ema-decay"):
+        run(tmp_path / "without", epochs=2, ema_decay=0.9, resume=True)
