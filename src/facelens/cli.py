@@ -150,12 +150,12 @@ _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s)
 @train_app.command("age")
 def train_age(
     data: _DATA, out: _OUT, arch: _ARCH = None,
-    epochs: int = 8, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+    epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = "auto",
     conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
     resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
     device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
-    ema_decay: _EMA = 0.0,
+    ema_decay: _EMA = 0.998,
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,

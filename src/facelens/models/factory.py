@@ -58,7 +58,7 @@ def _mobilenet_v2(num_outputs: int, pretrained: bool) -> nn.Module:
 
 
 ARCHS: dict[str, ArchSpec] = {
-    "mobilenetv2": ArchSpec(_mobilenet_v2, {"age": 112, "eyes": 64}, {"age": "age-bins", "eyes": "binary"}),
+    "mobilenetv2": ArchSpec(_mobilenet_v2, {"age": 128, "eyes": 64}, {"age": "age-bins", "eyes": "binary"}),
     "seed-cnn": ArchSpec(lambda n, p: SeedCNN(), {"age": 120}, {"age": "regression"}, imagenet_norm=False),
     "seed-xception": ArchSpec(lambda n, p: SeedXception(), {"eyes": 64}, {"eyes": "binary"}, imagenet_norm=False),
 }

@@ -367,8 +367,7 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
         cmd += f" --patience {cfg['patience']}"
     if cfg.get("input_size"):
         cmd += f" --input-size {cfg['input_size']}"
-    if cfg.get("ema_decay"):
-        cmd += f" --ema-decay {cfg['ema_decay']}"
+    cmd += f" --ema-decay {cfg.get('ema_decay', 0.0)}"  # explicit: the default differs by task
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:
