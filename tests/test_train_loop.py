@@ -38,6 +38,8 @@ def test_make_ema_is_off_at_zero_and_rejects_decays_outside_0_1() -> None:
     assert make_ema(tiny_age_net(), 0.0) is None
     with pytest.raises(ValueError, match="ema-decay"):
         make_ema(tiny_age_net(), 1.0)
+    with pytest.raises(ValueError, match="ema-decay"):
+        make_ema(tiny_age_net(), -0.5)
 
 
 def test_ema_tracks_parameters_and_batchnorm_statistics() -> None:

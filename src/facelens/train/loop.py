@@ -79,7 +79,6 @@ def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float) -> torc
     return F.binary_cross_entropy_with_logits(out.view(-1), y)
 
 
-@torch.no_grad()
 def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights *and* BatchNorm statistics, or None.
 
@@ -87,10 +86,10 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     from one epoch to the next (the last mini-batches decide where the weights land); the
     average over the last ~1/(1-decay) steps is a smoother, usually better, model.
     """
-    if decay <= 0:
-        return None
-    if not 0 < decay < 1:
+    if not 0 <= decay < 1:
         raise ValueError(f"--ema-decay must be in [0, 1), got {decay}")
+    if decay == 0:
+        return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
