@@ -7,7 +7,7 @@ models/baselines/) are evaluated beside ours on the same images.
 
     python benchmarks/targets.py             # both tasks
     python benchmarks/targets.py --task eyes
-    python benchmarks/targets.py --task age --age-model models/age-mobilenetv2-144.onnx
+    python benchmarks/targets.py --task age --age-model runs/age/mobilenetv2/model.pt  # a model of your own
 """
 
 from __future__ import annotations

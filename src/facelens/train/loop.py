@@ -144,12 +144,12 @@ def fit(
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
         ck = load_checkpoint(last)
+        if ("ema" in ck) != (ema is not None):  # refuse before touching the model
+            was = "with" if "ema" in ck else "without"
+            raise ValueError(f"{last} was written {was} --ema-decay; resume with the options of the original run")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["state"]
-        if ("ema" in ck) != (ema is not None):
-            was = "with" if "ema" in ck else "without"
-            raise ValueError(f"{last} was written {was} --ema-decay; resume with the options of the original run")
         if ema is not None:
             ema.load_state_dict(ck["ema"])
         saved_total = ck["scheduler"].get("total_steps")
