@@ -216,3 +216,17 @@ def test_detect_max_side_trades_small_faces_for_speed(models_env, monkeypatch) -
     (found,) = Analyzer(detect_max_side=2400).analyze(photo).faces
     x, y, w, h = found.box
     assert 1190 < x + w / 2 < 1300 and 890 < y + h / 2 < 1000
+
+
+@pytest.mark.parametrize("side", [0, 10, -512, 20000])
+def test_detect_max_side_out_of_range_is_a_clear_error(side: int, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"between 64 and 8192 px, got {side}"):
+        Analyzer(detect_max_side=side)
+    photo = tmp_path / "p.jpg"
+    cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
+    res = subprocess.run([sys.executable, "-m", "facelens.cli", "predict", str(photo), "--detect-max-side", str(side)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and f"got {side}" in res.stderr and "Traceback" not in res.stderr
+    serve = subprocess.run([sys.executable, "-m", "facelens.cli", "serve", "--port", "0", "--detect-max-side", str(side)],
+                           capture_output=True, text=True, timeout=120)  # refused before the server starts
+    assert serve.returncode != 0 and "--detect-max-side: detect max side must be between" in serve.stderr

@@ -80,3 +80,22 @@ def test_resume_must_keep_the_ema_choice_of_the_run(tmp_path: Path) -> None:
     run(tmp_path / "without", epochs=1, ema_decay=0.0)
     with pytest.raises(ValueError, match="written without --ema-decay"):
         run(tmp_path / "without", epochs=2, ema_decay=0.9, resume=True)
+
+
+# ------------------------------------------------------------------------------ reproduce commands
+RUN_CFG = {"task": "age", "data": ["../shared/data/utkface"], "out": "runs/age", "archs": ["mobilenetv2"],
+           "epochs": 12, "batch_size": 64, "lr": 0.001, "seed": 0, "split_resolved": "content", "patience": 12,
+           "input_size": None, "ema_decay": 0.998}
+
+
+def test_reproduce_command_names_the_models_input_size_even_when_the_run_left_it_unset() -> None:
+    from facelens.train.runner import reproduce_commands
+
+    # An old run trained at the then-default 112 px must not be "reproduced" at today's default.
+    train, evaluate = reproduce_commands(RUN_CFG, "mobilenetv2", shipped_meta={"input_size": 112})
+    assert "--input-size 112" in train and "--ema-decay 0.998" in train
+    assert evaluate.startswith("facelens evaluate age --model runs/age/mobilenetv2/model.pt")
+    explicit = reproduce_commands(RUN_CFG | {"input_size": 144}, "mobilenetv2")[0]
+    assert "--input-size 144" in explicit
+    shipped = reproduce_commands(RUN_CFG, "mobilenetv2", "age.onnx", {"input_size": 128, "tta": "none"})
+    assert "--input-size 128" in shipped[0] and "--no-tta" in shipped[1] and "models/age.onnx" in shipped[2]

@@ -24,7 +24,7 @@ import numpy as np
 from facelens.data.crops import eye_crop_from_image
 from facelens.errors import ImageLoadError, ModelLoadError
 from facelens.face.align import AGE_TEMPLATE, DEFAULT_EYE_GEOMETRY, EyeCropGeometry, align_face, cut_eye
-from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, detect_faces
+from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
 from facelens.images import ImageInput, load_image
 from facelens.infer.postprocess import combine_eye_probabilities, decode_age, decode_eyes
 from facelens.infer.predictor import Predictor, load_predictor
@@ -122,6 +122,7 @@ class Analyzer:
         eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
         detect_max_side: int | None = None,
     ) -> None:
+        check_detect_max_side(detect_max_side)
         self.age = _open(age_model, "age", backend, device)
         self.eyes = _open(eye_model, "eyes", backend, device)
         if self.age is None and self.eyes is None:

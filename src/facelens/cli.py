@@ -85,7 +85,7 @@ def predict(
     try:
         analyzer = _analyzer(age_model, eye_model, backend, device, no_age, no_eyes, detect_max_side)
         paths = expand_inputs(inputs)
-    except FacelensError as exc:
+    except (FacelensError, ValueError) as exc:
         _fail(str(exc))
     if out is not None:
         try:
@@ -292,6 +292,12 @@ def serve(
         from facelens.serve.app import run_server
     except ImportError as exc:  # pragma: no cover - the service module is part of the package
         _fail(f"the web service is not available: {exc}")
+    from facelens.face.detect import check_detect_max_side
+
+    try:  # refused here, before uvicorn starts and the models load
+        check_detect_max_side(detect_max_side)
+    except ValueError as exc:
+        _fail(f"--detect-max-side: {exc}")
     run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb, detect_max_side=detect_max_side)
 
 

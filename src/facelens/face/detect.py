@@ -18,6 +18,7 @@ import ctypes
 import glob
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,16 @@ import numpy as np
 #: 42-59 ms at 640, which is most of a service request. At 512 a face needs ~10 px at that
 #: scale, e.g. ~80 px in a 4000x3000 photo; pass a larger ``max_side`` for crowds in big photos.
 DETECT_MAX_SIDE = 512
+#: Bounds for ``max_side``: below 64 px no face survives; above 8192 the detector's uint16
+#: coordinates and its cost (quadratic in the side) stop making sense.
+DETECT_SIDE_RANGE = (64, 8192)
+
+
+def check_detect_max_side(max_side: int | None) -> None:
+    """Raise ValueError for a detection size outside ``DETECT_SIDE_RANGE`` (None = the default)."""
+    lo, hi = DETECT_SIDE_RANGE
+    if max_side is not None and not lo <= max_side <= hi:
+        raise ValueError(f"detect max side must be between {lo} and {hi} px, got {max_side}")
 #: Minimum YuNet confidence (0..1) for a detection to count as a face.
 DEFAULT_MIN_SCORE = 0.6
 
@@ -124,7 +135,9 @@ def detect_faces(rgb: np.ndarray, min_score: float = DEFAULT_MIN_SCORE, max_side
     scale = min(1.0, max_side / max(h, w))
     small = rgb if scale == 1.0 else cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
     bgr = np.ascontiguousarray(small[:, :, ::-1])
-    with _LOCK:
+    with _LOCK, warnings.catch_warnings():
+        # yuface warns on every image above 960 px; a larger max_side is the caller's explicit choice.
+        warnings.filterwarnings("ignore", message="Image size .* is too large")
         confs, boxes, marks = yuface.detect(bgr)
     out: list[Detection] = []
     for conf, box, mk in zip(np.atleast_1d(confs), np.atleast_2d(boxes), np.atleast_2d(marks), strict=False):

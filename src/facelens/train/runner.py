@@ -355,7 +355,10 @@ def export_flags(meta: dict) -> list[str]:
 
 
 def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, shipped_meta: dict | None = None) -> list[str]:
-    """The commands that rebuild a run's model (and its shipped export) from its saved config (for model cards)."""
+    """The commands that rebuild a run's model (and its shipped export) from its saved config (for model cards).
+
+    ``shipped_meta`` is the metadata of the model the card describes (its input size, export flags).
+    """
     def rel(p: str) -> str:  # paths as a user in the repository root would type them
         return os.path.relpath(p) if os.path.isabs(p) else p
 
@@ -365,8 +368,11 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
            f"--batch-size {cfg['batch_size']} --lr {cfg['lr']} --seed {cfg['seed']} --split {cfg['split_resolved']}")
     if cfg.get("patience") is not None:
         cmd += f" --patience {cfg['patience']}"
-    if cfg.get("input_size"):
-        cmd += f" --input-size {cfg['input_size']}"
+    # The model's own size, not the run's option: a run that left --input-size unset used the
+    # default of its day, and the default may have changed since.
+    size = (shipped_meta or {}).get("input_size") or cfg.get("input_size")
+    if size:
+        cmd += f" --input-size {size}"
     cmd += f" --ema-decay {cfg.get('ema_decay', 0.0)}"  # explicit: the default differs by task
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
