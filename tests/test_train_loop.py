@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,16 @@ def test_resume_must_keep_the_ema_choice_of_the_run(tmp_path: Path) -> None:
     run(tmp_path / "without", epochs=1, ema_decay=0.0)
     with pytest.raises(ValueError, match="written without --ema-decay"):
         run(tmp_path / "without", epochs=2, ema_decay=0.9, resume=True)
+
+
+
+def test_resume_with_more_epochs_replans_the_schedule_silently(tmp_path: Path) -> None:
+    run(tmp_path, epochs=1, ema_decay=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "scheduler before optimizer" warning would fail here
+        run(tmp_path, epochs=2, ema_decay=0.0, resume=True)
+    sched = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scheduler"]
+    assert sched["total_steps"] == 6 and sched["last_epoch"] == 6  # 3 replayed steps + 3 trained ones
 
 
 # ------------------------------------------------------------------------------ reproduce commands

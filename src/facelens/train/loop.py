@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,8 +158,10 @@ def fit(
             sched.load_state_dict(ck["scheduler"])
         else:  # --epochs changed on resume: keep the progress, re-plan the rest of the LR schedule
             done = state["epoch"] * steps + state["step"]
-            for _ in range(min(done, cfg.epochs * steps - 1)):
-                sched.step()
+            with warnings.catch_warnings():  # a replay: the optimizer did step, in the run being resumed
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                for _ in range(min(done, cfg.epochs * steps - 1)):
+                    sched.step()
             log(f"note: schedule re-planned for {cfg.epochs} epochs (checkpoint was planned for {saved_total} steps)")
         log(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}/{steps}")
         if state.get("stopped") and state["bad_epochs"] < cfg.patience:
