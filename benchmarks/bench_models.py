@@ -10,7 +10,8 @@ Each configuration gets one warm-up run, then the median of
     python benchmarks/bench_models.py                        # shipped models, batch 1 and 32, both backends
     python benchmarks/bench_models.py --backends onnx --runs 3 --age-model /tmp/m/age-mobilenetv2.onnx
 
-Targets (issue): age model >= 400 faces/s and eye model >= 2,000 crops/s at batch 32.
+Targets (issue): age model >= 400 faces/s and eye model >= 2,000 crops/s at batch 32, judged
+on the ONNX rows (the file the CLI, API and service run); torch rows are shown for comparison.
 The torch backend needs the ``.pt`` twin beside each ``.onnx`` file; it is skipped (and said
 so) when missing.
 """
@@ -78,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
                 rates = time_runs(pred, batch, faces, args.runs)
                 med = statistics.median(rates)
                 target = TARGETS[task]
-                verdict = ("met" if med >= target else "MISSED") if batch >= 32 else "-"
+                # The target is for what is served: the shipped ONNX file. The .pt twin is a research path.
+                judged = batch >= 32 and pred.backend == "onnx"
+                verdict = ("met" if med >= target else "MISSED") if judged else "-"
                 variant = f"{pred.meta.get('precision', 'fp32')}, TTA {pred.meta.get('tta', 'flip-average')}"
                 rows.append(f"| {task} | {pred.meta['input_size']} | {variant} | {backend} | {batch} | {med:,.0f} | "
-                            f"{min(rates):,.0f}-{max(rates):,.0f} | >= {target:,.0f} at batch 32 | {verdict} |")
+                            f"{min(rates):,.0f}-{max(rates):,.0f} | {f'>= {target:,.0f}' if judged else '-'} | {verdict} |")
                 print(rows[-1], file=sys.stderr, flush=True)
             del pred
 
