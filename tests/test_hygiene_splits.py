@@ -98,15 +98,20 @@ def test_unreadable_files_reported_and_skipped(tmp_path, write_jpeg):
     text = tmp_path / "text.jpg"
     text.write_text("hello, I am not a JPEG")
     missing = tmp_path / "missing.jpg"
-    report = check_hygiene([Record(p, 25.0) for p in (good, empty, text, missing)])
-    assert [r.path for r in report.kept] == [good]
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])  # headers intact, scan cut short
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(write_jpeg(tmp_path / "p.jpg", seed=2).read_bytes() + b"\x00" * 16)  # legal trailing padding
+    report = check_hygiene([Record(p, 25.0) for p in (good, empty, text, missing, truncated, padded)])
+    assert [r.path for r in report.kept] == [good, padded]
     reasons = dict(report.unreadable)
-    assert set(reasons) == {empty, text, missing}
+    assert set(reasons) == {empty, text, missing, truncated}
     assert "empty" in reasons[empty]
     assert "not a recognised image" in reasons[text]
     assert "does not exist" in reasons[missing]
+    assert "truncated JPEG" in reasons[truncated]
     text_report = "\n".join(report.lines())
-    assert "unreadable: 3" in text_report and "text.jpg" in text_report
+    assert "unreadable: 4" in text_report and "text.jpg" in text_report
 
 
 def test_ages_out_of_range(tmp_path, write_jpeg):
