@@ -30,9 +30,11 @@ import numpy as np
 #: 42-59 ms at 640, which is most of a service request. At 512 a face needs ~10 px at that
 #: scale, e.g. ~80 px in a 4000x3000 photo; pass a larger ``max_side`` for crowds in big photos.
 DETECT_MAX_SIDE = 512
-#: Bounds for ``max_side``: below 64 px no face survives; above 8192 the detector's uint16
-#: coordinates and its cost (quadratic in the side) stop making sense.
+#: Bounds for ``max_side``: below 64 px little is left to detect (YuNet needs faces of ~10 px);
+#: above 8192 the detector's uint16 coordinates and its cost (quadratic in the side) stop making sense.
 DETECT_SIDE_RANGE = (64, 8192)
+#: Minimum YuNet confidence (0..1) for a detection to count as a face.
+DEFAULT_MIN_SCORE = 0.6
 
 
 def check_detect_max_side(max_side: int | None) -> None:
@@ -40,8 +42,6 @@ def check_detect_max_side(max_side: int | None) -> None:
     lo, hi = DETECT_SIDE_RANGE
     if max_side is not None and not lo <= max_side <= hi:
         raise ValueError(f"detect max side must be between {lo} and {hi} px, got {max_side}")
-#: Minimum YuNet confidence (0..1) for a detection to count as a face.
-DEFAULT_MIN_SCORE = 0.6
 
 
 @dataclass(frozen=True)
