@@ -26,7 +26,7 @@ app.add_typer(evaluate_app, name="evaluate")
 Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime for .onnx), onnx or torch")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
 DetectMaxSide = Annotated[int | None, typer.Option(
-    help="detect on photos scaled to this longest side (default 512); raise it for small faces in big photos")]
+    help="detect on photos scaled to this longest side, 64-8192 (default 512); raise it for small faces in big photos")]
 
 
 def _fail(msg: str, code: int = 2) -> None:
