@@ -9,6 +9,7 @@ problem is counted, listed in the report, and resolved by an explicit policy.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,19 @@ def file_digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def _quick_check(path: Path) -> str | None:
+def _read(path: Path) -> tuple[bytes | None, str | None]:
+    """(bytes, None) for a usable image, else (None, reason): one read serves the check and the digest."""
+    if not path.exists():
+        return None, "file does not exist"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # a folder named like an image, no permission...
+        return None, f"cannot be read ({exc.strerror or exc})"
+    problem = _quick_check(data)
+    return (None, problem) if problem else (data, None)
+
+
+def _quick_check(data: bytes) -> str | None:
     """Cheap header check; full decoding happens when crops are built.
 
     PIL's ``verify`` reads a JPEG's headers only, so a file cut short passes it; the missing
@@ -80,25 +93,18 @@ def _quick_check(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if path.stat().st_size == 0:
+        if not data:
             return "file is empty (0 bytes)"
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
             im.verify()
-        if fmt == "JPEG" and not _ends_with_jpeg_eoi(path):
+        if fmt == "JPEG" and b"\xff\xd9" not in data[-64:].rstrip(b"\x00\r\n "):
             return "truncated JPEG (no end-of-image marker: the file was cut short)"
     except UnidentifiedImageError:
         return "not a recognised image format"
     except Exception as exc:  # noqa: BLE001 - any decoder complaint means unusable
         return f"damaged image data ({exc})"
     return None
-
-
-def _ends_with_jpeg_eoi(path: Path, tail: int = 64) -> bool:
-    """True when the JPEG end-of-image marker (FF D9) is in the last bytes (padding ignored)."""
-    with path.open("rb") as f:
-        f.seek(max(0, path.stat().st_size - tail))
-        return b"\xff\xd9" in f.read().rstrip(b"\x00\r\n ")
 
 
 def check_hygiene(
@@ -115,7 +121,7 @@ def check_hygiene(
     report = HygieneReport(kept=[], digests={})
     readable: list[Record] = []
     for r in records:
-        problem = _quick_check(r.path) if r.path.exists() else "file does not exist"
+        data, problem = _read(r.path)
         if problem:
             report.unreadable.append((r.path, problem))
             continue
@@ -124,7 +130,7 @@ def check_hygiene(
             if not (age_range[0] <= age <= age_range[1]):
                 report.out_of_range.append((r.path, age))
                 continue
-        report.digests[r.path] = file_digest(r.path)
+        report.digests[r.path] = hashlib.sha1(data).hexdigest()
         readable.append(r)
     by_digest: dict[str, list[Record]] = defaultdict(list)
     for r in readable:

@@ -33,6 +33,10 @@ DETECT_MAX_SIDE = 512
 #: Bounds for ``max_side``: below 64 px little is left to detect (YuNet needs faces of ~10 px);
 #: above 8192 the detector's uint16 coordinates and its cost (quadratic in the side) stop making sense.
 DETECT_SIDE_RANGE = (64, 8192)
+# yuface warns on every image above 960 px; a larger max_side is the caller's explicit choice.
+# Installed once here: a catch_warnings() per call would swap global state on the hot path,
+# and that is not thread-safe in the service's thread pool.
+warnings.filterwarnings("ignore", message=r"Image size .* is too large", module="yuface")
 #: Minimum YuNet confidence (0..1) for a detection to count as a face.
 DEFAULT_MIN_SCORE = 0.6
 
@@ -135,9 +139,7 @@ def detect_faces(rgb: np.ndarray, min_score: float = DEFAULT_MIN_SCORE, max_side
     scale = min(1.0, max_side / max(h, w))
     small = rgb if scale == 1.0 else cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
     bgr = np.ascontiguousarray(small[:, :, ::-1])
-    with _LOCK, warnings.catch_warnings():
-        # yuface warns on every image above 960 px; a larger max_side is the caller's explicit choice.
-        warnings.filterwarnings("ignore", message="Image size .* is too large")
+    with _LOCK:
         confs, boxes, marks = yuface.detect(bgr)
     out: list[Detection] = []
     for conf, box, mk in zip(np.atleast_1d(confs), np.atleast_2d(boxes), np.atleast_2d(marks), strict=False):
