@@ -34,7 +34,7 @@ from facelens.data.splits import DEFAULT_FRACTIONS, EYE_BLOCK_SIZE, assign_split
 from facelens.errors import DatasetError
 from facelens.face.align import AGE_TEMPLATE
 from facelens.fileio import write_bytes_atomic, write_json_atomic
-from facelens.models.factory import create_model, default_input_size, head_of
+from facelens.models.factory import create_model, default_input_size, freeze_early_blocks, head_of
 from facelens.train.loop import FitConfig, FlipAverage, fit, predict_outputs
 
 
@@ -61,6 +61,7 @@ class TrainRequest:
     max_steps_per_epoch: int | None = None
     patience: int = 3
     ema_decay: float = 0.0  # >0: keep a moving average of the weights (see train.loop.make_ema)
+    frozen_blocks: int = 0  # first backbone blocks kept at their pretrained weights (models.factory.freeze_early_blocks)
     workers: int | None = None
     threads: int | None = None  # CPU threads for torch (default: all cores)
 
@@ -234,6 +235,9 @@ def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, g
 
 def run_training(req: TrainRequest, log=print) -> dict:
     t_start = time.time()
+    if req.frozen_blocks < 0 or (req.frozen_blocks and not req.pretrained):
+        raise ValueError(f"--frozen-blocks {req.frozen_blocks}: needs a count >= 0 and pretrained weights "
+                         "(freezing randomly initialised blocks would only cripple the network)")
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(req.device)
@@ -279,6 +283,9 @@ def run_training(req: TrainRequest, log=print) -> dict:
             f"test {len(idx['test'])} on {device}")
         torch.manual_seed(req.seed)
         model = create_model(arch, req.task, pretrained=req.pretrained)
+        if req.frozen_blocks:
+            n_frozen = freeze_early_blocks(model, req.frozen_blocks)
+            log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
         cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
                         patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay)
         y = prep.targets[pos]
@@ -374,6 +381,7 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
     if size:
         cmd += f" --input-size {size}"
     cmd += f" --ema-decay {cfg.get('ema_decay', 0.0)}"  # explicit: the default differs by task
+    cmd += f" --frozen-blocks {cfg.get('frozen_blocks', 0)}"
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:
