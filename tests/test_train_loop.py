@@ -1,4 +1,4 @@
-"""The training loop's weight averaging (EMA): what is validated is what is kept and resumed."""
+"""The training loop: weight averaging (EMA) validated, kept and resumed; frozen early blocks stay put."""
 
 from __future__ import annotations
 
@@ -110,3 +110,62 @@ def test_reproduce_command_names_the_models_input_size_even_when_the_run_left_it
     assert "--input-size 144" in explicit
     shipped = reproduce_commands(RUN_CFG, "mobilenetv2", "age.onnx", {"input_size": 128, "tta": "none"})
     assert "--input-size 128" in shipped[0] and "--no-tta" in shipped[1] and "models/age.onnx" in shipped[2]
+
+
+def test_reproduce_command_names_frozen_blocks_even_for_runs_older_than_the_option() -> None:
+    from facelens.train.runner import reproduce_commands
+
+    assert "--frozen-blocks 4" in reproduce_commands(RUN_CFG | {"frozen_blocks": 4}, "mobilenetv2")[0]
+    assert "--frozen-blocks 0" in reproduce_commands(RUN_CFG, "mobilenetv2")[0]
+
+
+# ------------------------------------------------------------------------------ frozen early blocks
+def staged_net() -> nn.Module:
+    """A stand-in with the layout of torchvision's MobileNetV2: normaliser, then body.features / classifier."""
+    torch.manual_seed(0)
+    body = nn.Module()
+    body.features = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
+                                  nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
+                                  nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU()))
+    body.classifier = nn.Linear(8, NUM_AGE_BINS)
+    body.forward = lambda x: body.classifier(body.features(x).mean((2, 3)))
+    return nn.Sequential(nn.Identity(), body)
+
+
+def test_frozen_blocks_keep_their_weights_while_the_rest_trains(tmp_path: Path) -> None:
+    from facelens.models.factory import freeze_early_blocks
+
+    net = staged_net()
+    assert freeze_early_blocks(net, 2) == sum(p.numel() for p in net[1].features[:2].parameters())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    run(tmp_path, epochs=1, ema_decay=0.0, model=net)
+    after = net.state_dict()
+    for name in ("1.features.0.0.weight", "1.features.1.1.bias"):
+        torch.testing.assert_close(after[name], before[name])
+    assert not torch.equal(after["1.features.2.0.weight"], before["1.features.2.0.weight"])
+    assert not torch.equal(after["1.features.0.1.running_mean"], before["1.features.0.1.running_mean"])  # BN adapts
+
+
+def test_frozen_blocks_reject_bad_counts_and_backbones_without_stages() -> None:
+    from facelens.models.factory import check_frozen_blocks, create_model, freeze_early_blocks
+
+    assert freeze_early_blocks(staged_net(), 0) == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        freeze_early_blocks(staged_net(), -1)
+    with pytest.raises(ValueError, match="whole backbone"):
+        freeze_early_blocks(staged_net(), 3)
+    with pytest.raises(ValueError, match="does not have"):  # the seed baseline starts from scratch
+        create_model("seed-cnn", "age", frozen_blocks=2)
+    with pytest.raises(ValueError, match=r"whole mobilenetv2 backbone \(19 blocks\)"):
+        check_frozen_blocks("mobilenetv2", "age", 19, pretrained=True)
+    with pytest.raises(ValueError, match="staged 'features'"):
+        freeze_early_blocks(nn.Sequential(nn.Identity(), nn.Linear(2, 1)), 1)
+
+
+def test_training_refuses_frozen_blocks_without_pretrained_weights(tmp_path: Path) -> None:
+    from facelens.train.runner import TrainRequest, run_training
+
+    req = TrainRequest(task="age", data=[str(tmp_path)], out=str(tmp_path / "run"), pretrained=False, frozen_blocks=4)
+    with pytest.raises(ValueError, match="--no-pretrained turned off"):
+        run_training(req, log=lambda m: None)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

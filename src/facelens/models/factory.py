@@ -43,6 +43,7 @@ class ArchSpec:
     input_size: dict[str, int]  # default input size per task
     heads: dict[str, str]  # head per task
     imagenet_norm: bool = True
+    pretrained: bool = True  # ImageNet weights exist (the seed baselines always start from scratch)
 
 
 def _mobilenet_v2(num_outputs: int, pretrained: bool) -> nn.Module:
@@ -59,8 +60,10 @@ def _mobilenet_v2(num_outputs: int, pretrained: bool) -> nn.Module:
 
 ARCHS: dict[str, ArchSpec] = {
     "mobilenetv2": ArchSpec(_mobilenet_v2, {"age": 128, "eyes": 64}, {"age": "age-bins", "eyes": "binary"}),
-    "seed-cnn": ArchSpec(lambda n, p: SeedCNN(), {"age": 120}, {"age": "regression"}, imagenet_norm=False),
-    "seed-xception": ArchSpec(lambda n, p: SeedXception(), {"eyes": 64}, {"eyes": "binary"}, imagenet_norm=False),
+    "seed-cnn": ArchSpec(lambda n, p: SeedCNN(), {"age": 120}, {"age": "regression"}, imagenet_norm=False,
+                         pretrained=False),
+    "seed-xception": ArchSpec(lambda n, p: SeedXception(), {"eyes": 64}, {"eyes": "binary"}, imagenet_norm=False,
+                              pretrained=False),
 }
 
 
@@ -86,6 +89,29 @@ def num_outputs(head: str) -> int:
     return NUM_AGE_BINS if head == "age-bins" else 1
 
 
+def check_frozen_blocks(arch: str, task: str, n: int, pretrained: bool) -> None:
+    """Refuse ``--frozen-blocks`` where it makes no sense, before any data is read."""
+    spec = _spec(arch, task)
+    if n < 0:
+        raise ValueError(f"--frozen-blocks must be >= 0, got {n}")
+    if n == 0:
+        return
+    if not (pretrained and spec.pretrained):
+        raise ValueError(f"--frozen-blocks {n} needs pretrained weights, which {arch!r} "
+                         f"{'has but --no-pretrained turned off' if spec.pretrained else 'does not have'}: "
+                         "freezing randomly initialised blocks would only cripple the network")
+    blocks = len(_features(spec.build(1, False)))  # an untrained skeleton: cheap, no weights read
+    if n >= blocks:
+        raise ValueError(f"--frozen-blocks {n} would freeze the whole {arch} backbone ({blocks} blocks); use fewer")
+
+
+def _features(model: nn.Module) -> nn.Sequential:
+    features = next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "features"), None)
+    if not isinstance(features, nn.Sequential):
+        raise ValueError("--frozen-blocks needs a backbone with staged 'features' blocks (e.g. mobilenetv2)")
+    return features
+
+
 def freeze_early_blocks(model: nn.Module, n: int) -> int:
     """Keep the first ``n`` blocks of the backbone's ``features`` at their pretrained weights.
 
@@ -94,13 +120,11 @@ def freeze_early_blocks(model: nn.Module, n: int) -> int:
     and those blocks compute generic edges and textures that ImageNet already taught them.
     BatchNorm statistics there still follow the new data. Returns the number of frozen parameters.
     """
-    features = next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "features"), None)
     if n < 0:
         raise ValueError(f"--frozen-blocks must be >= 0, got {n}")
     if n == 0:
         return 0
-    if not isinstance(features, nn.Sequential):
-        raise ValueError("--frozen-blocks needs a backbone with staged 'features' blocks (e.g. mobilenetv2)")
+    features = _features(model)
     if n >= len(features):
         raise ValueError(f"--frozen-blocks {n} would freeze the whole backbone ({len(features)} blocks); use fewer")
     frozen = 0
@@ -111,8 +135,11 @@ def freeze_early_blocks(model: nn.Module, n: int) -> int:
     return frozen
 
 
-def create_model(arch: str, task: str, pretrained: bool = True) -> nn.Module:
-    """Build ``arch`` for ``task`` ('age' or 'eyes'), with ImageNet weights where the arch has them."""
+def create_model(arch: str, task: str, pretrained: bool = True, frozen_blocks: int = 0) -> nn.Module:
+    """Build ``arch`` for ``task`` ('age' or 'eyes'), with ImageNet weights where the arch has them,
+    its first ``frozen_blocks`` backbone blocks kept at those weights."""
+    check_frozen_blocks(arch, task, frozen_blocks, pretrained)
     spec = _spec(arch, task)
-    body = spec.build(num_outputs(spec.heads[task]), pretrained)
-    return nn.Sequential(Normalize(spec.imagenet_norm), body)
+    model = nn.Sequential(Normalize(spec.imagenet_norm), spec.build(num_outputs(spec.heads[task]), pretrained))
+    freeze_early_blocks(model, frozen_blocks)
+    return model

@@ -34,7 +34,7 @@ from facelens.data.splits import DEFAULT_FRACTIONS, EYE_BLOCK_SIZE, assign_split
 from facelens.errors import DatasetError
 from facelens.face.align import AGE_TEMPLATE
 from facelens.fileio import write_bytes_atomic, write_json_atomic
-from facelens.models.factory import create_model, default_input_size, freeze_early_blocks, head_of
+from facelens.models.factory import check_frozen_blocks, create_model, default_input_size, head_of
 from facelens.train.loop import FitConfig, FlipAverage, fit, predict_outputs
 
 
@@ -235,9 +235,8 @@ def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, g
 
 def run_training(req: TrainRequest, log=print) -> dict:
     t_start = time.time()
-    if req.frozen_blocks < 0 or (req.frozen_blocks and not req.pretrained):
-        raise ValueError(f"--frozen-blocks {req.frozen_blocks}: needs a count >= 0 and pretrained weights "
-                         "(freezing randomly initialised blocks would only cripple the network)")
+    for arch in req.archs:
+        check_frozen_blocks(arch, req.task, req.frozen_blocks, req.pretrained)
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(req.device)
@@ -282,9 +281,9 @@ def run_training(req: TrainRequest, log=print) -> dict:
         log(f"[{arch}] {head} head, {size}px input, train {len(idx['train'])} / val {len(idx['val'])} / "
             f"test {len(idx['test'])} on {device}")
         torch.manual_seed(req.seed)
-        model = create_model(arch, req.task, pretrained=req.pretrained)
+        model = create_model(arch, req.task, pretrained=req.pretrained, frozen_blocks=req.frozen_blocks)
         if req.frozen_blocks:
-            n_frozen = freeze_early_blocks(model, req.frozen_blocks)
+            n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
             log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
         cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
                         patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay)
