@@ -16,6 +16,7 @@ from facelens.evaluate.metrics import (
     duplicate_label_noise,
     expected_calibration_error,
     noise_limits,
+    paired_difference,
     reliability_bins,
     roc_auc,
     roc_curve,
@@ -240,3 +241,45 @@ def test_noise_limits():
     assert lim == {"rmse_floor": 6.0, "r2_ceiling": pytest.approx(0.64)}
     with pytest.raises(ValueError):
         noise_limits(1.0, 0.0)
+
+
+def test_paired_difference_is_exact_for_a_constant_gap_and_zero_for_equal_losses():
+    a = np.array([1.0, 5.0, 2.0, 8.0])
+    same = paired_difference(a, a)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    shifted = paired_difference(a, a + 0.5)  # per-image differences all 0.5: no sampling doubt at all
+    assert shifted["difference"] == pytest.approx(0.5)
+    assert shifted["low"] == pytest.approx(0.5) and shifted["high"] == pytest.approx(0.5)
+
+
+def test_paired_difference_interval_separates_a_real_gap_from_noise():
+    rng = np.random.default_rng(1)
+    hard = rng.exponential(5.0, 2000)  # image difficulty, shared by both models
+    real = paired_difference(hard, hard + 0.2 + rng.normal(0, 1.0, 2000))
+    assert 0.0 < real["low"] < 0.2 < real["high"]
+    noise = paired_difference(hard, hard + rng.normal(0, 1.0, 2000))
+    assert noise["low"] < 0.0 < noise["high"]
+    unpaired = paired_difference(hard, rng.permutation(hard) + 0.2)  # pairing lost: far wider interval
+    assert unpaired["high"] - unpaired["low"] > 3 * (real["high"] - real["low"])
+
+
+def test_paired_difference_input_validation():
+    with pytest.raises(ValueError, match="expected 3"):
+        paired_difference([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_difference([1.0], [2.0])
+    with pytest.raises(ValueError, match="NaN"):
+        paired_difference([1.0, float("nan")], [1.0, 2.0])
+
+
+def test_paired_comparisons_use_only_images_both_models_scored_and_split_by_source():
+    from facelens.evaluate.pipeline import paired_comparisons
+
+    sources = ["utk", "utk", "utk", "f2050", "f2050", "f2050"]
+    ref = (np.array([0, 1, 2, 3, 4]), np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    other = (np.array([1, 2, 3, 4, 5]), np.array([3.0, 4.0, 6.0, 7.0, 99.0]))  # image 0 had no crop here
+    out = paired_comparisons({"a": ref, "b": other}, sources)["b"]
+    assert out["against"] == "a" and out["all"]["n"] == 4  # images 1-4
+    assert out["all"]["difference"] == pytest.approx(1.5)  # (1 + 1 + 2 + 2) / 4: image 5 (loss 99) not compared
+    assert out["by_source"]["utk"]["difference"] == pytest.approx(1.0)
+    assert out["by_source"]["f2050"]["difference"] == pytest.approx(2.0)

@@ -144,8 +144,9 @@ _DATA = Annotated[list[str], typer.Option("--data", help="dataset folder or CSV 
 _OUT = Annotated[Path, typer.Option("--out", help="run folder (config, checkpoints, models, metrics)")]
 _EMA = Annotated[float, typer.Option(help="keep, validate and ship a moving average of the weights with this decay "
                                           "per step (e.g. 0.998); 0 = off")]
-_FROZEN = Annotated[int, typer.Option(help="keep the first N backbone blocks at their ImageNet weights: training runs "
-                                            "about 1.7x faster on a CPU; 0 = train every layer")]
+_FROZEN = Annotated[int, typer.Option(help="keep the first N backbone blocks at their ImageNet weights: steps run "
+                                            "about 1.7x faster on a CPU (N=4), at a cost in accuracy (see README); "
+                                            "0 = train every layer")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
 
 

@@ -184,6 +184,25 @@ def noise_limits(noise_std: float, label_std: float) -> dict:
     return {"rmse_floor": _f(noise_std), "r2_ceiling": _f(1.0 - (noise_std / label_std) ** 2)}
 
 
+def paired_difference(loss_a: Any, loss_b: Any, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of ``loss_b - loss_a`` over the same items, with a percentile bootstrap interval.
+
+    Why paired: both models scored the same images, so resampling per-image differences cancels
+    how hard each image is, and the interval says whether a gap (say 0.1 years of MAE) is real at
+    this sample size or within what another draw of test images could reverse.
+    """
+    a, b = _as_1d(loss_a, "loss_a"), _as_1d(loss_b, "loss_b")
+    _same_length(len(a), loss_b=b)
+    if len(a) < 2:
+        raise ValueError(f"a paired comparison needs at least 2 items, got {len(a)}")
+    d = b - a
+    rng = np.random.default_rng(seed)
+    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {"n": len(d), "difference": _f(d.mean()), "low": _f(np.percentile(means, tail)),
+            "high": _f(np.percentile(means, 100.0 - tail)), "level": level}
+
+
 # ---------------------------------------------------------------------------------------- binary
 
 

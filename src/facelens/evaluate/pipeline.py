@@ -3,7 +3,8 @@
 The split is recomputed from the seed and strategy stored in the model (content-addressed,
 see ``facelens.data.splits``), so ``--split test`` is the very test split the model never
 saw during training, even on another machine. Several ``--model`` run on the same images
-(the first model's split) and are printed side by side.
+(the first model's split) and are printed side by side, with each later model's paired
+difference from the first (bootstrap interval), so a gap can be told from sampling noise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from facelens.data.crops import build_crops
 from facelens.errors import DatasetError
+from facelens.evaluate.metrics import paired_difference
 from facelens.fileio import write_json_atomic
 from facelens.infer.postprocess import decode_age, decode_eyes
 from facelens.infer.predictor import load_predictor
@@ -51,6 +53,7 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
     log(f"evaluating on the {split} split: {len(chosen)} images (split {ref['strategy']}, seed {ref['seed']})")
     kind = "face" if task == "age" else "eye"
     metrics_by_model, arrays_by_model, gallery = {}, {}, []
+    losses: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # label -> (record positions, per-image loss)
     seen: set[str] = set()
     for path, pred in zip(models, preds, strict=True):
         size = pred.meta["input_size"]
@@ -69,17 +72,23 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
         if task == "age":
             value, low, high = decode_age(outputs, pred.meta)
             arrays_by_model[label] = {"y_true": y, "y_pred": value, "low": low, "high": high, "groups": groups}
+            losses[label] = (pos, np.abs(value - y))
             worst = np.argsort(-np.abs(value - y))[:12]
             gallery = gallery if gallery else [(cs.crops[i], f"true {y[i]:.0f}, pred {value[i]:.0f}") for i in worst]
         else:
             p = decode_eyes(outputs, pred.meta)
             arrays_by_model[label] = {"y_true": y, "p_female": p, "groups": groups}
+            losses[label] = (pos, ((p >= 0.5) != (y >= 0.5)).astype(np.float64))
             conf_wrong = np.flatnonzero((p >= 0.5) != (y >= 0.5))
             conf_wrong = conf_wrong[np.argsort(-np.abs(p[conf_wrong] - 0.5))][:12]
             names = {1: "female", 0: "male"}
             gallery = gallery or [(cs.crops[i], f"true {names[int(y[i])]}, P(female) {p[i]:.2f}") for i in conf_wrong]
         echo(f"{label}: {headline(task, m)}")
     result = {"task": task, "split": split, "data": data, "models": metrics_by_model}
+    if len(losses) > 1:
+        result["paired"] = paired_comparisons(losses, prep.sources)
+        for label, cmp in result["paired"].items():
+            echo(_paired_line(task, label, cmp))
     if out:
         write_json_atomic(out, result)
         log(f"metrics written to {out}")
@@ -90,6 +99,36 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
         html = writer(report_dir, metrics_by_model, arrays_by_model, gallery_items=gallery)
         log(f"report written to {html}")
     return result
+
+
+def paired_comparisons(losses: dict[str, tuple[np.ndarray, np.ndarray]], sources: list[str]) -> dict:
+    """Each model after the first against the first, on the images both scored (overall and per source).
+
+    The per-image loss is the absolute age error (so the difference is one of MAE) or, for eyes,
+    0/1 misclassification (a difference of error rate).
+    """
+    (ref_label, (ref_pos, ref_loss)), *others = losses.items()
+    out = {}
+    for label, (pos, loss) in others:
+        common, i_ref, i_other = np.intersect1d(ref_pos, pos, return_indices=True)
+        a, b = ref_loss[i_ref], loss[i_other]
+        src = np.array([sources[i] for i in common])
+        entry = {"against": ref_label, "all": paired_difference(a, b)}
+        if len(set(src)) > 1:
+            entry["by_source"] = {s: paired_difference(a[src == s], b[src == s]) for s in sorted(set(src))
+                                  if np.sum(src == s) > 1}
+        out[label] = entry
+    return out
+
+
+def _paired_line(task: str, label: str, cmp: dict) -> str:
+    what, unit = ("MAE", " years") if task == "age" else ("error rate", "")
+
+    def fmt(d: dict) -> str:
+        return f"{d['difference']:+.3f}{unit} [95%: {d['low']:+.3f}, {d['high']:+.3f}], n = {d['n']}"
+
+    parts = [fmt(cmp["all"])] + [f"{s}: {fmt(d)}" for s, d in cmp.get("by_source", {}).items()]
+    return f"{label} minus {cmp['against']}, {what} on the same images: " + " | ".join(parts)
 
 
 def _class_for(meta: dict, value: int) -> str | None:

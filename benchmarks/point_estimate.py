@@ -1,0 +1,67 @@
+"""Which single number to answer from an age distribution: its mean (shipped) or its median?
+
+The age model predicts a distribution over 0..100 years. The mean minimises squared error
+(RMSE, R²); the median minimises absolute error (MAE). The issue's targets mix both (UTKFace
+MAE, 20-50 RMSE and R²), so this script measures the trade-off on the model's own validation
+split (where a choice may be made) and test split (read after), from one pass of the model.
+
+    python benchmarks/point_estimate.py                      # the shipped age model
+    python benchmarks/point_estimate.py --model runs/age/mobilenetv2/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from facelens.agebins import AGE_MIN, NUM_AGE_BINS
+from facelens.api import default_model_path
+from facelens.data.crops import build_crops
+from facelens.evaluate.metrics import age_metrics
+from facelens.infer.postprocess import distribution_quantile, softmax
+from facelens.infer.predictor import load_predictor
+from facelens.train.runner import prepare_records
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def point_estimates(logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean and median of each row's predicted age distribution."""
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    return {"mean (shipped)": probs @ (np.arange(NUM_AGE_BINS) + AGE_MIN), "median": distribution_quantile(probs, 0.5)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="age model (.onnx or .pt); default: the shipped one")
+    ap.add_argument("--data", action="append", default=None,
+                    help="datasets (default: ../shared/data/utkface and faces-20-50/train, as trained)")
+    args = ap.parse_args()
+    model = args.model or default_model_path("age")
+    data = args.data or [str(DATA / "utkface"), str(DATA / "faces-20-50" / "train")]
+    pred = load_predictor(model)
+    if pred.meta.get("head") != "age-bins":
+        raise SystemExit(f"{model}: needs an age-bins model (a distribution over ages), not {pred.meta.get('head')!r}")
+    ref = pred.meta["split"]
+    prep = prepare_records("age", data, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
+    print(f"model: {model}\n")
+    print("| split | point estimate | UTKFace MAE | 20-50 RMSE | 20-50 R² | all MAE | all RMSE |")
+    print("|---|---|---|---|---|---|---|")
+    for split in ("val", "test"):
+        chosen = np.flatnonzero(prep.splits == split)
+        cs = build_crops([prep.records[i].path for i in chosen], [prep.digests[i] for i in chosen], "face",
+                         pred.meta["input_size"], desc=f"{split} crops")
+        pos = chosen[cs.index]
+        y = prep.targets[pos]
+        source = np.array([prep.sources[i] for i in pos])
+        for name, value in point_estimates(pred(cs.crops)).items():
+            cols = [age_metrics(y[source == s], value[source == s]) for s in ("utkface", "faces-20-50")]
+            both = age_metrics(y, value)
+            print(f"| {split} (n = {len(y)}) | {name} | {cols[0]['mae']:.3f} | {cols[1]['rmse']:.3f} | "
+                  f"{cols[1]['r2']:.3f} | {both['mae']:.3f} | {both['rmse']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
