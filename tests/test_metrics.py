@@ -283,3 +283,5 @@ def test_paired_comparisons_use_only_images_both_models_scored_and_split_by_sour
     assert out["all"]["difference"] == pytest.approx(1.5)  # (1 + 1 + 2 + 2) / 4: image 5 (loss 99) not compared
     assert out["by_source"]["utk"]["difference"] == pytest.approx(1.0)
     assert out["by_source"]["f2050"]["difference"] == pytest.approx(2.0)
+    disjoint = (np.array([5]), np.array([1.0]))
+    assert "c" not in paired_comparisons({"a": ref, "b": other, "c": disjoint}, sources)  # skipped, no crash

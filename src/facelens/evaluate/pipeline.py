@@ -78,8 +78,9 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
         else:
             p = decode_eyes(outputs, pred.meta)
             arrays_by_model[label] = {"y_true": y, "p_female": p, "groups": groups}
-            losses[label] = (pos, ((p >= 0.5) != (y >= 0.5)).astype(np.float64))
-            conf_wrong = np.flatnonzero((p >= 0.5) != (y >= 0.5))
+            wrong = (p >= 0.5) != (y >= 0.5)
+            losses[label] = (pos, wrong.astype(np.float64))
+            conf_wrong = np.flatnonzero(wrong)
             conf_wrong = conf_wrong[np.argsort(-np.abs(p[conf_wrong] - 0.5))][:12]
             names = {1: "female", 0: "male"}
             gallery = gallery or [(cs.crops[i], f"true {names[int(y[i])]}, P(female) {p[i]:.2f}") for i in conf_wrong]
@@ -111,6 +112,8 @@ def paired_comparisons(losses: dict[str, tuple[np.ndarray, np.ndarray]], sources
     out = {}
     for label, (pos, loss) in others:
         common, i_ref, i_other = np.intersect1d(ref_pos, pos, return_indices=True)
+        if len(common) < 2:  # nothing to pair; the side-by-side metrics still stand
+            continue
         a, b = ref_loss[i_ref], loss[i_other]
         src = np.array([sources[i] for i in common])
         entry = {"against": ref_label, "all": paired_difference(a, b)}
