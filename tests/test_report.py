@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facelens.evaluate.metrics import age_metrics, binary_metrics
+from facelens.evaluate.metrics import age_metrics, binary_metrics, paired_difference
 from facelens.evaluate.model_card import render_model_card, write_model_card
 from facelens.evaluate.report import write_age_report, write_eye_report, write_json_atomic
 
@@ -52,7 +52,10 @@ def age_single(tmp_path_factory) -> Path:
 def age_compare(tmp_path_factory) -> Path:
     # metrics omitted on purpose: they are computed from the arrays
     arrays = {"resnet18": _age_arrays(0), "mobile<net> v3": _age_arrays(1, shift=2.0)}
-    return write_age_report(tmp_path_factory.mktemp("age2"), None, arrays)
+    err = np.abs(arrays["resnet18"]["y_pred"] - arrays["resnet18"]["y_true"])
+    paired = {"mobile<net> v3": {"against": "resnet18", "all": paired_difference(err, err + 1.0),  # a year worse
+                                 "by_source": {"same": paired_difference(err, err.copy())}}}
+    return write_age_report(tmp_path_factory.mktemp("age2"), None, arrays, paired=paired)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,9 @@ def test_age_report_compares_models_in_columns(age_compare):
     assert "comparison.png" in names and "pred_vs_true_resnet18.png" in names
     assert any(n.startswith("pred_vs_true_mobile-net-v3") for n in names)
     assert "mobile&lt;net&gt; v3" in html and "mobile<net>" not in html  # names are escaped
+    paired = re.search(r"<h2>Paired differences</h2>.*?</table>", html, re.S).group(0)
+    assert "mobile&lt;net&gt; v3 minus resnet18" in paired and "95% interval" in paired
+    assert "higher" in paired and "no clear difference" in paired  # the shifted model is worse; itself is no gap
     header = re.search(r"<thead><tr><th>metric</th>(.*?)</tr></thead>", html).group(1)
     assert header.count("<th>") == 2
     saved = json.loads((age_compare.parent / "metrics.json").read_text())["models"]

@@ -97,7 +97,8 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
         from facelens.evaluate import report as rep
 
         writer = rep.write_age_report if task == "age" else rep.write_eye_report
-        html = writer(report_dir, metrics_by_model, arrays_by_model, gallery_items=gallery)
+        html = writer(report_dir, metrics_by_model, arrays_by_model, gallery_items=gallery,
+                      paired=result.get("paired"))
         log(f"report written to {html}")
     return result
 

@@ -114,6 +114,26 @@ def _breakdown_table(rows: Mapping[str, Mapping], columns: Sequence[tuple[str, s
     return f"<table><thead><tr><th>{html.escape(first)}</th>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _paired_table(paired: Mapping[str, Mapping] | None, measure: str) -> str:
+    """Each later model minus the first on the same images, with its bootstrap interval (see
+    ``evaluate.pipeline.paired_comparisons``): an interval across zero is no evidence of a gap."""
+    if not paired:
+        return ""
+    rows = []
+    for name, cmp in paired.items():
+        for part, d in [("all", cmp["all"]), *cmp.get("by_source", {}).items()]:
+            verdict = "no clear difference" if d["low"] <= 0.0 <= d["high"] else "lower" if d["high"] < 0 else "higher"
+            rows.append(f"<tr><td>{html.escape(name)} minus {html.escape(cmp['against'])}</td><td>{html.escape(part)}</td>"
+                        f"<td>{d['n']}</td><td>{d['difference']:+.3f}</td><td>[{d['low']:+.3f}, {d['high']:+.3f}]</td>"
+                        f"<td>{verdict}</td></tr>")
+    level = int(round(100 * next(iter(paired.values()))["all"]["level"]))
+    return (f"<h2>Paired differences</h2><p>{html.escape(measure)} of each model minus the first, on the images both "
+            f"scored, with a {level}% bootstrap interval. Both models saw the same images, so an interval that "
+            "excludes zero is a difference this sample can resolve; one across zero is not.</p>"
+            f"<table><thead><tr><th>models</th><th>images</th><th>n</th><th>difference</th><th>{level}% interval</th>"
+            f"<th>reading</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
 def _figure_html(path: Path, caption: str) -> str:
     return (f'<figure><img src="{html.escape(path.name)}" alt="{html.escape(caption)}" loading="lazy">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -181,11 +201,13 @@ bare-faced women and made-up men.</p></div>"""
 
 def write_age_report(out_dir: str | Path, metrics_by_model: Mapping[str, Mapping] | None,
                      arrays_by_model: Mapping[str, Mapping] | None,
-                     gallery_items: Sequence[tuple[np.ndarray, str]] | None = None) -> Path:
+                     gallery_items: Sequence[tuple[np.ndarray, str]] | None = None,
+                     paired: Mapping[str, Mapping] | None = None) -> Path:
     """Figures, ``metrics.json`` and ``report.html`` for one or more age models; returns the HTML path.
 
     ``arrays_by_model[name]`` holds ``y_true``, ``y_pred`` and optionally ``low``, ``high`` and
-    ``groups``; metrics missing for a model are computed from its arrays.
+    ``groups``; metrics missing for a model are computed from its arrays. ``paired`` is the
+    output of ``evaluate.pipeline.paired_comparisons`` (MAE differences), shown as a table.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +216,8 @@ def write_age_report(out_dir: str | Path, metrics_by_model: Mapping[str, Mapping
     names = list(metrics)
     sfx = _file_suffixes(names)
     multi = len(names) > 1
-    sections = ["<h2>Metrics</h2>", _metrics_table(metrics, AGE_ROWS), _BEST_NOTE if multi else "", AGE_HOWTO]
+    sections = ["<h2>Metrics</h2>", _metrics_table(metrics, AGE_ROWS), _BEST_NOTE if multi else "",
+                _paired_table(paired, "MAE (years)"), AGE_HOWTO]
     if multi:
         figs = [_figure_html(plots.plot_comparison(metrics, ["mae", "rmse", "r2", "cs5", "mean_signed_error",
                                                              "coverage"], out / "comparison.png",
@@ -264,10 +287,12 @@ def write_age_report(out_dir: str | Path, metrics_by_model: Mapping[str, Mapping
 
 def write_eye_report(out_dir: str | Path, metrics_by_model: Mapping[str, Mapping] | None,
                      arrays_by_model: Mapping[str, Mapping] | None,
-                     gallery_items: Sequence[tuple[np.ndarray, str]] | None = None) -> Path:
+                     gallery_items: Sequence[tuple[np.ndarray, str]] | None = None,
+                     paired: Mapping[str, Mapping] | None = None) -> Path:
     """Figures, ``metrics.json`` and ``report.html`` for one or more eye models; returns the HTML path.
 
-    ``arrays_by_model[name]`` holds ``y_true`` (1 = female), ``p_female`` and optionally ``groups``.
+    ``arrays_by_model[name]`` holds ``y_true`` (1 = female), ``p_female`` and optionally ``groups``;
+    ``paired`` the error-rate differences of ``evaluate.pipeline.paired_comparisons``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +301,8 @@ def write_eye_report(out_dir: str | Path, metrics_by_model: Mapping[str, Mapping
     names = list(metrics)
     sfx = _file_suffixes(names)
     multi = len(names) > 1
-    sections = ["<h2>Metrics</h2>", _metrics_table(metrics, EYE_ROWS), _BEST_NOTE if multi else "", EYE_HOWTO]
+    sections = ["<h2>Metrics</h2>", _metrics_table(metrics, EYE_ROWS), _BEST_NOTE if multi else "",
+                _paired_table(paired, "Error rate"), EYE_HOWTO]
     if multi:
         sections += ["<h2>Comparison</h2>",
                      _figure_html(plots.plot_comparison(metrics, ["accuracy", "balanced_accuracy", "roc_auc", "ece",
