@@ -169,3 +169,17 @@ def test_training_refuses_frozen_blocks_without_pretrained_weights(tmp_path: Pat
     with pytest.raises(ValueError, match="--no-pretrained turned off"):
         run_training(req, log=lambda m: None)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_run_with_frozen_blocks_resumes_and_keeps_them_frozen(tmp_path: Path) -> None:
+    from facelens.models.factory import freeze_early_blocks
+
+    first = staged_net()
+    freeze_early_blocks(first, 1)
+    frozen_before = first[1].features[0][0].weight.detach().clone()
+    run(tmp_path, epochs=1, ema_decay=0.9, model=first)
+    again = staged_net()  # a fresh process: same architecture, same option, weights from the checkpoint
+    freeze_early_blocks(again, 1)
+    run(tmp_path, epochs=2, ema_decay=0.9, resume=True, model=again)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["epoch"] == 2
+    torch.testing.assert_close(again[1].features[0][0].weight, frozen_before)
