@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from facelens.agebins import AGE_MIN, NUM_AGE_BINS
 from facelens.api import default_model_path
-from facelens.data.crops import build_crops
 from facelens.evaluate.metrics import age_metrics
-from facelens.infer.postprocess import distribution_quantile, softmax
+from facelens.infer.postprocess import age_from_bins, distribution_quantile, softmax
 from facelens.infer.predictor import load_predictor
 from facelens.train.runner import prepare_records
 
@@ -29,8 +27,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def point_estimates(logits: np.ndarray) -> dict[str, np.ndarray]:
     """Mean and median of each row's predicted age distribution."""
-    probs = softmax(np.asarray(logits, dtype=np.float64))
-    return {"mean (shipped)": probs @ (np.arange(NUM_AGE_BINS) + AGE_MIN), "median": distribution_quantile(probs, 0.5)}
+    mean = age_from_bins(logits)[0]  # the shipped decoder's answer
+    return {"mean (shipped)": mean, "median": distribution_quantile(softmax(np.asarray(logits, dtype=np.float64)), 0.5)}
 
 
 def main() -> None:
@@ -50,10 +48,8 @@ def main() -> None:
     print("| split | point estimate | UTKFace MAE | 20-50 RMSE | 20-50 R² | all MAE | all RMSE |")
     print("|---|---|---|---|---|---|---|")
     for split in ("val", "test"):
-        chosen = np.flatnonzero(prep.splits == split)
-        cs = build_crops([prep.records[i].path for i in chosen], [prep.digests[i] for i in chosen], "face",
-                         pred.meta["input_size"], desc=f"{split} crops")
-        pos = chosen[cs.index]
+        cs, pos = prep.crops(np.flatnonzero(prep.splits == split), "face", pred.meta["input_size"],
+                             desc=f"{split} crops")
         y = prep.targets[pos]
         source = np.array([prep.sources[i] for i in pos])
         for name, value in point_estimates(pred(cs.crops)).items():

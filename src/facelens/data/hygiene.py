@@ -68,8 +68,13 @@ class HygieneReport:
         return out
 
 
+def content_digest(data: bytes) -> str:
+    """The identity of an image's bytes: duplicates, splits and the crop cache are keyed on it."""
+    return hashlib.sha1(data).hexdigest()
+
+
 def file_digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+    return content_digest(path.read_bytes())
 
 
 def _read(path: Path) -> tuple[bytes | None, str | None]:
@@ -130,7 +135,7 @@ def check_hygiene(
             if not (age_range[0] <= age <= age_range[1]):
                 report.out_of_range.append((r.path, age))
                 continue
-        report.digests[r.path] = hashlib.sha1(data).hexdigest()
+        report.digests[r.path] = content_digest(data)
         readable.append(r)
     by_digest: dict[str, list[Record]] = defaultdict(list)
     for r in readable:

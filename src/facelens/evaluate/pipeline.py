@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facelens.data.crops import build_crops
 from facelens.errors import DatasetError
 from facelens.evaluate.metrics import paired_difference
 from facelens.fileio import write_json_atomic
@@ -57,11 +56,9 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
     seen: set[str] = set()
     for path, pred in zip(models, preds, strict=True):
         size = pred.meta["input_size"]
-        sub = [prep.records[i] for i in chosen]
-        cs = build_crops([r.path for r in sub], [prep.digests[i] for i in chosen], kind, size, desc=f"{kind} crops")
+        cs, pos = prep.crops(chosen, kind, size)
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop and are not scored, e.g. {cs.failures[:3]}")
-        pos = chosen[cs.index]
         outputs = pred(cs.crops)
         y = prep.targets[pos]
         groups = record_groups(task, prep, cs.crops, pos)
@@ -72,8 +69,9 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
         if task == "age":
             value, low, high = decode_age(outputs, pred.meta)
             arrays_by_model[label] = {"y_true": y, "y_pred": value, "low": low, "high": high, "groups": groups}
-            losses[label] = (pos, np.abs(value - y))
-            worst = np.argsort(-np.abs(value - y))[:12]
+            abs_err = np.abs(value - y)
+            losses[label] = (pos, abs_err)
+            worst = np.argsort(-abs_err)[:12]
             gallery = gallery if gallery else [(cs.crops[i], f"true {y[i]:.0f}, pred {value[i]:.0f}") for i in worst]
         else:
             p = decode_eyes(outputs, pred.meta)

@@ -81,16 +81,13 @@ def _quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, batch_size: i
 
 def load_split_crops(meta: dict, data: list[str], log: Callable[[str], None] = print) -> tuple[PreparedData, dict[str, SplitCrops]]:
     """The model's own train/val/test split of ``data``, as crops (the training run's crop cache is reused)."""
-    from facelens.data.crops import build_crops
-
     sp = meta["split"]
     classes = {v: k for k, v in (meta.get("class_map") or {}).items()}
     prep = prepare_records(meta["task"], data, sp["strategy"], sp["seed"], tuple(sp["fractions"]), log=log,
                            female=classes.get(1), male=classes.get(0))
     kind = "face" if meta["task"] == "age" else "eye"
     # All records, as training cropped them: the same digest set hits the run's crop cache.
-    cs = build_crops([r.path for r in prep.records], prep.digests, kind, meta["input_size"], desc=f"{kind} crops")
-    pos = np.asarray(cs.index)
+    cs, pos = prep.crops(np.arange(len(prep.records)), kind, meta["input_size"])
     out = {}
     for s in ("train", "val", "test"):
         keep = np.flatnonzero(prep.splits[pos] == s)

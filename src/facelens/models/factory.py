@@ -90,26 +90,34 @@ def num_outputs(head: str) -> int:
 
 
 def check_frozen_blocks(arch: str, task: str, n: int, pretrained: bool) -> None:
-    """Refuse ``--frozen-blocks`` where it makes no sense, before any data is read."""
+    """Refuse ``--frozen-blocks`` where it makes no sense, before any data is read (the block
+    count is taken from an untrained skeleton: cheap, no weights read)."""
+    spec = _frozen_option_spec(arch, task, n, pretrained)
+    if n:
+        _blocks_to_freeze(spec.build(1, False), n, f"{arch} ")
+
+
+def _frozen_option_spec(arch: str, task: str, n: int, pretrained: bool) -> ArchSpec:
+    """The arch's spec, once ``n`` is known to be a count its weights allow freezing."""
     spec = _spec(arch, task)
     if n < 0:
         raise ValueError(f"--frozen-blocks must be >= 0, got {n}")
-    if n == 0:
-        return
-    if not (pretrained and spec.pretrained):
+    if n and not (pretrained and spec.pretrained):
         raise ValueError(f"--frozen-blocks {n} needs pretrained weights, which {arch!r} "
                          f"{'has but --no-pretrained turned off' if spec.pretrained else 'does not have'}: "
                          "freezing randomly initialised blocks would only cripple the network")
-    blocks = len(_features(spec.build(1, False)))  # an untrained skeleton: cheap, no weights read
-    if n >= blocks:
-        raise ValueError(f"--frozen-blocks {n} would freeze the whole {arch} backbone ({blocks} blocks); use fewer")
+    return spec
 
 
-def _features(model: nn.Module) -> nn.Sequential:
-    features = next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "features"), None)
+def _blocks_to_freeze(model: nn.Module, n: int, name: str = "") -> nn.Sequential:
+    """The first ``n`` blocks of the backbone's ``features``; at least one block must stay trainable."""
+    features = next((m for key, m in model.named_modules() if key.rsplit(".", 1)[-1] == "features"), None)
     if not isinstance(features, nn.Sequential):
         raise ValueError("--frozen-blocks needs a backbone with staged 'features' blocks (e.g. mobilenetv2)")
-    return features
+    if n >= len(features):
+        raise ValueError(f"--frozen-blocks {n} would freeze the whole {name}backbone ({len(features)} blocks); "
+                         "use fewer")
+    return features[:n]
 
 
 def freeze_early_blocks(model: nn.Module, n: int) -> int:
@@ -124,22 +132,16 @@ def freeze_early_blocks(model: nn.Module, n: int) -> int:
         raise ValueError(f"--frozen-blocks must be >= 0, got {n}")
     if n == 0:
         return 0
-    features = _features(model)
-    if n >= len(features):
-        raise ValueError(f"--frozen-blocks {n} would freeze the whole backbone ({len(features)} blocks); use fewer")
-    frozen = 0
-    for block in features[:n]:
-        for p in block.parameters():
-            p.requires_grad_(False)
-            frozen += p.numel()
-    return frozen
+    params = list(_blocks_to_freeze(model, n).parameters())
+    for p in params:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in params)
 
 
 def create_model(arch: str, task: str, pretrained: bool = True, frozen_blocks: int = 0) -> nn.Module:
     """Build ``arch`` for ``task`` ('age' or 'eyes'), with ImageNet weights where the arch has them,
     its first ``frozen_blocks`` backbone blocks kept at those weights."""
-    check_frozen_blocks(arch, task, frozen_blocks, pretrained)
-    spec = _spec(arch, task)
+    spec = _frozen_option_spec(arch, task, frozen_blocks, pretrained)  # the block count is checked on the model
     model = nn.Sequential(Normalize(spec.imagenet_norm), spec.build(num_outputs(spec.heads[task]), pretrained))
     freeze_early_blocks(model, frozen_blocks)
     return model

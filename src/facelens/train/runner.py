@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from facelens import __version__
-from facelens.data.crops import PIPELINE_VERSION, build_crops
+from facelens.data.crops import PIPELINE_VERSION, CropSet, build_crops
 from facelens.data.hygiene import check_hygiene
 from facelens.data.readers import AGE_RANGE, Dataset, Record, read_dataset
 from facelens.data.splits import DEFAULT_FRACTIONS, EYE_BLOCK_SIZE, assign_split, block_group, random_group
@@ -135,6 +135,15 @@ class PreparedData:
     class_map: dict[str, int] | None
     hygiene: dict
     layouts: list[str]
+
+    def crops(self, indices: np.ndarray, kind: str, size: int, workers: int | None = None,
+              desc: str | None = None) -> tuple[CropSet, np.ndarray]:
+        """Aligned crops of the records at ``indices`` (cached by content digest) and the record
+        position of each crop; images that gave none are missing and listed in ``failures``."""
+        indices = np.asarray(indices)
+        cs = build_crops([self.records[i].path for i in indices], [self.digests[i] for i in indices], kind, size,
+                         workers=workers, desc=desc or f"{kind} crops")
+        return cs, indices[cs.index]
 
 
 def prepare_records(task: str, data: list[str], strategy: str, seed: int, fractions, policy: str = "drop",
@@ -268,11 +277,9 @@ def run_training(req: TrainRequest, log=print) -> dict:
         # --max-images caps each split *before* cropping, so quick trials skip detection on the rest.
         use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
                                       for s in ("train", "val", "test")]))
-        cs = build_crops([prep.records[i].path for i in use], [prep.digests[i] for i in use], kind, size,
-                         workers=req.workers, desc=f"{kind} crops {size}px")
+        cs, pos = prep.crops(use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px")
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
-        pos = use[cs.index]
         split_of = prep.splits[pos]
         idx = {s: np.flatnonzero(split_of == s) for s in ("train", "val", "test")}
         arch_dir = out / arch
