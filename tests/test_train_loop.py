@@ -183,3 +183,43 @@ def test_a_run_with_frozen_blocks_resumes_and_keeps_them_frozen(tmp_path: Path) 
     run(tmp_path, epochs=2, ema_decay=0.9, resume=True, model=again)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["epoch"] == 2
     torch.testing.assert_close(again[1].features[0][0].weight, frozen_before)
+
+
+# ------------------------------------------------------------------------------ precision and weight decay
+def test_bf16_training_step_runs_and_stays_close_to_fp32(tmp_path: Path) -> None:
+    tx, ty = tiny_data(48, 1)
+    vx, vy = tiny_data(16, 2)
+    summaries, weights = {}, {}
+    for precision in ("fp32", "bf16"):
+        model = tiny_age_net()
+        cfg = FitConfig(head="age-bins", epochs=1, batch_size=16, patience=99, precision=precision)
+        summaries[precision] = fit(model, tx, ty, vx, vy, cfg, tmp_path / precision, torch.device("cpu"), log=lambda m: None)
+        weights[precision] = model[-1].weight.detach()
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and optimizer stay float32
+    assert summaries["bf16"]["precision"] == "bf16" and summaries["fp32"]["precision"] == "fp32"
+    moved = (weights["fp32"] - tiny_age_net()[-1].weight).abs().max()
+    assert moved > 0
+    # bfloat16 keeps ~3 significant digits: the two runs land close together, not bit-identical.
+    assert (weights["bf16"] - weights["fp32"]).abs().max() < 0.1 * moved
+    assert abs(summaries["bf16"]["best_val"] - summaries["fp32"]["best_val"]) < 0.5
+
+
+def test_bad_precision_and_negative_weight_decay_are_refused_before_the_run_folder(tmp_path: Path) -> None:
+    from facelens.train.loop import check_precision
+    from facelens.train.runner import TrainRequest, run_training
+
+    with pytest.raises(ValueError, match="--precision must be one of fp32, bf16"):
+        check_precision("fp16", torch.device("cpu"))
+    for options, message in (({"precision": "half"}, "--precision"), ({"weight_decay": -0.1}, "--weight-decay")):
+        req = TrainRequest(task="age", data=[str(tmp_path)], out=str(tmp_path / "run"), **options)
+        with pytest.raises(ValueError, match=message):
+            run_training(req, log=lambda m: None)
+        assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_command_names_weight_decay_and_precision() -> None:
+    from facelens.train.runner import reproduce_commands
+
+    cmd = reproduce_commands(RUN_CFG | {"weight_decay": 0.05, "precision": "bf16"}, "mobilenetv2")[0]
+    assert "--weight-decay 0.05 --precision bf16" in cmd
+    assert "--weight-decay 0.0001 --precision fp32" in reproduce_commands(RUN_CFG, "mobilenetv2")[0]

@@ -147,6 +147,9 @@ _EMA = Annotated[float, typer.Option(help="keep, validate and ship a moving aver
 _FROZEN = Annotated[int, typer.Option(help="keep the first N backbone blocks at their ImageNet weights: steps run "
                                             "about 1.7x faster on a CPU (N=4), at a cost in accuracy (see README); "
                                             "0 = train every layer")]
+_WD = Annotated[float, typer.Option(help="AdamW weight decay (decoupled)")]
+_PRECISION = Annotated[str, typer.Option(help="training step precision: fp32, or bf16 autocast (about 1.35x faster "
+                                               "on CPUs with AVX512-BF16/AMX and on recent GPUs; emulated, slower, elsewhere)")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
 
 
@@ -158,7 +161,7 @@ def train_age(
     conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
     resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
     device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
-    ema_decay: _EMA = 0.998, frozen_blocks: _FROZEN = 0,
+    ema_decay: _EMA = 0.998, frozen_blocks: _FROZEN = 0, weight_decay: _WD = 1e-4, precision: _PRECISION = "fp32",
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
@@ -177,7 +180,7 @@ def train_eyes(
     conflict_policy: str = "drop",
     resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
     device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
-    ema_decay: _EMA = 0.0, frozen_blocks: _FROZEN = 0,
+    ema_decay: _EMA = 0.0, frozen_blocks: _FROZEN = 0, weight_decay: _WD = 1e-4, precision: _PRECISION = "fp32",
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,

@@ -35,7 +35,7 @@ from facelens.errors import DatasetError
 from facelens.face.align import AGE_TEMPLATE
 from facelens.fileio import write_bytes_atomic, write_json_atomic
 from facelens.models.factory import check_frozen_blocks, create_model, default_input_size, head_of
-from facelens.train.loop import FitConfig, FlipAverage, fit, predict_outputs
+from facelens.train.loop import FitConfig, FlipAverage, check_precision, fit, predict_outputs
 
 
 @dataclass
@@ -47,6 +47,8 @@ class TrainRequest:
     epochs: int = 8
     batch_size: int = 64
     lr: float = 1e-3
+    weight_decay: float = 1e-4  # AdamW's decoupled decay
+    precision: str = "fp32"  # training step: fp32 or bf16 autocast (train.loop.autocast_context)
     seed: int = 0
     split: str = "auto"  # auto | content | blocks | random
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
@@ -246,9 +248,12 @@ def run_training(req: TrainRequest, log=print) -> dict:
     t_start = time.time()
     for arch in req.archs:
         check_frozen_blocks(arch, req.task, req.frozen_blocks, req.pretrained)
+    device = resolve_device(req.device)
+    check_precision(req.precision, device)
+    if req.weight_decay < 0:
+        raise ValueError(f"--weight-decay must be >= 0, got {req.weight_decay}")
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(req.device)
     if device.type == "cpu":
         torch.set_num_threads(req.threads or max(1, os.cpu_count() or 1))
     strategy = resolve_strategy(req.task, req.split)
@@ -293,7 +298,8 @@ def run_training(req: TrainRequest, log=print) -> dict:
             n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
             log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
         cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
-                        patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay)
+                        patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay,
+                        weight_decay=req.weight_decay, precision=req.precision)
         y = prep.targets[pos]
         summary = fit(model, cs.crops[idx["train"]], y[idx["train"]], cs.crops[idx["val"]], y[idx["val"]], cfg,
                       arch_dir, device, resume=req.resume, log=log)
@@ -388,6 +394,7 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
         cmd += f" --input-size {size}"
     cmd += f" --ema-decay {cfg.get('ema_decay', 0.0)}"  # explicit: the default differs by task
     cmd += f" --frozen-blocks {cfg.get('frozen_blocks', 0)}"
+    cmd += f" --weight-decay {cfg.get('weight_decay', 1e-4)} --precision {cfg.get('precision', 'fp32')}"
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:
