@@ -18,8 +18,8 @@ import time
 import torch
 
 from facelens.agebins import AGE_MIN
-from facelens.models.factory import create_model
-from facelens.train.loop import FitConfig, autocast_context, check_precision, loss_fn, to_input
+from facelens.models.factory import create_model, freeze_early_blocks
+from facelens.train.loop import FitConfig, check_precision, optimizer_step, to_input
 
 
 def step_seconds(precision: str, size: int, batch: int, frozen: int, steps: int, device: torch.device) -> float:
@@ -27,24 +27,16 @@ def step_seconds(precision: str, size: int, batch: int, frozen: int, steps: int,
     check_precision(precision, device)
     torch.manual_seed(0)
     model = create_model("mobilenetv2", "age", pretrained=False, frozen_blocks=0)
-    if frozen:  # freezing needs pretrained weights in the factory; the cost does not
-        from facelens.models.factory import freeze_early_blocks
-
-        freeze_early_blocks(model, frozen)
+    freeze_early_blocks(model, frozen)  # the factory insists on pretrained weights for this; the cost does not
     model.to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     x = to_input(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8), device)
     y = torch.randint(AGE_MIN, 90, (batch,), device=device).float()
-    cfg = FitConfig(head="age-bins")
+    cfg = FitConfig(head="age-bins", precision=precision)
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()
-        with autocast_context(precision, device):
-            out = model(x)
-        loss = loss_fn(cfg.head, out.float(), y, cfg.label_sigma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(model, opt, x, y, cfg, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 2:

@@ -148,7 +148,7 @@ _FROZEN = Annotated[int, typer.Option(help="keep the first N backbone blocks at 
                                             "about 1.7x faster on a CPU (N=4), at a cost in accuracy (see README); "
                                             "0 = train every layer")]
 _WD = Annotated[float, typer.Option(help="AdamW weight decay (decoupled)")]
-_PRECISION = Annotated[str, typer.Option(help="training step precision: fp32, or bf16 autocast (about 1.3x faster "
+_PRECISION = Annotated[str, typer.Option(help="training step precision: fp32, or bf16 autocast (up to 1.3x faster "
                                                "on CPUs with AVX512-BF16/AMX and on recent GPUs; emulated, slower, elsewhere)")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
 

@@ -98,11 +98,26 @@ def autocast_context(precision: str, device: torch.device):
 
     Why bfloat16 and no loss scaling: it has float32's exponent range, so gradients do not
     underflow. Measured on this machine's 2 cores (AVX512-BF16/AMX, MobileNetV2, 128 px, batch 64):
-    a step takes 0.77-0.86 s instead of 0.96-1.16 s (``benchmarks/train_step.py``). Opt-in, because
+    a step takes 0.77-0.86 s against 0.80-1.16 s for fp32 (``benchmarks/train_step.py``; noisy VM). Opt-in, because
     on a CPU without native bfloat16 it is emulated and slower, and because the one bf16 run of the
     shipped age recipe validated 0.065 years worse (README). Validation and export stay in float32.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   cfg: FitConfig, device: torch.device) -> torch.Tensor:
+    """One forward (under ``cfg.precision``), loss, backward and update; returns the loss.
+
+    Shared by ``fit`` and ``benchmarks/train_step.py`` so the benchmark times the step training runs.
+    """
+    with autocast_context(cfg.precision, device):
+        out = model(x)
+    loss = loss_fn(cfg.head, out.float(), y, cfg.label_sigma)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
@@ -221,12 +236,7 @@ def fit(
             gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
             x = augment_batch(to_input(train_x[idx], device), cfg.augment, None if device.type != "cpu" else gen)
             y = ty[idx].to(device)
-            with autocast_context(cfg.precision, device):
-                out = model(x)
-            loss = loss_fn(cfg.head, out.float(), y, cfg.label_sigma)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = optimizer_step(model, opt, x, y, cfg, device)
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
