@@ -48,8 +48,7 @@ def main() -> None:
     print("| split | point estimate | UTKFace MAE | 20-50 RMSE | 20-50 R² | all MAE | all RMSE |")
     print("|---|---|---|---|---|---|---|")
     for split in ("val", "test"):
-        cs, pos = prep.crops(np.flatnonzero(prep.splits == split), "face", pred.meta["input_size"],
-                             desc=f"{split} crops")
+        cs, pos = prep.model_crops(np.flatnonzero(prep.splits == split), pred.meta, desc=f"{split} crops")
         y = prep.targets[pos]
         source = np.array([prep.sources[i] for i in pos])
         for name, value in point_estimates(pred(cs.crops)).items():

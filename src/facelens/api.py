@@ -23,7 +23,7 @@ import numpy as np
 
 from facelens.data.crops import eye_crop_from_image
 from facelens.errors import ImageLoadError, ModelLoadError
-from facelens.face.align import AGE_TEMPLATE, DEFAULT_EYE_GEOMETRY, EyeCropGeometry, align_face, cut_eye
+from facelens.face.align import DEFAULT_EYE_GEOMETRY, EyeCropGeometry, FaceTemplate, align_face, cut_eye
 from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
 from facelens.images import ImageInput, load_image
 from facelens.infer.postprocess import combine_eye_probabilities, decode_age, decode_eyes
@@ -125,6 +125,8 @@ class Analyzer:
         check_detect_max_side(detect_max_side)
         self.age = _open(age_model, "age", backend, device)
         self.eyes = _open(eye_model, "eyes", backend, device)
+        # The face crop the age model was trained on (its metadata names it; older models used the loose one).
+        self.age_template = FaceTemplate.from_meta(self.age.meta.get("crop")) if self.age is not None else None
         if self.age is None and self.eyes is None:
             raise ModelLoadError(f"no models to run: none given and no shipped defaults in {models_dir()}")
         self.min_face_score = min_face_score
@@ -229,7 +231,7 @@ class Analyzer:
             item = _Prepared(result, dets)
             if self.age is not None:
                 size = self.age.meta["input_size"]
-                item.face_crops = np.stack([align_face(rgb, d.anchor_points(), size, AGE_TEMPLATE)[0] for d in dets])
+                item.face_crops = np.stack([align_face(rgb, d.anchor_points(), size, self.age_template)[0] for d in dets])
             t2 = time.perf_counter()
             if self.eyes is not None:
                 size = self.eyes.meta["input_size"]

@@ -150,6 +150,11 @@ _FROZEN = Annotated[int, typer.Option(help="keep the first N backbone blocks at 
 _WD = Annotated[float, typer.Option(help="AdamW weight decay (decoupled)")]
 _PRECISION = Annotated[str, typer.Option(help="training step precision: fp32, or bf16 autocast (up to 1.3x faster "
                                                "on CPUs with AVX512-BF16/AMX and on recent GPUs; emulated, slower, elsewhere)")]
+_AUGMENT = Annotated[str, typer.Option(help="augmentation: basic (geometry, colour) or photo (adds scan, sepia, fading, "
+                                             "blur, noise, JPEG, low resolution and frame edges, so a photo's source "
+                                             "cannot be read from its style)")]
+_BALANCE = Annotated[str, typer.Option(help="none, or source: sample so every data source has an equal share of each "
+                                             "label bin (5-year age bins / classes), validating on the mean per-source score")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
 
 
@@ -165,6 +170,9 @@ def train_age(
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
+    face_crop: Annotated[str, typer.Option(help="tight (forehead to chin, as a UTKFace chip holds; default) or loose "
+                                                "(the first models' crop, with hair and background)")] = "tight",
+    augment: _AUGMENT = "photo", balance: _BALANCE = "source",
 ) -> None:
     """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
     _train("age", **locals())  # every option maps 1:1 onto a TrainRequest field
@@ -184,18 +192,46 @@ def train_eyes(
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
+    augment: _AUGMENT = "basic", balance: _BALANCE = "none",
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
     _train("eyes", **locals())
 
 
+@app.command("cross-source")
+def cross_source(
+    data: _DATA,
+    out: Annotated[Path, typer.Option("--out", help="protocol folder: one training run per left-out source, the table")],
+    epochs: int = 3, input_size: int = 96, max_steps_per_epoch: int | None = 150, batch_size: int = 64, seed: int = 0,
+    ema_decay: _EMA = 0.99, precision: _PRECISION = "bf16", frozen_blocks: _FROZEN = 0,
+    face_crop: Annotated[str, typer.Option(help="tight or loose (see train age --help)")] = "tight",
+    augment: _AUGMENT = "photo", balance: _BALANCE = "source",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
+) -> None:
+    """Leave-one-source-out for an age recipe: train it on every source and without each one, then score
+    both on each source's test split (MAE ratio, bias by age band). Defaults to a short recipe (~5 min
+    a run on 2 cores); re-running resumes."""
+    from facelens.evaluate.cross_source import leave_one_source_out
+    from facelens.train.runner import TrainRequest
+
+    req = TrainRequest(task="age", data=data, out=str(out), epochs=epochs, input_size=input_size, patience=epochs,
+                       max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed, ema_decay=ema_decay,
+                       precision=precision, frozen_blocks=frozen_blocks, face_crop=face_crop, augment=augment,
+                       balance=balance, threads=threads)
+    try:
+        req.check()
+        leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo)
+    except (FacelensError, ValueError) as exc:
+        _fail(str(exc))
+
+
 def _evaluate(task: str, models: list[Path], data: list[str], split: str, report: Path | None, out: Path | None,
-              backend: str) -> None:
+              backend: str, context_check: int = 0) -> None:
     from facelens.evaluate.pipeline import evaluate_models
 
     try:
         evaluate_models(task, models, data, split=split, report_dir=report, out=out, backend=backend,
-                        log=lambda m: typer.echo(m, err=True), echo=typer.echo)
+                        log=lambda m: typer.echo(m, err=True), echo=typer.echo, context_check=context_check)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
 
@@ -208,9 +244,12 @@ _JSON_OUT = Annotated[Path | None, typer.Option("--out", help="metrics JSON file
 
 @evaluate_app.command("age")
 def evaluate_age(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
-                 backend: Backend = "auto") -> None:
-    """MAE, RMSE, R², CS@5, signed error, per decade / gender / race, interval coverage."""
-    _evaluate("age", model, data, split, report, out, backend)
+                 backend: Backend = "auto",
+                 context_check: Annotated[int, typer.Option(
+                     help="also answer N photos per source again as tight UTKFace-style chips and report how far "
+                          "the answers move (0 = off)")] = 0) -> None:
+    """MAE, RMSE, R², CS@5, signed error, per source x age band, decade, gender, race, interval coverage."""
+    _evaluate("age", model, data, split, report, out, backend, context_check)
 
 
 @evaluate_app.command("eyes")

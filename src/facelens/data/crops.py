@@ -2,8 +2,9 @@
 
 Training reads faces through exactly the code the predictor uses (``face_crop_from_image``:
 detect -> pick the main face -> align to the age template), so a served model sees what it
-learned. Crops are cached by the files' SHA-1, the pipeline version and the crop size, so
-the second run (or ``evaluate`` on the same data) skips detection.
+learned. Detections are cached per file content (``AnchorStore``); crops by the files' SHA-1, the
+pipeline version, the crop size and the face template, so the second run (or ``evaluate``
+on the same data) skips both.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import cv2
@@ -22,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facelens.errors import ImageLoadError
-from facelens.face.align import AGE_TEMPLATE, align_face
+from facelens.face.align import AGE_TEMPLATE, LOOSE_AGE_TEMPLATE, FaceTemplate, align_face
 from facelens.face.detect import Detection, detect_faces
 from facelens.images import load_image
 
@@ -34,12 +35,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FACELENS_CACHE", Path.home() / ".cache" / "facelens"))
 
 
-def face_crop_from_image(rgb: np.ndarray, size: int) -> tuple[np.ndarray, Detection] | None:
-    """Main (largest) face of a photo, aligned to the age template; None when no face is found."""
+def face_crop_from_image(rgb: np.ndarray, size: int, template: FaceTemplate = AGE_TEMPLATE
+                         ) -> tuple[np.ndarray, Detection] | None:
+    """Main (largest) face of a photo, aligned to ``template``; None when no face is found."""
     faces = detect_faces(rgb)
     if not faces:
         return None
-    crop, _ = align_face(rgb, faces[0].anchor_points(), size, AGE_TEMPLATE)
+    crop, _ = align_face(rgb, faces[0].anchor_points(), size, template)
     return crop, faces[0]
 
 
@@ -54,21 +56,28 @@ def eye_crop_from_image(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
-def _crop_one(args: tuple[str, str, int, np.ndarray | None]) -> tuple[np.ndarray | None, str | None, np.ndarray | None]:
-    """(crop, failure reason, anchor points) for one file; known anchors skip detection."""
-    path, kind, size, known = args
+def _detect_one(path: str) -> tuple[np.ndarray | None, str]:
+    """Anchor points (eyes, mouth) of a file's main face, or None and the reason."""
     try:
         rgb = load_image(path)
     except ImageLoadError as exc:
-        return None, exc.message, None
+        return None, exc.message
+    faces = detect_faces(rgb)
+    if not faces:
+        return None, "no face detected"
+    return faces[0].anchor_points(), ""
+
+
+def _crop_one(args: tuple[str, str, int, np.ndarray | None, FaceTemplate]) -> tuple[np.ndarray | None, str | None]:
+    """(crop, failure reason) for one file; face crops warp known anchors (no detection here)."""
+    path, kind, size, known, template = args
+    try:
+        rgb = load_image(path)
+    except ImageLoadError as exc:
+        return None, exc.message
     if kind == "eye":
-        return eye_crop_from_image(rgb, size), None, None
-    if known is not None:
-        return align_face(rgb, known, size, AGE_TEMPLATE)[0], None, known
-    got = face_crop_from_image(rgb, size)
-    if got is None:
-        return None, "no face detected", None
-    return got[0], None, got[1].anchor_points()
+        return eye_crop_from_image(rgb, size), None
+    return align_face(rgb, known, size, template)[0], None
 
 
 @dataclass
@@ -78,11 +87,55 @@ class CropSet:
     failures: list[tuple[str, str]]  # (path, reason) for the rest
 
 
-def _cache_key(digests: Sequence[str], kind: str, size: int) -> str:
+def _cache_key(digests: Sequence[str], kind: str, size: int, template: FaceTemplate | None = None) -> str:
     h = hashlib.sha256(f"{PIPELINE_VERSION}|{kind}|{size}|".encode())
+    if kind == "face" and template is not None and template != LOOSE_AGE_TEMPLATE:  # loose keeps old cache keys
+        h.update(repr(astuple(template)).encode())
     for d in digests:
         h.update(d.encode())
     return h.hexdigest()[:24]
+
+
+class AnchorStore:
+    """Face anchors (or the reason there is none) per file content digest, in one file per cache.
+
+    Why per digest: detection is the slow part of cropping (YuNet on every image), and it does
+    not depend on the crop size, the template or which subset of a dataset a run uses; a
+    leave-one-source-out run or a new template only re-warps.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.anchors: dict[str, np.ndarray | None] = {}
+        self.reasons: dict[str, str] = {}
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                reasons = json.loads(str(z["reasons"]))
+                for d, a, r in zip(z["digests"].tolist(), z["anchors"], reasons, strict=True):
+                    self.anchors[d] = None if np.isnan(a).any() else a
+                    self.reasons[d] = r
+
+    def missing(self, digests: Sequence[str]) -> list[int]:
+        return [i for i, d in enumerate(digests) if d not in self.anchors]
+
+    def add(self, digest: str, anchors: np.ndarray | None, reason: str) -> None:
+        self.anchors[digest], self.reasons[digest] = anchors, reason
+
+    def save(self) -> None:
+        digests = list(self.anchors)
+        arr = np.full((len(digests), 3, 2), np.nan)
+        for i, d in enumerate(digests):
+            if self.anchors[d] is not None:
+                arr[i] = self.anchors[d]
+        _save_npz(self.path, digests=np.asarray(digests), anchors=arr,
+                  reasons=np.asarray(json.dumps([self.reasons[d] for d in digests])))
+
+
+def _pool_map(fn, jobs: list, workers: int, desc: str) -> list:
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(tqdm(pool.map(fn, jobs, chunksize=64), total=len(jobs), desc=desc, unit="img"))
+    return [fn(j) for j in tqdm(jobs, desc=desc, unit="img")]
 
 
 def build_crops(
@@ -93,47 +146,41 @@ def build_crops(
     cache_dir: Path | None = None,
     workers: int | None = None,
     desc: str = "crops",
+    template: FaceTemplate = AGE_TEMPLATE,
 ) -> CropSet:
-    """Crops for ``paths`` ('face' or 'eye' kind), from the cache when this exact set was seen."""
+    """Crops for ``paths`` ('face' or 'eye' kind), from the cache when this exact set was seen.
+
+    Face crops are aligned to ``template`` from anchors detected once per file content.
+    """
     cache_dir = cache_dir or default_cache_dir()
-    key = _cache_key(digests, kind, size)
+    key = _cache_key(digests, kind, size, template)
     npz = cache_dir / "crops" / f"{kind}-{size}-{key}.npz"
     if npz.exists():
         with np.load(npz, allow_pickle=False) as z:
             failures = json.loads(str(z["failures"]))
             return CropSet(z["crops"], z["index"], [tuple(f) for f in failures])
-    # Detections do not depend on the crop size: cache them separately so another size
-    # (the seed baseline's 120 px, say) only re-warps.
-    anchors_npz = cache_dir / "crops" / f"anchors-{_cache_key(digests, kind, 0)}.npz"
-    known: np.ndarray | None = None
-    known_reasons: list[str] = []
-    if kind == "face" and anchors_npz.exists():
-        with np.load(anchors_npz, allow_pickle=False) as z:
-            known, known_reasons = z["anchors"], json.loads(str(z["reasons"]))
     workers = workers or max(1, os.cpu_count() or 1)
-    jobs = [(str(p), kind, size, None if known is None or np.isnan(known[i]).any() else known[i])
-            for i, p in enumerate(paths)]
-    # Files where detection failed before fail again without re-detecting.
-    failed_before = [] if known is None else [i for i in range(len(jobs)) if np.isnan(known[i]).any()]
-    results_known = {i: (None, known_reasons[i], None) for i in failed_before}
-    todo = [j for i, j in enumerate(jobs) if i not in results_known]
-    if workers > 1 and len(todo) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            done = list(tqdm(pool.map(_crop_one, todo, chunksize=64), total=len(todo), desc=desc, unit="img"))
-    else:
-        done = [_crop_one(j) for j in tqdm(todo, desc=desc, unit="img")]
-    it = iter(done)
-    results = [results_known[i] if i in results_known else next(it) for i in range(len(jobs))]
+    known: list[np.ndarray | None] = [None] * len(paths)
+    reasons: dict[int, str] = {}
+    if kind == "face":
+        store = AnchorStore(cache_dir / "crops" / f"anchors-{PIPELINE_VERSION}.npz")
+        todo = store.missing(digests)
+        if todo:
+            found = _pool_map(_detect_one, [str(paths[i]) for i in todo], workers, f"{desc}: detect")
+            for i, (a, why) in zip(todo, found, strict=True):
+                store.add(digests[i], a, why)
+            store.save()
+        for i, d in enumerate(digests):
+            known[i] = store.anchors[d]
+            if known[i] is None:
+                reasons[i] = store.reasons[d]
+    jobs = [(str(p), kind, size, known[i], template) for i, p in enumerate(paths) if i not in reasons]
+    done = iter(_pool_map(_crop_one, jobs, workers, desc))
+    results = [(None, reasons[i]) if i in reasons else next(done) for i in range(len(paths))]
     good = [i for i, r in enumerate(results) if r[0] is not None]
     crops = np.stack([results[i][0] for i in good]) if good else np.zeros((0, size, size, 3), np.uint8)
     failures = [(str(paths[i]), r[1] or "") for i, r in enumerate(results) if r[0] is None]
     out = CropSet(crops, np.asarray(good, dtype=np.int64), failures)
-    if kind == "face" and known is None:
-        anchors = np.full((len(results), 3, 2), np.nan)
-        for i, r in enumerate(results):
-            if r[2] is not None:
-                anchors[i] = r[2]
-        _save_npz(anchors_npz, anchors=anchors, reasons=np.asarray(json.dumps([r[1] or "" for r in results])))
     _save_npz(npz, crops=out.crops, index=out.index, failures=np.asarray(json.dumps(failures)))
     return out
 

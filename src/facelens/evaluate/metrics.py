@@ -71,6 +71,20 @@ def decade_label(age: float) -> str:
     return f"{lo}-{lo + 9}"
 
 
+#: Age bands for bias breakdowns: where a model that reads a photo's *source* instead of its face
+#: gives itself away (children answered as adults, the old pulled to the middle).
+AGE_BANDS: tuple[tuple[int, int | None], ...] = ((0, 2), (3, 9), (10, 19), (20, 39), (40, 59), (60, None))
+
+
+def age_band_label(age: float, bands: Sequence[tuple[int, int | None]] = AGE_BANDS) -> str:
+    """'0-2', '3-9', ..., '60+' for an age (bands are whole years; fractional ages round down)."""
+    a = max(0, int(np.floor(age)))
+    for lo, hi in bands:
+        if lo <= a and (hi is None or a <= hi):
+            return f"{lo}+" if hi is None else f"{lo}-{hi}"
+    raise ValueError(f"age {age} falls outside the bands {bands}")
+
+
 def cs_curve(abs_err: Any, ks: Iterable[float] = CS_KS) -> list[float]:
     """Cumulative score: share of absolute errors <= k, for each k."""
     e = np.abs(_as_1d(abs_err, "abs_err"))
@@ -86,7 +100,7 @@ def age_metrics(y_true: Any, y_pred: Any, low: Any = None, high: Any = None,
     Keys: ``n, mae, rmse, r2, cs5, mean_signed_error`` (prediction minus truth: positive means
     the model over-estimates), ``cs_curve`` (k = 0..15), ``by_decade`` (by *true* age, so bias
     at the extremes is visible: regression to the mean over-estimates the young and
-    under-estimates the old), and when ``low``/``high`` are given ``coverage`` (share of true
+    under-estimates the old), ``by_age_band`` (the same over ``AGE_BANDS``), and when ``low``/``high`` are given ``coverage`` (share of true
     ages inside [low, high]) and ``mean_interval_width``. ``by_group[key][value]`` holds
     n / mae / mean_signed_error per group value; missing values (None, NaN, "") are skipped.
     """
@@ -126,6 +140,15 @@ def age_metrics(y_true: Any, y_pred: Any, low: Any = None, high: Any = None,
             row["coverage"] = _f(inside[m].mean())
         by_decade[d] = row
     out["by_decade"] = by_decade
+    bands = np.array([age_band_label(a) for a in yt])
+    by_band: dict[str, dict] = {}
+    for b in sorted(set(bands.tolist()), key=lambda s: int(re.match(r"\d+", s).group())):
+        m = bands == b
+        row = {"n": int(m.sum()), "mae": _f(ae[m].mean()), "mean_signed_error": _f(err[m].mean())}
+        if inside is not None:
+            row["coverage"] = _f(inside[m].mean())
+        by_band[b] = row
+    out["by_age_band"] = by_band
 
     if groups:
         by_group: dict[str, dict] = {}
@@ -138,6 +161,15 @@ def age_metrics(y_true: Any, y_pred: Any, low: Any = None, high: Any = None,
             by_group[key] = rows
         out["by_group"] = by_group
     return out
+
+
+def source_band_rows(m: Mapping[str, Any]) -> dict[str, dict[str, Mapping]]:
+    """{source: {band: row}} from ``age_metrics`` output with ``by_source`` beside it, "all" first:
+    the cross-source view (a model that reads the photo's source shows up as a band that is
+    fine on one source and far off on another)."""
+    rows = {"all": m.get("by_age_band", {})}
+    rows |= {src: sm.get("by_age_band", {}) for src, sm in (m.get("by_source") or {}).items()}
+    return rows
 
 
 def duplicate_label_noise(groups: Iterable[Sequence[float]], confidence: float = 0.9) -> dict:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from facelens.errors import DatasetError
-from facelens.evaluate.metrics import paired_difference
+from facelens.evaluate.context import context_lines, context_pairs, context_summary
+from facelens.evaluate.metrics import paired_difference, source_band_rows
 from facelens.fileio import write_json_atomic
 from facelens.infer.postprocess import decode_age, decode_eyes
 from facelens.infer.predictor import load_predictor
@@ -34,7 +35,9 @@ def _model_label(path: Path, meta: dict, seen: set[str]) -> str:
 
 def evaluate_models(task: str, models: list[Path], data: list[str], split: str = "test", report_dir: Path | None = None,
                     out: Path | None = None, backend: str = "auto", log: Callable[[str], None] = print,
-                    echo: Callable[[str], None] = print) -> dict:
+                    echo: Callable[[str], None] = print, context_check: int = 0) -> dict:
+    """Metrics of each model on ``split`` of ``data`` (see the module doc); ``context_check`` > 0 adds the
+    context check (``evaluate.context``) on up to that many photos per source (age models)."""
     if split not in SPLIT_CHOICES:
         raise ValueError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     if not models:
@@ -50,13 +53,11 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
     if len(chosen) == 0:
         raise DatasetError(f"the {split} split of {', '.join(data)} is empty")
     log(f"evaluating on the {split} split: {len(chosen)} images (split {ref['strategy']}, seed {ref['seed']})")
-    kind = "face" if task == "age" else "eye"
     metrics_by_model, arrays_by_model, gallery = {}, {}, []
     losses: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # label -> (record positions, per-image loss)
     seen: set[str] = set()
     for path, pred in zip(models, preds, strict=True):
-        size = pred.meta["input_size"]
-        cs, pos = prep.crops(chosen, kind, size)
+        cs, pos = prep.model_crops(chosen, pred.meta)
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop and are not scored, e.g. {cs.failures[:3]}")
         outputs = pred(cs.crops)
@@ -83,6 +84,12 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
             names = {1: "female", 0: "male"}
             gallery = gallery or [(cs.crops[i], f"true {names[int(y[i])]}, P(female) {p[i]:.2f}") for i in conf_wrong]
         echo(f"{label}: {headline(task, m)}")
+        if task == "age":
+            echo(age_band_table(m))
+            if context_check > 0:
+                m["context_check"] = run_context_check(pred, prep, chosen, context_check, log)
+                for line in context_lines(m["context_check"]):
+                    echo(line)
     result = {"task": task, "split": split, "data": data, "models": metrics_by_model}
     if len(losses) > 1:
         result["paired"] = paired_comparisons(losses, prep.sources)
@@ -99,6 +106,28 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
                       paired=result.get("paired"))
         log(f"report written to {html}")
     return result
+
+
+def run_context_check(pred, prep, chosen: np.ndarray, per_source: int, log: Callable[[str], None]) -> dict:
+    """``evaluate.context`` on up to ``per_source`` images of each source among ``chosen`` (seeded pick)."""
+    rng = np.random.default_rng(0)
+    src = np.asarray(prep.sources)[chosen]
+    pick = np.sort(np.concatenate([rng.permutation(chosen[src == s])[:per_source] for s in sorted(set(src.tolist()))]))
+    on_photo, on_chip = context_pairs(pred, [prep.records[i].path for i in pick], log)
+    return context_summary(on_photo, on_chip, prep.targets[pick], [prep.sources[i] for i in pick])
+
+
+def age_band_table(m: dict) -> str:
+    """Plain-text MAE (bias) per source and true-age band, the cross-source view of one model."""
+    rows = source_band_rows(m)
+    bands = list(dict.fromkeys(b for r in rows.values() for b in r))
+    width = max(len(s) for s in rows) + 2
+    lines = ["  MAE (bias) by true age".ljust(width + 2) + "".join(b.rjust(14) for b in bands)]
+    for src, r in rows.items():
+        cells = "".join((f"{r[b]['mae']:.1f} ({r[b]['mean_signed_error']:+.1f})" if b in r else "-").rjust(14)
+                        for b in bands)
+        lines.append(f"  {src.ljust(width)}" + cells)
+    return "\n".join(lines)
 
 
 def paired_comparisons(losses: dict[str, tuple[np.ndarray, np.ndarray]], sources: list[str]) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from facelens.evaluate import plots
-from facelens.evaluate.metrics import age_metrics, binary_metrics
+from facelens.evaluate.metrics import age_metrics, binary_metrics, source_band_rows
 from facelens.evaluate.model_card import format_value
 from facelens.fileio import write_json_atomic, write_text_atomic
 
@@ -112,6 +112,21 @@ def _breakdown_table(rows: Mapping[str, Mapping], columns: Sequence[tuple[str, s
     body = "".join(f"<tr><td>{html.escape(str(v))}</td>" + "".join(f"<td>{_fmt(r.get(k))}</td>" for k, _ in cols)
                    + "</tr>" for v, r in rows.items())
     return f"<table><thead><tr><th>{html.escape(first)}</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _source_band_table(m: Mapping) -> str:
+    """MAE and bias (mean signed error) per source and true-age band: a model that reads the photo's
+    source instead of the face shows up here (children too old on one source, fine on another)."""
+    rows = source_band_rows(m)
+    bands = list(dict.fromkeys(b for r in rows.values() for b in r))
+    head = "".join(f"<th>{html.escape(b)}</th>" for b in bands)
+    body = []
+    for src, r in rows.items():
+        cells = "".join(f"<td>{_fmt(r[b]['mae'])} ({r[b]['mean_signed_error']:+.1f}), n={r[b]['n']}</td>"
+                        if b in r else "<td>-</td>" for b in bands)
+        body.append(f"<tr><th scope=row>{html.escape(src)}</th>{cells}</tr>")
+    return ("<table><thead><tr><th>source \\ true age</th>" + head + "</tr></thead><tbody>" + "".join(body)
+            + "</tbody></table><p>Each cell: MAE in years (bias: mean predicted minus true), n faces.</p>")
 
 
 def _paired_table(paired: Mapping[str, Mapping] | None, measure: str) -> str:
@@ -267,7 +282,8 @@ def write_age_report(out_dir: str | Path, metrics_by_model: Mapping[str, Mapping
                                                            "mean_signed_error", "mean signed error (years)",
                                                            f"Bias by group{t}"),
                                      "Mean signed error per group: above zero the group is estimated too old."))
-        tables = [f"<details><summary>Per-decade table{html.escape(t)}</summary>"
+        tables = [f"<h3>By source and age band{html.escape(t)}</h3>" + _source_band_table(m),
+                  f"<details><summary>Per-decade table{html.escape(t)}</summary>"
                   + _breakdown_table(m.get("by_decade", {}), [("n", "n"), ("mae", "MAE"),
                                                              ("mean_signed_error", "mean signed error"),
                                                              ("coverage", "coverage")], "true age") + "</details>"]

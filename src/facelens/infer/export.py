@@ -85,9 +85,8 @@ def load_split_crops(meta: dict, data: list[str], log: Callable[[str], None] = p
     classes = {v: k for k, v in (meta.get("class_map") or {}).items()}
     prep = prepare_records(meta["task"], data, sp["strategy"], sp["seed"], tuple(sp["fractions"]), log=log,
                            female=classes.get(1), male=classes.get(0))
-    kind = "face" if meta["task"] == "age" else "eye"
     # All records, as training cropped them: the same digest set hits the run's crop cache.
-    cs, pos = prep.crops(np.arange(len(prep.records)), kind, meta["input_size"])
+    cs, pos = prep.model_crops(np.arange(len(prep.records)), meta)
     out = {}
     for s in ("train", "val", "test"):
         keep = np.flatnonzero(prep.splits[pos] == s)

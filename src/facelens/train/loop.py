@@ -25,6 +25,7 @@ from tqdm import tqdm
 from facelens.agebins import AGE_MIN, NUM_AGE_BINS
 from facelens.train.augment import AugmentConfig, augment_batch
 from facelens.train.checkpoint import load_checkpoint, save_checkpoint
+from facelens.train.sampling import epoch_order
 
 
 @dataclass
@@ -146,8 +147,11 @@ def predict_outputs(model: nn.Module, crops: np.ndarray, device: torch.device, b
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
 
 
-def validation_score(head: str, outputs: np.ndarray, y: np.ndarray) -> float:
-    """Lower is better: MAE in years for age, log loss for the binary head."""
+def validation_score(head: str, outputs: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """Lower is better: MAE in years for age, log loss for the binary head; with ``groups``, the
+    mean of the per-group scores."""
+    if groups is not None and len(set(groups.tolist())) > 1:
+        return float(np.mean([validation_score(head, outputs[groups == g], y[groups == g]) for g in sorted(set(groups.tolist()))]))
     if head == "age-bins":
         from facelens.infer.postprocess import age_from_bins
 
@@ -169,9 +173,16 @@ def fit(
     device: torch.device,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    train_weights: np.ndarray | None = None,
+    val_groups: np.ndarray | None = None,
 ) -> dict:
     """Train ``model`` in place; returns a summary. The best validated weights (the moving average
-    when ``cfg.ema_decay`` > 0) are loaded back into ``model`` at the end."""
+    when ``cfg.ema_decay`` > 0) are loaded back into ``model`` at the end.
+
+    ``train_weights``: sample images with these weights (``train.sampling.balanced_weights``)
+    instead of once each per epoch. ``val_groups`` (a source per validation image): validate on the
+    mean of the per-source scores, so the largest source does not decide alone which epoch is kept.
+    """
     check_precision(cfg.precision, device)
     ckpt_dir = run_dir / "checkpoints"
     model.to(device).to(memory_format=torch.channels_last)
@@ -225,7 +236,7 @@ def fit(
     while state["epoch"] < cfg.epochs and not state.get("stopped"):
         epoch = state["epoch"]
         t0 = time.time()
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_x))
+        order = epoch_order(len(train_x), steps, cfg.batch_size, cfg.seed, epoch, train_weights)
         model.train()
         bar = tqdm(range(state["step"], steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    initial=state["step"], total=steps)
@@ -248,7 +259,7 @@ def fit(
                 t0 = time.time()
                 save()
         bar.close()
-        score = validation_score(cfg.head, predict_outputs(scored, val_x, device), val_y)
+        score = validation_score(cfg.head, predict_outputs(scored, val_x, device), val_y, val_groups)
         state["seconds"] += time.time() - t0
         improved = score < state["best"] - 1e-4
         state["history"].append({"epoch": epoch + 1, "val": score, "loss": running, "seconds": state["seconds"]})

@@ -32,10 +32,12 @@ from facelens.data.hygiene import check_hygiene
 from facelens.data.readers import AGE_RANGE, Dataset, Record, read_dataset
 from facelens.data.splits import DEFAULT_FRACTIONS, EYE_BLOCK_SIZE, assign_split, block_group, random_group
 from facelens.errors import DatasetError
-from facelens.face.align import AGE_TEMPLATE
+from facelens.face.align import AGE_TEMPLATE, FACE_TEMPLATES, FaceTemplate
 from facelens.fileio import write_bytes_atomic, write_json_atomic
 from facelens.models.factory import check_frozen_blocks, create_model, default_input_size, head_of
+from facelens.train.augment import AUGMENT_PRESETS
 from facelens.train.loop import FitConfig, FlipAverage, check_precision, fit, predict_outputs
+from facelens.train.sampling import balanced_weights
 
 
 @dataclass
@@ -66,6 +68,23 @@ class TrainRequest:
     frozen_blocks: int = 0  # first backbone blocks kept at their pretrained weights (models.factory.freeze_early_blocks)
     workers: int | None = None
     threads: int | None = None  # CPU threads for torch (default: all cores)
+    face_crop: str = "tight"  # age: face template (face.align.FACE_TEMPLATES)
+    augment: str = "basic"  # train.augment.AUGMENT_PRESETS; "photo" adds source-style degradations
+    balance: str = "none"  # "source": sample so every source has an equal share of each label bin
+
+    def check(self) -> None:
+        """Refuse options that cannot work, before any data is read or the run folder is written."""
+        if self.face_crop not in FACE_TEMPLATES:
+            raise ValueError(f"--face-crop must be one of {', '.join(FACE_TEMPLATES)}, got {self.face_crop!r}")
+        if self.augment not in AUGMENT_PRESETS:
+            raise ValueError(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}")
+        if self.balance not in BALANCE_CHOICES:
+            raise ValueError(f"--balance must be one of {', '.join(BALANCE_CHOICES)}, got {self.balance!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+
+
+BALANCE_CHOICES = ("none", "source")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -139,13 +158,27 @@ class PreparedData:
     layouts: list[str]
 
     def crops(self, indices: np.ndarray, kind: str, size: int, workers: int | None = None,
-              desc: str | None = None) -> tuple[CropSet, np.ndarray]:
+              desc: str | None = None, template: FaceTemplate = AGE_TEMPLATE) -> tuple[CropSet, np.ndarray]:
         """Aligned crops of the records at ``indices`` (cached by content digest) and the record
         position of each crop; images that gave none are missing and listed in ``failures``."""
         indices = np.asarray(indices)
         cs = build_crops([self.records[i].path for i in indices], [self.digests[i] for i in indices], kind, size,
-                         workers=workers, desc=desc or f"{kind} crops")
+                         workers=workers, desc=desc or f"{kind} crops", template=template)
         return cs, indices[cs.index]
+
+    def model_crops(self, indices: np.ndarray, meta: dict, desc: str | None = None) -> tuple[CropSet, np.ndarray]:
+        """``crops`` as the model described by ``meta`` sees them (its crop kind, size and face template)."""
+        kind = "face" if meta["task"] == "age" else "eye"
+        return self.crops(indices, kind, meta["input_size"], desc=desc, template=FaceTemplate.from_meta(meta.get("crop")))
+
+
+def source_name(data: str | Path) -> str:
+    """The name a dataset goes by in per-source metrics: its folder (or CSV) name, or the parent's
+    for a ``train``/``test`` split folder (``faces-20-50/train`` -> ``faces-20-50``)."""
+    p = Path(data)
+    if p.suffix.lower() == ".csv":
+        p = p.with_suffix("")
+    return p.parent.name if p.name in ("train", "test") else p.name
 
 
 def prepare_records(task: str, data: list[str], strategy: str, seed: int, fractions, policy: str = "drop",
@@ -158,7 +191,7 @@ def prepare_records(task: str, data: list[str], strategy: str, seed: int, fracti
         for path, why in ds.skipped[:10]:
             log(f"  skipped {path}: {why}")
         for r in ds.records:
-            sources[r.path] = Path(d).name if Path(d).name not in ("train", "test") else Path(d).parent.name
+            sources[r.path] = source_name(d)
         records.extend(ds.records)
     if not records:
         raise DatasetError(f"no labelled images in {', '.join(data)}")
@@ -246,12 +279,11 @@ def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, g
 
 def run_training(req: TrainRequest, log=print) -> dict:
     t_start = time.time()
+    req.check()
     for arch in req.archs:
         check_frozen_blocks(arch, req.task, req.frozen_blocks, req.pretrained)
     device = resolve_device(req.device)
     check_precision(req.precision, device)
-    if req.weight_decay < 0:
-        raise ValueError(f"--weight-decay must be >= 0, got {req.weight_decay}")
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":
@@ -282,7 +314,8 @@ def run_training(req: TrainRequest, log=print) -> dict:
         # --max-images caps each split *before* cropping, so quick trials skip detection on the rest.
         use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
                                       for s in ("train", "val", "test")]))
-        cs, pos = prep.crops(use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px")
+        template = FACE_TEMPLATES[req.face_crop]
+        cs, pos = prep.crops(use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px", template=template)
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
         split_of = prep.splits[pos]
@@ -299,10 +332,18 @@ def run_training(req: TrainRequest, log=print) -> dict:
             log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
         cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
                         patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay,
-                        weight_decay=req.weight_decay, precision=req.precision)
+                        weight_decay=req.weight_decay, precision=req.precision, augment=AUGMENT_PRESETS[req.augment])
         y = prep.targets[pos]
+        src = np.asarray(prep.sources)[pos]
+        many = len(set(src.tolist())) > 1
+        weights = None
+        if req.balance == "source" and many:
+            weights = balanced_weights(src[idx["train"]], y[idx["train"]], bin_width=5.0 if req.task == "age" else 0.0)
+            log(f"[{arch}] sampling balanced by source within each {'5-year age bin' if req.task == 'age' else 'class'} "
+                f"(weights {weights.min():.2f}-{weights.max():.2f}); validation: mean of the per-source scores")
         summary = fit(model, cs.crops[idx["train"]], y[idx["train"]], cs.crops[idx["val"]], y[idx["val"]], cfg,
-                      arch_dir, device, resume=req.resume, log=log)
+                      arch_dir, device, resume=req.resume, log=log, train_weights=weights,
+                      val_groups=src[idx["val"]] if many and req.balance == "source" else None)
         tta = FlipAverage(model).eval()
         val_out = predict_outputs(tta, cs.crops[idx["val"]], device)
         meta = {
@@ -314,7 +355,7 @@ def run_training(req: TrainRequest, log=print) -> dict:
             "head": head,
             "input_size": size,
             "pipeline": PIPELINE_VERSION,
-            "crop": asdict(AGE_TEMPLATE) if req.task == "age" else None,
+            "crop": asdict(template) if req.task == "age" else None,
             "positive_class": "female" if req.task == "eyes" else None,
             "class_map": prep.class_map,
             "tta": "flip-average",
@@ -325,7 +366,8 @@ def run_training(req: TrainRequest, log=print) -> dict:
             "counts": {k: len(v) for k, v in idx.items()},
             "training": summary | {"epochs_max": req.epochs, "batch_size": req.batch_size, "lr": req.lr,
                                    "device": str(device), "cpu": platform.processor() or platform.machine(),
-                                   "threads": torch.get_num_threads()},
+                                   "threads": torch.get_num_threads(), "augment": req.augment,
+                                   "balance": req.balance},
         } | calibrate(head, val_out, y[idx["val"]])
         test_out = predict_outputs(tta, cs.crops[idx["test"]], device, desc="test")
         groups = record_groups(req.task, prep, cs.crops[idx["test"]], pos[idx["test"]])
@@ -395,6 +437,9 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
     cmd += f" --ema-decay {cfg.get('ema_decay', 0.0)}"  # explicit: the default differs by task
     cmd += f" --frozen-blocks {cfg.get('frozen_blocks', 0)}"
     cmd += f" --weight-decay {cfg.get('weight_decay', 1e-4)} --precision {cfg.get('precision', 'fp32')}"
+    if cfg["task"] == "age":
+        cmd += f" --face-crop {cfg.get('face_crop', 'loose')}"
+    cmd += f" --augment {cfg.get('augment', 'basic')} --balance {cfg.get('balance', 'none')}"
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:

@@ -1,0 +1,199 @@
+"""The cross-source tooling: age bands, source-balanced sampling, the photo augmentation, the tight
+crop, the context check and leave-one-source-out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facelens.evaluate.context import UTKFACE_CHIP, context_summary, tight_chip
+from facelens.evaluate.metrics import age_band_label, age_metrics, source_band_rows
+from facelens.face.align import LOOSE_AGE_TEMPLATE, TIGHT_AGE_TEMPLATE, FaceTemplate, apply_transform, similarity_transform
+from facelens.train.augment import PHOTO_AUGMENT, AugmentConfig, _frame_ends, augment_batch
+from facelens.train.runner import TrainRequest, reproduce_commands, run_training, source_name
+from facelens.train.sampling import balanced_weights, epoch_order
+
+
+def test_age_bands_cover_every_age_with_the_issues_edges() -> None:
+    got = {a: age_band_label(a) for a in (0, 2, 2.9, 3, 9, 10, 19, 20, 39, 40, 59, 60, 116)}
+    assert got == {0: "0-2", 2: "0-2", 2.9: "0-2", 3: "3-9", 9: "3-9", 10: "10-19", 19: "10-19", 20: "20-39",
+                   39: "20-39", 40: "40-59", 59: "40-59", 60: "60+", 116: "60+"}
+
+
+def test_age_metrics_report_bias_per_band_and_the_source_view_lists_them() -> None:
+    y = np.array([1, 5, 5, 30, 70.0])
+    pred = np.array([3, 20, 10, 30, 50.0])
+    m = age_metrics(y, pred)
+    assert m["by_age_band"]["3-9"] == {"n": 2, "mae": 10.0, "mean_signed_error": 10.0}
+    assert m["by_age_band"]["60+"]["mean_signed_error"] == -20.0
+    assert list(m["by_age_band"]) == ["0-2", "3-9", "20-39", "60+"]
+    rows = source_band_rows(m | {"by_source": {"a": age_metrics(y[:2], pred[:2])}})
+    assert list(rows) == ["all", "a"] and rows["a"]["3-9"]["mae"] == 15.0
+
+
+def test_balanced_weights_make_sources_equal_within_each_age_bin() -> None:
+    # Bin 20-24: source a has 30 images, b has 10; bin 0-4 only a (20 images).
+    src = np.array(["a"] * 30 + ["b"] * 10 + ["a"] * 20)
+    age = np.array([22.0] * 40 + [2.0] * 20)
+    w = balanced_weights(src, age, bin_width=5, cap=0)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[:30].sum() == pytest.approx(w[30:40].sum())  # equal share of the shared bin
+    assert w[:40].sum() / w.sum() == pytest.approx(40 / 60)  # the bin keeps its pooled mass
+    capped = balanced_weights(src, age, bin_width=5, cap=1.2)
+    assert capped.max() <= 1.2 * (1 + 1e-6) and capped.mean() == pytest.approx(1.0)
+
+
+def test_balanced_weights_check_their_inputs() -> None:
+    with pytest.raises(ValueError, match="2 sources for 3 labels"):
+        balanced_weights(["a", "b"], np.zeros(3))
+    assert len(balanced_weights([], np.zeros(0))) == 0
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch_and_follows_the_weights() -> None:
+    assert np.array_equal(epoch_order(10, 2, 5, 0, 3), epoch_order(10, 2, 5, 0, 3))
+    assert sorted(epoch_order(10, 2, 5, 0, 3).tolist()) == list(range(10))
+    w = np.array([0.0] * 5 + [1.0] * 5)
+    drawn = epoch_order(10, 4, 25, 0, 0, w)
+    assert len(drawn) == 100 and drawn.min() >= 5
+    with pytest.raises(ValueError, match="3 sampling weights for 10"):
+        epoch_order(10, 1, 1, 0, 0, np.ones(3))
+
+
+def test_photo_augmentation_is_seeded_in_range_and_changes_images() -> None:
+    x = torch.rand(16, 3, 32, 32) * 255
+    a = augment_batch(x.clone(), PHOTO_AUGMENT, torch.Generator().manual_seed(3))
+    b = augment_batch(x.clone(), PHOTO_AUGMENT, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 255
+    everything = AugmentConfig(sepia=1, fade=1, blur=1, low_res=1, noise=1, jpeg=1, border=1)
+    c = augment_batch(x.clone(), everything, torch.Generator().manual_seed(0))
+    assert c.shape == x.shape and torch.isfinite(c).all() and (c - x).abs().mean() > 5
+
+
+def test_frame_ends_repeat_the_edge_beyond_the_inset() -> None:
+    img = torch.arange(100, dtype=torch.float32).view(1, 10, 10)
+    out = _frame_ends(img, torch.tensor([0.2, 0.0, 0.0, 0.3]), torch.tensor([True, True, True, True]))
+    assert torch.equal(out[0, :, 0], out[0, :, 2])  # left 2 columns repeat column 2
+    assert torch.equal(out[0, 9], out[0, 6])  # bottom 3 rows repeat row 6
+    assert torch.equal(out[0, 3:6, 3:], img[0, 3:6, 3:])  # the inside is untouched
+
+
+def test_face_template_comes_from_the_model_metadata_and_defaults_to_the_old_crop() -> None:
+    assert FaceTemplate.from_meta(None) == LOOSE_AGE_TEMPLATE
+    meta = {"right_eye": [0.295, 0.33], "left_eye": [0.705, 0.33], "mouth": [0.5, 0.78]}
+    assert FaceTemplate.from_meta(meta) == TIGHT_AGE_TEMPLATE
+
+
+def test_tight_crop_of_a_utkface_style_chip_stays_inside_the_chip() -> None:
+    """The point of the tight template: on a chip cut the way UTKFace cuts them, the crop needs
+    (almost) no border fill, so chips and photos with margins look alike to the model."""
+    chip_pts = UTKFACE_CHIP.points(200)
+    m = similarity_transform(TIGHT_AGE_TEMPLATE.points(128), chip_pts)  # crop -> chip coordinates
+    corners = apply_transform(m, np.array([[0, 0], [128, 0], [0, 128], [128, 128]], float))
+    assert corners.min() > -8 and corners.max() < 208  # at most a few pixels past the 200 px chip
+    loose = apply_transform(similarity_transform(LOOSE_AGE_TEMPLATE.points(128), chip_pts),
+                            np.array([[0, 0], [128, 128]], float))
+    assert loose.min() < -50  # the old crop ran far past it
+
+
+def test_tight_chip_puts_the_eyes_where_utkface_has_them() -> None:
+    rgb = np.zeros((400, 300, 3), np.uint8)
+    anchors = np.array([[120.0, 150], [180, 150], [150, 210]])
+    chip = tight_chip(rgb, anchors)
+    assert chip.shape == (200, 200, 3)
+
+
+def test_context_summary_measures_how_far_answers_move() -> None:
+    photo = np.array([10.0, 30, np.nan, 60])
+    chip = np.array([12.0, 27, 5, 60])
+    s = context_summary(photo, chip, np.array([5, 30, 40, 70]), ["a", "b", "b", "b"])
+    assert s["n"] == 3 and s["n_skipped"] == 1
+    assert s["mean_abs_diff"] == pytest.approx(5 / 3)
+    assert s["by_source"]["a"]["mean_diff"] == 2.0 and s["by_source"]["b"]["n"] == 2
+    assert s["by_age_band"]["3-9"]["mean_abs_diff"] == 2.0
+
+
+def test_source_names_follow_the_dataset_folder() -> None:
+    assert source_name("../shared/data/faces-20-50/train") == "faces-20-50"
+    assert source_name("/x/utkface/") == "utkface"
+    assert source_name("/x/my-set.csv") == "my-set"
+
+
+def test_bad_crop_augment_and_balance_options_are_refused_before_the_run_folder(tmp_path: Path) -> None:
+    for options, message in (({"face_crop": "wide"}, "--face-crop"), ({"augment": "heavy"}, "--augment"),
+                             ({"balance": "age"}, "--balance")):
+        req = TrainRequest(task="age", data=[str(tmp_path)], out=str(tmp_path / "run"), **options)
+        with pytest.raises(ValueError, match=message):
+            run_training(req, log=lambda m: None)
+        assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_command_names_crop_augmentation_and_balance() -> None:
+    cfg = {"task": "age", "data": ["d"], "out": "runs/x", "archs": ["mobilenetv2"], "epochs": 1, "batch_size": 8,
+           "lr": 0.001, "seed": 0, "split_resolved": "content"}
+    assert "--face-crop loose --augment basic --balance none" in reproduce_commands(cfg, "mobilenetv2")[0]
+    new = cfg | {"face_crop": "tight", "augment": "photo", "balance": "source"}
+    assert "--face-crop tight --augment photo --balance source" in reproduce_commands(new, "mobilenetv2")[0]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_leave_one_source_out_trains_twin_and_left_out_runs_and_resumes(tmp_path: Path, shared_data: Path) -> None:
+    from facelens.evaluate.cross_source import leave_one_source_out
+
+    # Two small sources in folder-per-age layout, copied into tmp from the real sets (never into the repo).
+    ages = {"20-50": sorted((shared_data / "faces-20-50" / "train").glob("*/*.jpg"))[::200][:30]}
+    aaf = shared_data / "all-age-faces"
+    ages["aaf"] = [aaf / line.split(",")[0] for line in (aaf / "labels.csv").read_text().splitlines()[1::300][:30]]
+    data = []
+    for name, files in ages.items():
+        for f in files:
+            age = f.parent.name if name == "20-50" else str(int(f.stem.split("A")[-1]))
+            (tmp_path / "data" / name / age).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "data" / name / age / f.name).write_bytes(f.read_bytes())
+        data.append(str(tmp_path / "data" / name))
+    req = TrainRequest(task="age", data=data, out="", epochs=1, max_steps_per_epoch=1, batch_size=8,
+                       input_size=48, pretrained=False, threads=2, fractions=(0.5, 0.2, 0.3))
+    lines: list[str] = []
+    out = tmp_path / "loso"
+    result = leave_one_source_out(req, out, log=lambda m: None, echo=lines.append)
+    assert set(result["by_source"]) == {"20-50", "aaf"}
+    for name, row in result["by_source"].items():
+        assert row["mae_ratio"] == pytest.approx(row["left_out"]["mae"] / row["in_source"]["mae"])
+        cfg = json.loads((out / f"without-{name}" / "config.json").read_text())
+        assert all(name not in d for d in cfg["data"])  # the left-out run never saw the source
+    assert (out / "cross_source.json").exists() and lines[0].startswith("| source")
+    logs: list[str] = []
+    leave_one_source_out(req, out, log=logs.append, echo=lambda m: None)  # a re-run trains nothing
+    assert sum("done before" in m for m in logs) == 3
+
+
+def test_face_crops_detect_once_per_file_content_and_rewarp_for_another_template(tmp_path: Path, monkeypatch) -> None:
+    from skimage import data as skdata
+
+    from facelens.data import crops as crops_mod
+    from facelens.data.hygiene import content_digest
+
+    photo = tmp_path / "astronaut.png"
+    from PIL import Image
+
+    Image.fromarray(skdata.astronaut()).save(photo)
+    digest = content_digest(photo.read_bytes())
+    tight = crops_mod.build_crops([photo], [digest], "face", 64, cache_dir=tmp_path / "cache", workers=1,
+                                  template=TIGHT_AGE_TEMPLATE)
+    assert tight.crops.shape == (1, 64, 64, 3) and not tight.failures
+
+    def no_detection(path: str):
+        raise AssertionError(f"detected {path} again")
+
+    monkeypatch.setattr(crops_mod, "_detect_one", no_detection)
+    loose = crops_mod.build_crops([photo], [digest], "face", 64, cache_dir=tmp_path / "cache", workers=1,
+                                  template=LOOSE_AGE_TEMPLATE)
+    assert loose.crops.shape == (1, 64, 64, 3)
+    assert np.abs(loose.crops.astype(int) - tight.crops.astype(int)).mean() > 10  # another framing, same anchors
+    store = crops_mod.AnchorStore(tmp_path / "cache" / "crops" / f"anchors-{crops_mod.PIPELINE_VERSION}.npz")
+    assert store.anchors[digest] is not None and store.missing([digest, "other"]) == [1]
