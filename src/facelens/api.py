@@ -26,7 +26,7 @@ from facelens.errors import ImageLoadError, ModelLoadError
 from facelens.face.align import DEFAULT_EYE_GEOMETRY, EyeCropGeometry, FaceTemplate, align_face, cut_eye
 from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
 from facelens.images import ImageInput, load_image
-from facelens.infer.postprocess import combine_eye_probabilities, decode_age, decode_eyes
+from facelens.infer.postprocess import decode_age, decode_eyes, decode_face_logits
 from facelens.infer.predictor import Predictor, load_predictor
 from facelens.schema import AgeEstimate, EyeCropResult, EyeEstimate, Face, ImageResult, SexEstimate
 
@@ -269,13 +269,15 @@ class Analyzer:
             t_age = time.perf_counter() - t0
         if n_faces and self.eyes is not None:
             t0 = time.perf_counter()
-            p = decode_eyes(self.eyes(np.concatenate([it.eye_crops for it in items if it.dets])), self.eyes.meta)
+            logits = self.eyes(np.concatenate([it.eye_crops for it in items if it.dets])).reshape(-1)
+            p = decode_eyes(logits, self.eyes.meta)
+            p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), self.eyes.meta)
             boxes = [b for it in items for b in it.eye_boxes]
             sexes = []
             for i in range(n_faces):
                 eyes = (EyeEstimate("left", float(p[2 * i]), boxes[2 * i]),
                         EyeEstimate("right", float(p[2 * i + 1]), boxes[2 * i + 1]))
-                sexes.append(SexEstimate(combine_eye_probabilities([e.p_female for e in eyes]), eyes))
+                sexes.append(SexEstimate(float(p_face[i]), eyes))
             t_eyes = time.perf_counter() - t0
         out, k = [], 0
         for it in items:

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facelens.errors import ImageLoadError
-from facelens.face.align import AGE_TEMPLATE, LOOSE_AGE_TEMPLATE, FaceTemplate, align_face
+from facelens.face.align import AGE_TEMPLATE, DEFAULT_EYE_GEOMETRY, LOOSE_AGE_TEMPLATE, FaceTemplate, align_face, cut_eye
 from facelens.face.detect import Detection, detect_faces
 from facelens.images import load_image
 
@@ -68,15 +68,22 @@ def _detect_one(path: str) -> tuple[np.ndarray | None, str]:
     return faces[0].anchor_points(), ""
 
 
-def _crop_one(args: tuple[str, str, int, np.ndarray | None, FaceTemplate]) -> tuple[np.ndarray | None, str | None]:
-    """(crop, failure reason) for one file; face crops warp known anchors (no detection here)."""
-    path, kind, size, known, template = args
+def eye_from_face(rgb: np.ndarray, anchor_points: np.ndarray, side: str, size: int) -> np.ndarray:
+    """One eye ('left' / 'right': the person's own) of a face, cut exactly as ``Analyzer`` cuts it."""
+    right, left, mouth = anchor_points
+    eye, other = (left, right) if side == "left" else (right, left)
+    return cut_eye(rgb, eye, other, size, DEFAULT_EYE_GEOMETRY, mouth)[0]
+
+
+def _crop_one(args: tuple[str, str, int, np.ndarray | None, FaceTemplate, str | None]) -> tuple[np.ndarray | None, str | None]:
+    """(crop, failure reason) for one file; crops from faces warp known anchors (no detection here)."""
+    path, kind, size, known, template, side = args
     try:
         rgb = load_image(path)
     except ImageLoadError as exc:
         return None, exc.message
     if kind == "eye":
-        return eye_crop_from_image(rgb, size), None
+        return (eye_crop_from_image(rgb, size) if side is None else eye_from_face(rgb, known, side, size)), None
     return align_face(rgb, known, size, template)[0], None
 
 
@@ -87,10 +94,13 @@ class CropSet:
     failures: list[tuple[str, str]]  # (path, reason) for the rest
 
 
-def _cache_key(digests: Sequence[str], kind: str, size: int, template: FaceTemplate | None = None) -> str:
+def _cache_key(digests: Sequence[str], kind: str, size: int, template: FaceTemplate | None = None,
+               sides: Sequence[str | None] | None = None) -> str:
     h = hashlib.sha256(f"{PIPELINE_VERSION}|{kind}|{size}|".encode())
     if kind == "face" and template is not None and template != LOOSE_AGE_TEMPLATE:  # loose keeps old cache keys
         h.update(repr(astuple(template)).encode())
+    if kind == "eye" and sides is not None and any(sides):  # eye-crop sets keep their old keys
+        h.update(f"eyes-from-faces|{astuple(DEFAULT_EYE_GEOMETRY)}|{'|'.join(s or '' for s in sides)}".encode())
     for d in digests:
         h.update(d.encode())
     return h.hexdigest()[:24]
@@ -147,13 +157,17 @@ def build_crops(
     workers: int | None = None,
     desc: str = "crops",
     template: FaceTemplate = AGE_TEMPLATE,
+    sides: Sequence[str | None] | None = None,
 ) -> CropSet:
     """Crops for ``paths`` ('face' or 'eye' kind), from the cache when this exact set was seen.
 
-    Face crops are aligned to ``template`` from anchors detected once per file content.
+    Face crops are aligned to ``template`` from anchors detected once per file content. Eye crops
+    are the files themselves (ready-cut crops) or, where ``sides[i]`` is 'left' / 'right', that eye
+    of the file's main face, cut as prediction cuts it.
     """
     cache_dir = cache_dir or default_cache_dir()
-    key = _cache_key(digests, kind, size, template)
+    sides = list(sides) if sides is not None else [None] * len(paths)
+    key = _cache_key(digests, kind, size, template, sides)
     npz = cache_dir / "crops" / f"{kind}-{size}-{key}.npz"
     if npz.exists():
         with np.load(npz, allow_pickle=False) as z:
@@ -162,19 +176,20 @@ def build_crops(
     workers = workers or max(1, os.cpu_count() or 1)
     known: list[np.ndarray | None] = [None] * len(paths)
     reasons: dict[int, str] = {}
-    if kind == "face":
+    on_faces = [i for i in range(len(paths)) if kind == "face" or sides[i] is not None]
+    if on_faces:
         store = AnchorStore(cache_dir / "crops" / f"anchors-{PIPELINE_VERSION}.npz")
-        todo = store.missing(digests)
+        todo = sorted({digests[i]: i for i in on_faces if digests[i] not in store.anchors}.values())
         if todo:
             found = _pool_map(_detect_one, [str(paths[i]) for i in todo], workers, f"{desc}: detect")
             for i, (a, why) in zip(todo, found, strict=True):
                 store.add(digests[i], a, why)
             store.save()
-        for i, d in enumerate(digests):
-            known[i] = store.anchors[d]
+        for i in on_faces:
+            known[i] = store.anchors[digests[i]]
             if known[i] is None:
-                reasons[i] = store.reasons[d]
-    jobs = [(str(p), kind, size, known[i], template) for i, p in enumerate(paths) if i not in reasons]
+                reasons[i] = store.reasons[digests[i]]
+    jobs = [(str(p), kind, size, known[i], template, sides[i]) for i, p in enumerate(paths) if i not in reasons]
     done = iter(_pool_map(_crop_one, jobs, workers, desc))
     results = [(None, reasons[i]) if i in reasons else next(done) for i in range(len(paths))]
     good = [i for i, r in enumerate(results) if r[0] is not None]

@@ -46,6 +46,9 @@ class Dataset:
     layout: str
     root: Path
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: Whole faces labelled with sex, read for the eye task: each face gives two eye crops, cut by the
+    #: prediction pipeline (``facelens.data.crops``), so the eye model learns the crops ``predict`` makes.
+    faces: bool = False
 
     def __len__(self) -> int:
         return len(self.records)
@@ -77,16 +80,19 @@ def _parse_age(text: str) -> float | None:
         return None
 
 
-def read_utkface(root: Path) -> Dataset:
+def read_utkface(root: Path, label: str = "age") -> Dataset:
+    """UTKFace file names; ``label`` 'age' (a number) or 'gender' (for the eye task: faces labelled by sex)."""
     records, skipped = [], []
     for p in _image_files(root):
         info = parse_utkface_name(p.name)
         if info is None:
             skipped.append((p, "file name does not follow <age>_<gender>_<race>_<date>.jpg"))
             continue
-        meta = tuple(sorted((k, v) for k, v in info.items() if k != "age"))
-        records.append(Record(p, float(info["age"]), None, meta))
-    return Dataset(records, "utkface-names", root, skipped)
+        meta = tuple(sorted((k, v) for k, v in info.items() if k != label))
+        records.append(Record(p, float(info["age"]) if label == "age" else info[label], None, meta))
+    if label == "age":
+        return Dataset(records, "utkface-names", root, skipped)
+    return Dataset(records, "utkface-names (faces; both eyes cut from each)", root, skipped, faces=True)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -170,18 +176,20 @@ def read_dataset(source: str | Path, task: str) -> Dataset:
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DatasetError(f"{root}: a dataset is a folder or a .csv manifest")
-        return read_csv_manifest(root, label_column)
+        return _eye_faces_or(read_csv_manifest, root, task)
     manifests = sorted(root.glob("*.csv"))
     direct = [p for p in root.iterdir() if _is_image(p)]
-    if task == "age" and direct:
+    if direct:
         utk = sum(parse_utkface_name(p.name) is not None for p in direct[:200])
         if utk >= 0.5 * min(len(direct), 200):
-            return read_utkface(root)
+            return read_utkface(root, "age" if task == "age" else "gender")
     # A manifest next to an image subfolder (``labels.csv`` + ``images/``) must win over
     # folder-per-label, which would take "images" for a label; a stray CSV without the
     # manifest columns does not count.
     if len(manifests) == 1 and _is_manifest(manifests[0], label_column):
         return read_csv_manifest(manifests[0], label_column)
+    if task == "eyes" and len(manifests) == 1 and _is_manifest(manifests[0], "gender"):
+        return _eye_faces_or(read_csv_manifest, manifests[0], task)
     if _class_dirs(root) or any(_class_dirs(d) for d in _split_dirs(root)):
         return read_folder_per_label(root, numeric=(task == "age"))
     if len(manifests) == 1:
@@ -192,6 +200,15 @@ def read_dataset(source: str | Path, task: str) -> Dataset:
         f"{root}: cannot tell the layout. Use <root>/<label>/*.jpg folders, UTKFace names "
         f"(<age>_<gender>_<race>_<date>.jpg), or a CSV manifest with 'path,{label_column}' columns"
     )
+
+
+def _eye_faces_or(reader, csv_path: Path, task: str) -> Dataset:
+    """A CSV manifest: for the eye task, one with a ``gender`` column and no ``label`` is a face set."""
+    if task == "eyes" and not _is_manifest(csv_path, "label") and _is_manifest(csv_path, "gender"):
+        ds = reader(csv_path, "gender")
+        ds.layout, ds.faces = "csv-manifest (faces; both eyes cut from each)", True
+        return ds
+    return reader(csv_path, "age" if task == "age" else "label")
 
 
 def concat(datasets: Iterable[Dataset]) -> Dataset:

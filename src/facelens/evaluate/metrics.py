@@ -74,6 +74,8 @@ def decade_label(age: float) -> str:
 #: Age bands for bias breakdowns: where a model that reads a photo's *source* instead of its face
 #: gives itself away (children answered as adults, the old pulled to the middle).
 AGE_BANDS: tuple[tuple[int, int | None], ...] = ((0, 2), (3, 9), (10, 19), (20, 39), (40, 59), (60, None))
+#: Age bands for sex from the eyes: before puberty (3-12) the eyes say little about sex.
+EYE_AGE_BANDS: tuple[tuple[int, int | None], ...] = ((0, 2), (3, 12), (13, 19), (20, 59), (60, None))
 
 
 def age_band_label(age: float, bands: Sequence[tuple[int, int | None]] = AGE_BANDS) -> str:
@@ -357,7 +359,8 @@ def binary_metrics(y_true01: Any, p_positive: Any, groups: Mapping[str, Sequence
         by_group: dict[str, dict] = {}
         for key, values in groups.items():
             by_group[key] = {v: {"n": len(idx), "accuracy": _f(np.mean(pred[idx] == y[idx])),
-                                 "balanced_accuracy": _balanced_accuracy(y[idx], pred[idx])}
+                                 "balanced_accuracy": _balanced_accuracy(y[idx], pred[idx]),
+                                 "ece": expected_calibration_error(y[idx], p[idx])}
                              for v, idx in _group_indices(values, n, key).items()}
         out["by_group"] = by_group
     return out

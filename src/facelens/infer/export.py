@@ -25,7 +25,7 @@ import numpy as np
 
 from facelens.fileio import write_json_atomic
 from facelens.infer.predictor import META_KEY, OnnxPredictor, TorchPredictor
-from facelens.train.runner import PreparedData, calibrate, compute_metrics, headline, prepare_records, record_groups
+from facelens.train.runner import FACE_ID, PreparedData, calibrate, compute_metrics, headline, prepare_records, record_groups
 
 #: Training-split crops used to calibrate int8 activation ranges.
 QUANT_CALIBRATION_CROPS = 512
@@ -151,8 +151,10 @@ def _refit_and_measure(meta: dict, pred: OnnxPredictor, prep: PreparedData, spli
                        log: Callable[[str], None]) -> dict:
     """Calibration re-fitted on val and metrics re-measured on test, for exactly this exported file."""
     val, test = splits["val"], splits["test"]
-    fitted = calibrate(meta["head"], pred(val.crops), val.y)
-    meta = {k: v for k, v in meta.items() if k not in ("interval", "interval_scale", "temperature", "residual_q")}
+    val_faces = record_groups(meta["task"], prep, val.crops, val.positions).get(FACE_ID)
+    fitted = calibrate(meta["head"], pred(val.crops), val.y, val_faces)
+    meta = {k: v for k, v in meta.items()
+            if k not in ("interval", "interval_scale", "temperature", "face_temperature", "residual_q")}
     meta |= fitted
     groups = record_groups(meta["task"], prep, test.crops, test.positions)
     metrics = compute_metrics(meta["task"], pred(test.crops), test.y, meta, groups)

@@ -87,3 +87,13 @@ def decode_age(outputs: np.ndarray, meta: dict) -> tuple[np.ndarray, np.ndarray,
 def decode_eyes(outputs: np.ndarray, meta: dict) -> np.ndarray:
     """Calibrated P(female) for a binary model's raw logits."""
     return p_female_from_logits(outputs, meta.get("temperature", 1.0))
+
+
+def decode_face_logits(face_logits: np.ndarray, meta: dict) -> np.ndarray:
+    """Calibrated P(female) of whole faces from the mean logit of their eye crops.
+
+    Models trained on crops cut from faces carry a ``face_temperature`` fitted on such faces; older
+    ones fall back to the single-crop temperature, which makes this the mean of the eyes' calibrated
+    log-odds (``combine_eye_probabilities``).
+    """
+    return p_female_from_logits(face_logits, meta.get("face_temperature", meta.get("temperature", 1.0)))

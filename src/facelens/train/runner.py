@@ -129,6 +129,8 @@ def map_sex_classes(names: set[str], female: str | None, male: str | None) -> di
 
 
 def split_key(task: str, strategy: str, record: Record, digest: str) -> str:
+    if any(k == "eye_side" for k, _ in record.meta):  # an eye cut from a face: the face decides (see expand_faces_to_eyes)
+        return f"sha1:{digest}"
     if record.group:
         return f"group:{record.group}"
     if strategy == "blocks":
@@ -162,8 +164,9 @@ class PreparedData:
         """Aligned crops of the records at ``indices`` (cached by content digest) and the record
         position of each crop; images that gave none are missing and listed in ``failures``."""
         indices = np.asarray(indices)
+        sides = [self.records[i].meta_dict().get("eye_side") for i in indices] if kind == "eye" else None
         cs = build_crops([self.records[i].path for i in indices], [self.digests[i] for i in indices], kind, size,
-                         workers=workers, desc=desc or f"{kind} crops", template=template)
+                         workers=workers, desc=desc or f"{kind} crops", template=template, sides=sides)
         return cs, indices[cs.index]
 
     def model_crops(self, indices: np.ndarray, meta: dict, desc: str | None = None) -> tuple[CropSet, np.ndarray]:
@@ -186,6 +189,7 @@ def prepare_records(task: str, data: list[str], strategy: str, seed: int, fracti
     """Read, clean and split datasets exactly as training does (``evaluate`` reuses this)."""
     datasets: list[Dataset] = [read_dataset(d, task) for d in data]
     records, sources = [], {}
+    face_files = {r.path for ds in datasets if ds.faces for r in ds.records}
     for d, ds in zip(data, datasets, strict=True):
         log(f"{d}: {ds.layout} layout, {len(ds)} labelled images" + (f", {len(ds.skipped)} skipped" if ds.skipped else ""))
         for path, why in ds.skipped[:10]:
@@ -201,13 +205,17 @@ def prepare_records(task: str, data: list[str], strategy: str, seed: int, fracti
     if not kept:
         raise DatasetError("no usable images left after the hygiene checks")
     class_map = None
+    digests = [report.digests[r.path] for r in kept]
     if task == "eyes":
-        class_map = map_sex_classes({str(r.label) for r in kept}, female, male)
-        log("classes: " + ", ".join(f"{n} -> {'female' if v else 'male'}" for n, v in sorted(class_map.items())))
-        targets = np.array([class_map[str(r.label)] for r in kept], dtype=np.float32)
+        crops_only = {str(r.label) for r in kept if r.path not in face_files}
+        class_map = map_sex_classes(crops_only, female, male) if crops_only else None
+        if class_map:
+            log("classes: " + ", ".join(f"{n} -> {'female' if v else 'male'}" for n, v in sorted(class_map.items())))
+        kept, digests = expand_faces_to_eyes(kept, digests, face_files)
+        targets = np.array([sex_of_face(r) if r.path in face_files else class_map[str(r.label)] for r in kept],
+                           dtype=np.float32)
     else:
         targets = np.array([float(r.label) for r in kept], dtype=np.float32)
-    digests = [report.digests[r.path] for r in kept]
     splits = np.array([assign_split(split_key(task, strategy, r, dg), seed, fractions) for r, dg in zip(kept, digests, strict=True)])
     hygiene = report.summary() | {
         "unreadable_files": [[str(p), w] for p, w in report.unreadable],
@@ -216,6 +224,35 @@ def prepare_records(task: str, data: list[str], strategy: str, seed: int, fracti
     }
     return PreparedData(kept, digests, [sources[r.path] for r in kept], splits, targets, class_map, hygiene,
                         [ds.layout for ds in datasets])
+
+
+EYE_SIDES = ("left", "right")
+
+
+def expand_faces_to_eyes(records: list[Record], digests: list[str], face_files: set[Path]) -> tuple[list[Record], list[str]]:
+    """Each whole-face record becomes two eye records (``eye_side`` left / right), with the face's digest:
+    the split key of both is the face's content (``split_key``), so the two eyes of a face and every
+    byte copy of it stay on one side of the split, the same side as in the age task."""
+    out_r, out_d = [], []
+    for r, d in zip(records, digests, strict=True):
+        if r.path not in face_files:
+            out_r.append(r)
+            out_d.append(d)
+            continue
+        for side in EYE_SIDES:
+            out_r.append(Record(r.path, r.label, r.group, (*r.meta, ("eye_side", side))))
+            out_d.append(d)
+    return out_r, out_d
+
+
+def sex_of_face(record: Record) -> int:
+    """1 (female) / 0 (male) from a face's gender label ('female', 'male', 'F', 'M', 'woman', ...)."""
+    low = str(record.label).strip().lower()
+    if low in FEMALE_WORDS or low == "w":
+        return 1
+    if low in MALE_WORDS:
+        return 0
+    raise DatasetError(f"{record.path}: gender {record.label!r} is neither female nor male (use female/male or F/M)")
 
 
 def _limit(idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -238,18 +275,57 @@ def record_groups(task: str, prep: PreparedData, crops: np.ndarray, positions: n
     else:
         from PIL import Image
 
+        from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label
+
         groups["colour"] = ["grayscale" if is_grayscale(c) else "colour" for c in crops]
-        sizes = []
-        for r in recs:
+        sizes, bands, faces = [], [], []
+        for r, i in zip(recs, positions, strict=True):
+            meta = r.meta_dict()
+            if "eye_side" in meta:  # cut from a face: its size is the face's, its age the face's label
+                sizes.append(None)
+                bands.append(age_band_label(float(meta["age"]), EYE_AGE_BANDS) if meta.get("age") else None)
+                faces.append(prep.digests[i])
+                continue
             with Image.open(r.path) as im:
                 s = min(im.size)
             sizes.append("<48px" if s < 48 else "48-63px" if s < 64 else ">=64px")
-        groups["size"] = sizes
+            bands.append(None)
+            faces.append(None)
+        if any(sizes):
+            groups["size"] = sizes
+        if any(bands):
+            groups["age_band"] = bands
+        if any(faces):
+            groups[FACE_ID] = faces
     return groups
 
 
-def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray) -> dict:
-    """Calibration parameters fitted on the validation split only."""
+#: ``record_groups`` key of the face an eye crop was cut from (an id for pairing, not a breakdown).
+FACE_ID = "face"
+
+
+def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], groups: dict[str, list] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, dict[str, list]]:
+    """Eye-crop logits averaged per face (as ``Analyzer`` combines a face's two eyes), with the face's
+    label and groups; crops not cut from a face are left out."""
+    order: dict[str, list[int]] = {}
+    for k, f in enumerate(face_ids):
+        if f is not None:
+            order.setdefault(f, []).append(k)
+    idx = list(order.values())
+    logits = np.array([outputs.reshape(-1)[ks].mean() for ks in idx])
+    labels = np.array([y[ks[0]] for ks in idx])
+    face_groups = {key: [vals[ks[0]] for ks in idx] for key, vals in (groups or {}).items() if key != FACE_ID}
+    face_groups = {key: vals for key, vals in face_groups.items() if any(v is not None for v in vals)}
+    return logits, labels, face_groups
+
+
+def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, face_ids: list[str | None] | None = None) -> dict:
+    """Calibration parameters fitted on the validation split only.
+
+    Eyes: one temperature for single crops and, when crops were cut from faces (``face_ids``), a second
+    for the face's two eyes combined (their mean logit), which is the probability ``predict`` reports.
+    """
     from facelens.evaluate.calibration import fit_interval_scale, fit_temperature
     from facelens.infer.postprocess import age_from_bins
 
@@ -259,12 +335,16 @@ def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray) -> dict:
     if head == "regression":
         resid = val_y - val_out.reshape(-1)
         return {"interval": 0.8, "residual_q": [float(np.quantile(resid, 0.1)), float(np.quantile(resid, 0.9))]}
-    return {"temperature": float(fit_temperature(val_out.reshape(-1), val_y))}
+    out = {"temperature": float(fit_temperature(val_out.reshape(-1), val_y))}
+    if face_ids is not None and sum(f is not None for f in face_ids) >= 20:
+        logits, labels, _ = per_face(val_out, val_y, face_ids)
+        out["face_temperature"] = float(fit_temperature(logits, labels))
+    return out
 
 
 def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, groups: dict[str, list[str]]) -> dict:
     from facelens.evaluate.metrics import age_metrics, binary_metrics
-    from facelens.infer.postprocess import decode_age, decode_eyes
+    from facelens.infer.postprocess import decode_age, decode_eyes, decode_face_logits
 
     if task == "age":
         value, low, high = decode_age(outputs, meta)
@@ -274,7 +354,26 @@ def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, g
             out["by_source"] = {s: age_metrics(y[src == s], value[src == s], low[src == s], high[src == s])
                                 for s in sorted(set(src))}
         return out
-    return binary_metrics(y, decode_eyes(outputs, meta), groups=groups)
+    face_ids = groups.get(FACE_ID)
+    crop_groups = {k: v for k, v in groups.items() if k != FACE_ID}
+    out = binary_metrics(y, decode_eyes(outputs, meta), groups=crop_groups)
+    out |= _by_source(y, decode_eyes(outputs, meta), crop_groups)
+    if face_ids and any(f is not None for f in face_ids):
+        logits, labels, face_groups = per_face(outputs, y, face_ids, crop_groups)
+        p = decode_face_logits(logits, meta)
+        out["faces"] = binary_metrics(labels, p, groups=face_groups) | _by_source(labels, p, face_groups)
+    return out
+
+
+def _by_source(y: np.ndarray, p: np.ndarray, groups: dict[str, list]) -> dict:
+    from facelens.evaluate.metrics import binary_metrics
+
+    src = np.asarray(groups.get("source", []))
+    if len(set(src.tolist())) < 2:
+        return {}
+    return {"by_source": {s: binary_metrics(y[src == s], p[src == s], groups={k: [v for v, m in zip(vals, src == s, strict=True) if m]
+                                                                             for k, vals in groups.items() if k != "source"})
+                          for s in sorted(set(src.tolist()))}}
 
 
 def run_training(req: TrainRequest, log=print) -> dict:
@@ -368,7 +467,7 @@ def run_training(req: TrainRequest, log=print) -> dict:
                                    "device": str(device), "cpu": platform.processor() or platform.machine(),
                                    "threads": torch.get_num_threads(), "augment": req.augment,
                                    "balance": req.balance},
-        } | calibrate(head, val_out, y[idx["val"]])
+        } | calibrate(head, val_out, y[idx["val"]], record_groups(req.task, prep, cs.crops[idx["val"]], pos[idx["val"]]).get(FACE_ID))
         test_out = predict_outputs(tta, cs.crops[idx["test"]], device, desc="test")
         groups = record_groups(req.task, prep, cs.crops[idx["test"]], pos[idx["test"]])
         metrics = compute_metrics(req.task, test_out, y[idx["test"]], meta, groups)

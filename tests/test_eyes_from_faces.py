@@ -1,0 +1,108 @@
+"""Eye crops cut from labelled faces: reading face sets for the eye task, two eyes per face on one
+side of the split, per-face combination and its calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facelens.data.readers import Record, read_dataset
+from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label
+from facelens.infer.postprocess import decode_face_logits, sigmoid
+from facelens.train.runner import (
+    FACE_ID,
+    calibrate,
+    compute_metrics,
+    expand_faces_to_eyes,
+    per_face,
+    prepare_records,
+    sex_of_face,
+    split_key,
+)
+
+
+def test_a_utkface_folder_read_for_the_eye_task_is_a_face_set_labelled_by_sex(tmp_path: Path, write_jpeg) -> None:
+    write_jpeg(tmp_path / "utk" / "34_1_0_20170101.jpg.chip.jpg", seed=1)
+    write_jpeg(tmp_path / "utk" / "5_0_2_20170102.jpg.chip.jpg", seed=2)
+    ds = read_dataset(tmp_path / "utk", "eyes")
+    assert ds.faces and "faces" in ds.layout
+    assert sorted((r.label, r.meta_dict()["age"]) for r in ds.records) == [("female", "34"), ("male", "5")]
+    assert not read_dataset(tmp_path / "utk", "age").faces
+
+
+def test_a_manifest_with_gender_and_no_label_is_a_face_set_for_the_eye_task(tmp_path: Path, write_jpeg) -> None:
+    write_jpeg(tmp_path / "set" / "images" / "a.jpg", seed=3)
+    (tmp_path / "set" / "labels.csv").write_text("path,age,gender\nimages/a.jpg,7,female\n")
+    ds = read_dataset(tmp_path / "set", "eyes")
+    assert ds.faces and ds.records[0].label == "female" and ds.records[0].meta_dict()["age"] == "7"
+    assert not read_dataset(tmp_path / "set", "age").faces
+
+
+def test_each_face_gives_two_eyes_that_share_the_faces_split_key() -> None:
+    face = Record(Path("f.jpg"), "female", None, (("age", "30"),))
+    crop = Record(Path("femaleeyes/1.jpg"), "femaleeyes")
+    recs, digests = expand_faces_to_eyes([face, crop], ["d1", "d2"], {Path("f.jpg")})
+    assert [r.meta_dict().get("eye_side") for r in recs] == ["left", "right", None]
+    assert digests == ["d1", "d1", "d2"]
+    # Both eyes split with the face's content key, the key the age task uses for the same photo.
+    assert {split_key("eyes", "blocks", r, d) for r, d in zip(recs[:2], digests[:2], strict=True)} == {"sha1:d1"}
+    assert split_key("eyes", "blocks", recs[2], "d2") == "femaleeyes/0"  # ready-cut crops: blocks of file numbers
+
+
+def test_face_sex_labels_map_to_female_1_and_unknown_ones_are_named() -> None:
+    assert sex_of_face(Record(Path("a"), "Female")) == 1 and sex_of_face(Record(Path("a"), "M")) == 0
+    with pytest.raises(Exception, match="x.jpg: gender 'other'"):
+        sex_of_face(Record(Path("x.jpg"), "other"))
+
+
+def test_eye_age_bands_split_at_puberty() -> None:
+    assert [age_band_label(a, EYE_AGE_BANDS) for a in (1, 3, 12, 13, 19, 20, 59, 60)] == [
+        "0-2", "3-12", "3-12", "13-19", "13-19", "20-59", "20-59", "60+"]
+
+
+def test_per_face_averages_the_two_eyes_logits_and_skips_ready_cut_crops() -> None:
+    out = np.array([2.0, 0.0, -1.0, -3.0, 5.0])
+    y = np.array([1, 1, 0, 0, 1.0])
+    logits, labels, groups = per_face(out, y, ["a", "a", "b", "b", None], {"source": ["u", "u", "v", "v", "k"],
+                                                                          "size": [None] * 4 + ["<48px"]})
+    assert logits.tolist() == [1.0, -2.0] and labels.tolist() == [1, 0]
+    assert groups == {"source": ["u", "v"]}
+
+
+def test_face_temperature_is_fitted_on_combined_eyes_and_used_for_faces() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 2000)  # the true log-odds of each face
+    y = (rng.random(2000) < sigmoid(z)).astype(float)
+    # Both eyes of a face say 3x the true log-odds: the combined answer is over-confident by 3x.
+    out = np.repeat(3 * z, 2) + rng.normal(0, 0.1, 4000)
+    ids = [str(i) for i in np.repeat(np.arange(2000), 2)]
+    fitted = calibrate("binary", out.reshape(-1, 1), np.repeat(y, 2), ids)
+    assert fitted["face_temperature"] == pytest.approx(3.0, rel=0.2)
+    p = decode_face_logits(np.array([3.0]), fitted)
+    assert p[0] == pytest.approx(sigmoid(np.array([3.0 / fitted["face_temperature"]]))[0])
+    assert decode_face_logits(np.array([2.0]), {"temperature": 2.0})[0] == pytest.approx(sigmoid(np.array([1.0]))[0])
+
+
+def test_eye_metrics_report_whole_faces_per_source_and_age_band() -> None:
+    out = np.array([3.0, 2.0, -2.0, -1.0, 4.0, 1.0])
+    y = np.array([1, 1, 0, 0, 1, 1.0])
+    groups = {"source": ["u", "u", "v", "v", "eyes", "eyes"], "age_band": ["20-59", "20-59", "3-12", "3-12", None, None],
+              FACE_ID: ["a", "a", "b", "b", None, None]}
+    m = compute_metrics("eyes", out.reshape(-1, 1), y, {"temperature": 1.0}, groups)
+    assert m["n"] == 6 and m["faces"]["n"] == 2 and m["faces"]["accuracy"] == 1.0
+    assert set(m["faces"]["by_source"]) == {"u", "v"} and set(m["by_source"]) == {"u", "v", "eyes"}
+    assert m["faces"]["by_group"]["age_band"]["3-12"]["n"] == 1 and "ece" in m["by_group"]["age_band"]["3-12"]
+
+
+@pytest.mark.data
+def test_eye_task_reads_the_kaggle_crops_and_a_face_set_together(shared_data: Path) -> None:
+    prep = prepare_records("eyes", [str(shared_data / "eyes"), str(shared_data / "all-age-faces")], "blocks", 0,
+                           (0.75, 0.1, 0.15), log=lambda m: None)
+    sides = [r.meta_dict().get("eye_side") for r in prep.records]
+    assert sides.count("left") == sides.count("right") > 9000
+    assert set(prep.sources) == {"eyes", "all-age-faces"} and prep.class_map == {"femaleeyes": 1, "maleeyes": 0}
+    # Two eyes of one face: same split, same target.
+    face = [i for i, s in enumerate(sides) if s is not None][:2]
+    assert prep.splits[face[0]] == prep.splits[face[1]] and prep.targets[face[0]] == prep.targets[face[1]]
