@@ -69,6 +69,12 @@ def _default_label(src: ImageInput) -> str:
     return str(src) if isinstance(src, (str, Path)) else "<image>"
 
 
+#: Below this estimated age the eyes say little about sex (puberty changes the brow and eye region):
+#: the answer carries ``CHILD_CAUTION`` (shown by the text output and the web page).
+CHILD_AGE = 13
+CHILD_CAUTION = "a child by the age estimate: the eyes tell sex poorly before puberty; treat this as a guess"
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
@@ -277,7 +283,8 @@ class Analyzer:
             for i in range(n_faces):
                 eyes = (EyeEstimate("left", float(p[2 * i]), boxes[2 * i]),
                         EyeEstimate("right", float(p[2 * i + 1]), boxes[2 * i + 1]))
-                sexes.append(SexEstimate(float(p_face[i]), eyes))
+                young = ages is not None and ages[i].value < CHILD_AGE
+                sexes.append(SexEstimate(float(p_face[i]), eyes, CHILD_CAUTION if young else None))
             t_eyes = time.perf_counter() - t0
         out, k = [], 0
         for it in items:

@@ -51,7 +51,8 @@ def format_result_text(r) -> str:
         if f.age:
             parts.append(f"age {f.age.value:.0f} ({int(f.age.interval * 100)}% interval {f.age.low:.0f}-{f.age.high:.0f})")
         if f.sex:
-            parts.append(f"P(female) {_pct(f.sex.p_female)}, P(male) {_pct(f.sex.p_male)} from both eyes")
+            parts.append(f"P(female) {_pct(f.sex.p_female)}, P(male) {_pct(f.sex.p_male)} from both eyes"
+                         + (f" ({f.sex.caution})" if f.sex.caution else ""))
         lines.append(": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if parts[1:] else ""))
     return "\n".join(lines)
 

@@ -57,6 +57,8 @@ class EyeEstimate:
 class SexEstimate:
     p_female: float
     eyes: tuple[EyeEstimate, ...] = ()
+    #: Set when the eyes are known to be weak evidence for this face (e.g. a child by the age estimate).
+    caution: str | None = None
 
     @property
     def p_male(self) -> float:
@@ -67,6 +69,7 @@ class SexEstimate:
             "p_female": round(self.p_female, 4),
             "p_male": round(self.p_male, 4),
             "eyes": [e.to_dict() for e in self.eyes],
+            "caution": self.caution,
         }
 
 

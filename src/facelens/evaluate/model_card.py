@@ -224,6 +224,25 @@ def _evaluation(task: str, metrics: Mapping) -> str:
         rows = [[d, r["n"], r["mae"], r["mean_signed_error"]] + ([r.get("coverage")] if has_cov else [])
                 for d, r in metrics["by_decade"].items()]
         out.append("### By true-age decade\n\n" + _md_table(hdr, rows))
+    if task == "age" and metrics.get("by_age_band"):
+        from facelens.evaluate.metrics import source_band_rows
+
+        rows_by_src = source_band_rows(metrics)
+        bands = list(dict.fromkeys(b for r in rows_by_src.values() for b in r))
+        out.append("### By source and true-age band: MAE (bias), n\n\nBias is the mean of predicted minus true age "
+                   "(+ = too old). A model that reads a photo's source instead of the face shows up here.\n\n"
+                   + _md_table(["source", *bands], [[src, *(_band_cell(r.get(b), "mae", "mean_signed_error", "{:+.1f}")
+                                                           for b in bands)] for src, r in rows_by_src.items()]))
+    if task == "eyes" and metrics.get("faces"):
+        faces = metrics["faces"]
+        rows_by_src = {"all": faces} | (faces.get("by_source") or {})
+        bands = list(dict.fromkeys(b for r in rows_by_src.values() for b in (r.get("by_group") or {}).get("age_band", {})))
+        out.append("### Whole faces (both eyes combined, as `predict` answers): accuracy, ECE by source and age band"
+                   "\n\nEach cell: accuracy (ECE), n faces.\n\n"
+                   + _md_table(["source", "all ages", *bands],
+                               [[src, _band_cell(r, "accuracy", "ece", "{:.3f}"),
+                                 *(_band_cell((r.get("by_group") or {}).get("age_band", {}).get(b), "accuracy", "ece", "{:.3f}")
+                                   for b in bands)] for src, r in rows_by_src.items()]))
     if task == "eyes" and metrics.get("confusion"):
         c = metrics["confusion"]
         out.append("### Confusion matrix (positive = female)\n\n"
@@ -241,6 +260,14 @@ def _evaluation(task: str, metrics: Mapping) -> str:
         out.append(f"### Source: {src}\n\n" + _md_table(["metric", "value"],
                                                          [(lab, sm[k]) for k, _, lab in _metric_defs(task) if k in sm]))
     return "\n\n".join(out)
+
+
+def _band_cell(row: Mapping | None, main: str, second: str, fmt: str) -> str:
+    """'4.1 (+0.3), n=120' from a breakdown row; '-' where the band has no images."""
+    if not row or row.get(main) is None:
+        return "-"
+    extra = f" ({fmt.format(row[second])})" if row.get(second) is not None else ""
+    return f"{row[main]:.3g}{extra}, n={row['n']}" if main != "mae" else f"{row[main]:.1f}{extra}, n={row['n']}"
 
 
 def _limitations(task: str, metrics: Mapping) -> str:

@@ -67,7 +67,8 @@
       card.querySelector(".bar").setAttribute(
         "aria-label", `probability female ${pct(sex.p_female)}, male ${pct(sex.p_male)}`);
       const eyes = (sex.eyes || []).map((e) => `${e.side} eye ${pct(e.p_female)}`).join(", ");
-      card.querySelector(".eyes-detail").textContent = eyes ? `P(female) per eye: ${eyes}` : "";
+      card.querySelector(".eyes-detail").textContent =
+        (sex.caution ? `Caution: ${sex.caution}. ` : "") + (eyes ? `P(female) per eye: ${eyes}` : "");
     } else {
       card.querySelector(".sex").remove();
     }
