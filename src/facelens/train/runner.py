@@ -278,23 +278,27 @@ def record_groups(task: str, prep: PreparedData, crops: np.ndarray, positions: n
         from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label
 
         groups["colour"] = ["grayscale" if is_grayscale(c) else "colour" for c in crops]
-        sizes, bands, faces = [], [], []
+        sizes, bands, under_13, faces = [], [], [], []
         for r, i in zip(recs, positions, strict=True):
             meta = r.meta_dict()
             if "eye_side" in meta:  # cut from a face: its size is the face's, its age the face's label
                 sizes.append(None)
-                bands.append(age_band_label(float(meta["age"]), EYE_AGE_BANDS) if meta.get("age") else None)
+                age = float(meta["age"]) if meta.get("age") else None
+                bands.append(age_band_label(age, EYE_AGE_BANDS) if age is not None else None)
+                under_13.append(None if age is None else "0-12" if age < 13 else "13+")
                 faces.append(prep.digests[i])
                 continue
             with Image.open(r.path) as im:
                 s = min(im.size)
             sizes.append("<48px" if s < 48 else "48-63px" if s < 64 else ">=64px")
             bands.append(None)
+            under_13.append(None)
             faces.append(None)
         if any(sizes):
             groups["size"] = sizes
         if any(bands):
             groups["age_band"] = bands
+            groups["child_or_not"] = under_13  # the targets' split: 0-12 (eyes weak evidence) vs 13+
         if any(faces):
             groups[FACE_ID] = faces
     return groups
