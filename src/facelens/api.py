@@ -66,7 +66,10 @@ class _Prepared:
 
 
 def _default_label(src: ImageInput) -> str:
-    return str(src) if isinstance(src, (str, Path)) else "<image>"
+    if isinstance(src, (str, Path)):
+        return str(src)
+    file_name = getattr(src, "name", None)  # open file objects
+    return file_name if isinstance(file_name, str) and file_name else "<image>"
 
 
 def _ms(seconds: float) -> float:
@@ -214,6 +217,8 @@ class Analyzer:
             rgb = load_image(src, name=label)
         except ImageLoadError as exc:
             return _Prepared(ImageResult(path=label, error=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - load_image maps every failure; this guards the promise anyway
+            return _Prepared(ImageResult(path=label, error=f"{label}: could not load ({type(exc).__name__}: {exc})"))
         return self._prepare_array(rgb, label, time.perf_counter() - t0)
 
     def _prepare_array(self, rgb: np.ndarray, label: str, t_load: float) -> _Prepared:
@@ -307,7 +312,7 @@ class Analyzer:
         results: list[EyeCropResult | None] = []
         crops, where = [], []
         for i, src in enumerate(srcs):
-            label = names_l[i] if names_l else (str(src) if isinstance(src, (str, Path)) else "<image>")
+            label = names_l[i] if names_l else _default_label(src)
             try:
                 crops.append(eye_crop_from_image(load_image(src, name=label), size))
                 where.append((i, label))
