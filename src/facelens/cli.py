@@ -292,8 +292,14 @@ def serve(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 10.0,
     detect_max_side: DetectMaxSide = None,
+    request_timeout: Annotated[float, typer.Option(
+        help="seconds a request may wait for a slot and be analysed; then 503 (busy) or 504 (timeout)")] = 20.0,
 ) -> None:
-    """Serve the REST API (/v1/analyze, /docs) and the web page (/) with FastAPI + uvicorn."""
+    """Serve the REST API (/v1/analyze, /docs) and the web page (/) with FastAPI + uvicorn.
+
+    Limits (header/body deadlines, connection cap, decode memory budget) are listed in
+    ``facelens.serve.protocol.ServiceLimits`` and can be set with FACELENS_<NAME> variables.
+    """
     try:
         from facelens.serve.app import run_server
     except ImportError as exc:  # pragma: no cover - the service module is part of the package
@@ -304,7 +310,10 @@ def serve(
         check_detect_max_side(detect_max_side)
     except ValueError as exc:
         _fail(f"--detect-max-side: {exc}")
-    run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb, detect_max_side=detect_max_side)
+    if not request_timeout > 0:
+        _fail(f"--request-timeout must be > 0 seconds, got {request_timeout}")
+    run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb, detect_max_side=detect_max_side,
+               request_timeout=request_timeout)
 
 
 @app.command()

@@ -351,10 +351,11 @@ def decode_image_bytes(data: bytes, source: str = "<bytes>", *, max_pixels: int 
                        max_decoded_bytes: int = MAX_DECODED_BYTES) -> np.ndarray:
     """Decode encoded image bytes; the size checks happen on the header, before decoding."""
     img = open_image(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
-    return _decode_opened(img, source, max_pixels)
+    return decode_opened(img, source, max_pixels=max_pixels)
 
 
-def _decode_opened(img: Image.Image, source: str, max_pixels: int) -> np.ndarray:
+def decode_opened(img: Image.Image, source: str, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image from ``open_image`` to upright RGB uint8, and close it (its buffer is freed now)."""
     try:
         img.load()
         return _upright(img, source)
