@@ -10,7 +10,8 @@ Starts the server on 127.0.0.1 (a free port; loopback only) with its default set
 3. **stalls**: half-sent headers, a stalled body, a body at 1 byte/s, and ``--flood`` idle
    half-sent connections: how long until the server drops each, and how many it accepted;
 4. **mixed load**: ``--clients`` keep-alive clients for ``--duration`` seconds sending good
-   photos (640x480, one face) mixed with bad inputs (``--bad-fraction``): errors on good
+   photos (640x480, one face) mixed with bad inputs (``--bad-fraction``: the catalogue, fuzzed
+   images, mutated AVIF/DDS/EPS files named .jpg, and 0.5% hostile 16-bit PNGs): errors on good
    requests (must be 0), 5xx on bad ones, p50/p95 of the good ones, peak RSS.
 
 Finally it reads the server log: tracebacks and bytes logged. Reuses ``load_test.py`` for the
@@ -44,7 +45,7 @@ from PIL import Image, features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fuzz_corpus import fuzzed_inputs  # noqa: E402
+from fuzz_corpus import fuzzed_inputs, mutate, seed_corpus  # noqa: E402
 from load_test import face_jpeg_640x480, free_port, start_server, summarize, wait_ready  # noqa: E402
 
 TARGETS = {"good_request_errors": 0, "peak_rss_mb_two_hostile_16bit": 1200, "stall_drop_seconds": 15}
@@ -101,6 +102,15 @@ def catalogue() -> list[dict]:
     if features.check("avif"):
         items.insert(3, ("damaged AVIF renamed .jpg", _damaged("AVIF"), "image/jpeg", (415,)))
     return [{"name": n, "body": b, "ctype": c, "expect": e} for n, b, c, e in items]
+
+
+def exotic_inputs(seed: int, n: int) -> list[tuple[str, bytes]]:
+    """Mutated AVIF, DDS and EPS files named .jpg: formats whose decoders used to raise past the gate
+    (RuntimeError, NotImplementedError) and turn into 500s."""
+    corpus = seed_corpus()
+    kinds = [k for k in ("avif_as_jpg", "dds_as_jpg", "eps_header") if k in corpus]
+    rng = np.random.default_rng(seed)
+    return [(f"{kinds[i % len(kinds)]}-{i}", mutate(corpus[kinds[i % len(kinds)]], rng)) for i in range(n)]
 
 
 # -- server process -----------------------------------------------------------------------------
@@ -275,6 +285,7 @@ def phase_mixed(url: str, clients: int, duration: float, bad_fraction: float, se
     good = face_jpeg_640x480()
     bad = [item for item in catalogue() if item["name"] != "11 MB upload"]
     bad += [{"name": f"fuzz {n}", "body": d, "ctype": "image/jpeg", "expect": ()} for n, d in fuzzed_inputs(seed, 200)]
+    bad += [{"name": n, "body": d, "ctype": "image/jpeg", "expect": ()} for n, d in exotic_inputs(seed, 200)]
     hostile = {"name": "hostile 16-bit", "body": hostile_16bit_png(), "ctype": "image/png", "expect": (200,)}
     latencies: list[float] = []
     good_errors: Counter = Counter()

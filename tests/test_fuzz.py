@@ -88,3 +88,27 @@ def test_service_answers_json_for_every_fuzzed_upload(analyzer):
             assert r.status_code in (200, 400, 413, 415, 422), (name, r.status_code, r.text[:300])
             body = r.json()
             assert ("faces" in body) if r.status_code == 200 else (body["error"]["code"] and body["error"]["message"])
+
+
+def test_analyzer_promises_a_result_for_any_input(analyzer, tmp_path):
+    """The docstring's promise: bad inputs give a result with ``error`` set, never an exception."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data, format="JPEG")
+    half = tmp_path / "half.jpg"
+    half.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    lazy = Image.open(half)
+    text_file = (tmp_path / "t.txt").open("w")
+    try:
+        for src in (None, 3.5, np.array([["a"] * 9] * 9), lazy, text_file, io.BytesIO(b"junk" * 50)):
+            r = analyzer.analyze(src)
+            assert r.error and not r.faces, (src, r)
+        r = analyzer.analyze(io.BytesIO(data.getvalue()))  # a good file object works
+        assert r.error is None and r.width == 64
+    finally:
+        lazy.close()
+        text_file.close()
