@@ -265,7 +265,7 @@ def _from_array(arr: np.ndarray, source: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         finite_max = float(np.nanmax(np.where(np.isinf(arr), np.nan, arr))) if np.isfinite(arr).any() else 0.0
         factor = 255.0 if finite_max <= 1.0 else 1.0
-        out = np.clip(np.nan_to_num(arr.astype(np.float32) * factor + (0.5 if factor > 1 else 0.0), nan=0.0), 0, 255)
+        out = np.clip(np.nan_to_num(arr.astype(np.float32) * factor, nan=0.0), 0, 255)
         out = out.astype(np.uint8)
     else:
         scale = _integer_scale(int(arr.max(initial=0)))
