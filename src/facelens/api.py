@@ -159,7 +159,11 @@ class Analyzer:
 
     # -- whole photos -------------------------------------------------------------------------
     def analyze(self, src: ImageInput, *, name: str | None = None, with_crops: bool = False) -> ImageResult:
-        """Analyse one photo. Bad images give ``error`` set and no faces, never an exception."""
+        """Analyse one photo: a path, encoded bytes, a binary file object, a numpy array or a PIL image.
+
+        Bad inputs (broken files, exotic formats, None, str arrays, truncated lazily opened PIL
+        images...) give ``error`` set and no faces, never an exception.
+        """
         return self._finish([self._prepare(src, name or _default_label(src))], with_crops)[0]
 
     def analyze_many(self, srcs: Iterable[ImageInput], names: Iterable[str] | None = None, with_crops: bool = False,
