@@ -44,17 +44,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, workers: int) -> subprocess.Popen:
+def start_server(port: int, workers: int, log_file=None) -> subprocess.Popen:
+    """``facelens serve`` on loopback; its log goes to ``log_file`` (an open file) or a pipe read on exit."""
     cmd = [sys.executable, "-m", "facelens.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(workers)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=log_file or subprocess.DEVNULL, stderr=log_file or subprocess.PIPE, text=True)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited early (code {proc.returncode}):\n{proc.stderr.read()[-2000:]}")
+            log = proc.stderr.read()[-2000:] if proc.stderr else "(see its log file)"
+            raise SystemExit(f"server exited early (code {proc.returncode}):\n{log}")
         try:
             r = httpx.get(f"{url}/healthz", timeout=2)
             if r.status_code == 200 and r.json().get("models_loaded"):

@@ -304,3 +304,171 @@ def test_pil_input_is_exif_rotated(tmp_path):
     Image.fromarray(stored).save(p, exif=exif.tobytes())
     with Image.open(p) as im:
         assert load_image(im).shape == (40, 20, 3)
+
+
+# ---------------------------------------------------------------- the decoding gate (issue #20)
+
+
+def _rgb_image() -> Image.Image:
+    return Image.fromarray(_gradient(40, 56))
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "DDS"])
+def test_refused_formats_renamed_jpg_are_not_an_image(tmp_path, fmt):
+    """Formats outside the allowlist never reach their decoder, intact or damaged."""
+    if fmt == "AVIF" and not features.check("avif"):
+        pytest.skip("Pillow built without AVIF")
+    buf = io.BytesIO()
+    _rgb_image().save(buf, format=fmt)
+    data = buf.getvalue()
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2 :] = bytes(len(damaged) - len(damaged) // 2)  # second half zeroed
+    for i, payload in enumerate((data, bytes(damaged))):
+        p = tmp_path / f"holiday_{fmt}_{i}.jpg"
+        p.write_bytes(payload)
+        err = _load_error(p)
+        assert err.reason == "not_an_image"
+        assert "JPEG, PNG, WebP" in err.message
+        _assert_names(err, p)
+
+
+def test_eps_header_never_reaches_ghostscript(tmp_path, monkeypatch):
+    import subprocess
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("a decoder tried to run a program")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    monkeypatch.setattr(subprocess, "check_call", no_subprocess)
+    p = tmp_path / "poster.jpg"
+    p.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n")
+    assert _load_error(p).reason == "not_an_image"
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("decoder exploded"), NotImplementedError("no such codec"),
+                                 struct.error("unpack requires a buffer"), MemoryError(), KeyError("tile")])
+def test_any_decoder_exception_becomes_an_image_load_error(tmp_path, monkeypatch, exc):
+    p = tmp_path / "odd.png"
+    Image.fromarray(_gradient()).save(p)
+
+    def explode(self):
+        raise exc
+
+    monkeypatch.setattr(Image.Image, "load", explode)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", explode)
+    err = _load_error(p)
+    assert err.reason in ("corrupt", "too_large")
+    _assert_names(err, p)
+
+
+def _png_header_only(width: int, height: int, bit_depth: int, colour_type: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def test_decoded_byte_limit_checked_from_the_header():
+    """60 MP is under the pixel limit, but 60 MP of RGBA is 240 MB decoded: refused before decoding."""
+    err = _load_error(_png_header_only(8000, 7500, 8, 6), name="poster.png")
+    assert err.reason == "too_large"
+    assert "MB once decoded" in err.message and "facelens" in err.message
+    assert "poster.png" in str(err)
+    # The same size in 8-bit grey is 60 MB decoded: past the size checks (then truncated, as it has no data).
+    assert _load_error(_png_header_only(8000, 7500, 8, 0), name="grey.png").reason == "truncated"
+
+
+def test_bomb_message_quotes_facelens_limit_not_pillows():
+    err = _load_error(_bomb_png(20000, 20000), name="bomb.png")
+    assert err.reason == "too_large"
+    assert "64,000,000" in err.message
+    assert "178956970" not in err.message and "89478485" not in err.message
+
+
+def test_16bit_png_decodes_without_float64_blowup():
+    """A 16-bit 2000 x 2000 PNG: numpy's peak stays near the 12 MB result, not 8 bytes per sample."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (2000, 2000), dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(deep).save(buf, format="PNG", compress_level=1)
+    tracemalloc.start()
+    try:
+        out = load_image(buf.getvalue())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (2000, 2000, 3)
+    assert (out[..., 0].astype(int) - (deep.astype(int) * 255 + 32767) // 65535 == 0).all()
+    # The result (3 bytes per pixel) plus the encoded input, its copy and small per-block temporaries;
+    # the float64 conversion this replaces peaked above 8 bytes per pixel on top of that.
+    budget = 3 * deep.size + 2 * len(buf.getvalue()) + 8_000_000
+    assert peak < budget, f"numpy peak {peak / 1e6:.0f} MB for a {deep.size / 1e6:.0f} MP image"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(orientation):
+    from PIL import ImageOps
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="PNG", exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB"))
+    assert (load_image(buf.getvalue()) == expected).all()
+
+
+def test_file_objects_are_read():
+    data = _jpeg_bytes(_gradient())
+    assert load_image(io.BytesIO(data)).shape == (32, 48, 3)
+
+
+def test_text_mode_file_object_is_an_error(tmp_path):
+    p = tmp_path / "photo.txt"
+    p.write_text("not binary")
+    with p.open() as fh:
+        err = _load_error(fh)
+    assert err.reason == "unreadable" and "photo.txt" in str(err)
+
+
+@pytest.mark.parametrize(("src", "reason"), [
+    (None, "empty"),
+    (42, "unsupported_mode"),
+    (np.array([["a", "b"], ["c", "d"]]), "unsupported_mode"),
+    (np.empty((0, 0, 3), np.uint8), "empty"),
+    (np.array([[object()] * 9] * 9), "unsupported_mode"),
+])
+def test_unusable_inputs_are_errors(src, reason):
+    assert _load_error(src, name="input-3").reason == reason
+
+
+def test_lazily_opened_truncated_pil_image(tmp_path):
+    data = _jpeg_bytes(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    p = tmp_path / "half.jpg"
+    p.write_bytes(data[: len(data) // 2])
+    with Image.open(p) as im:  # the header is fine: Pillow only finds out when decoding
+        err = _load_error(im, name=str(p))
+    assert err.reason == "truncated"
+    _assert_names(err, p)
+
+
+def test_int64_array_of_16bit_values_is_scaled_not_clipped():
+    arr = _gradient().astype(np.int64) * 257
+    assert (load_image(arr) == _gradient()).all()
+    assert (load_image(arr[..., 0]) == np.repeat(_gradient()[..., :1], 3, axis=2)).all()
+    assert (load_image(_gradient().astype(np.int32)) == _gradient()).all()  # 8-bit values in a wide dtype
+
+
+def test_broken_and_looping_symlinks_are_named(tmp_path):
+    dangling = tmp_path / "gone.jpg"
+    dangling.symlink_to(tmp_path / "deleted.jpg")
+    err = _load_error(dangling)
+    assert err.reason == "missing" and "broken symbolic link" in err.message
+    _assert_names(err, dangling)
+    loop_a, loop_b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    err = _load_error(loop_a)
+    assert err.reason == "unreadable" and "loop" in err.message
+    _assert_names(err, loop_a)

@@ -66,7 +66,10 @@ class _Prepared:
 
 
 def _default_label(src: ImageInput) -> str:
-    return str(src) if isinstance(src, (str, Path)) else "<image>"
+    if isinstance(src, (str, Path)):
+        return str(src)
+    file_name = getattr(src, "name", None)  # open file objects
+    return file_name if isinstance(file_name, str) and file_name else "<image>"
 
 
 #: Below this estimated age the eyes say little about sex (puberty changes the brow and eye region):
@@ -164,7 +167,11 @@ class Analyzer:
 
     # -- whole photos -------------------------------------------------------------------------
     def analyze(self, src: ImageInput, *, name: str | None = None, with_crops: bool = False) -> ImageResult:
-        """Analyse one photo. Bad images give ``error`` set and no faces, never an exception."""
+        """Analyse one photo: a path, encoded bytes, a binary file object, a numpy array or a PIL image.
+
+        Bad inputs (broken files, exotic formats, None, str arrays, truncated lazily opened PIL
+        images...) give ``error`` set and no faces, never an exception.
+        """
         return self._finish([self._prepare(src, name or _default_label(src))], with_crops)[0]
 
     def analyze_many(self, srcs: Iterable[ImageInput], names: Iterable[str] | None = None, with_crops: bool = False,
@@ -222,6 +229,8 @@ class Analyzer:
             rgb = load_image(src, name=label)
         except ImageLoadError as exc:
             return _Prepared(ImageResult(path=label, error=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - load_image maps every failure; this guards the promise anyway
+            return _Prepared(ImageResult(path=label, error=f"{label}: could not load ({type(exc).__name__}: {exc})"))
         return self._prepare_array(rgb, label, time.perf_counter() - t0)
 
     def _prepare_array(self, rgb: np.ndarray, label: str, t_load: float) -> _Prepared:
@@ -318,7 +327,7 @@ class Analyzer:
         results: list[EyeCropResult | None] = []
         crops, where = [], []
         for i, src in enumerate(srcs):
-            label = names_l[i] if names_l else (str(src) if isinstance(src, (str, Path)) else "<image>")
+            label = names_l[i] if names_l else _default_label(src)
             try:
                 crops.append(eye_crop_from_image(load_image(src, name=label), size))
                 where.append((i, label))

@@ -131,9 +131,35 @@ def predict_eyes(
         raise typer.Exit(1)
 
 
+#: Training options that must be at least 1 (None means "not set" where allowed).
+_AT_LEAST_ONE = ("epochs", "batch_size", "patience", "max_images", "max_steps_per_epoch", "threads", "input_size")
+
+
+def check_train_options(options: dict) -> None:
+    """Refuse impossible training options before any data is read or any folder is made.
+
+    Why here and not in the run: ``--batch-size 0`` ended in a ZeroDivisionError and
+    ``--epochs 0`` failed only after the crops of every image had been built.
+    """
+    for name in _AT_LEAST_ONE:
+        value = options.get(name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if options.get("workers") is not None and options["workers"] < 0:
+        raise ValueError(f"--workers must be 0 or more, got {options['workers']}")
+    if not options.get("lr", 1.0) > 0:
+        raise ValueError(f"--lr must be > 0, got {options.get('lr')}")
+    if not 0.0 <= options.get("ema_decay", 0.0) < 1.0:
+        raise ValueError(f"--ema-decay must be in [0, 1), got {options.get('ema_decay')}")
+
+
 def _train(task: str, data: list[str], out: Path, arch: list[str] | None, **options) -> None:
     from facelens.train.runner import TrainRequest, run_training
 
+    try:
+        check_train_options(options)
+    except ValueError as exc:
+        _fail(str(exc))
     req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **options)
     try:
         run_training(req, log=lambda m: typer.echo(m, err=True))
@@ -332,8 +358,14 @@ def serve(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 10.0,
     detect_max_side: DetectMaxSide = None,
+    request_timeout: Annotated[float, typer.Option(
+        help="seconds a request may wait for a slot and be analysed; then 503 (busy) or 504 (timeout)")] = 20.0,
 ) -> None:
-    """Serve the REST API (/v1/analyze, /docs) and the web page (/) with FastAPI + uvicorn."""
+    """Serve the REST API (/v1/analyze, /docs) and the web page (/) with FastAPI + uvicorn.
+
+    Limits (header/body deadlines, connection cap, decode memory budget) are listed in
+    ``facelens.serve.protocol.ServiceLimits`` and can be set with FACELENS_<NAME> variables.
+    """
     try:
         from facelens.serve.app import run_server
     except ImportError as exc:  # pragma: no cover - the service module is part of the package
@@ -344,7 +376,10 @@ def serve(
         check_detect_max_side(detect_max_side)
     except ValueError as exc:
         _fail(f"--detect-max-side: {exc}")
-    run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb, detect_max_side=detect_max_side)
+    if not request_timeout > 0:
+        _fail(f"--request-timeout must be > 0 seconds, got {request_timeout}")
+    run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb, detect_max_side=detect_max_side,
+               request_timeout=request_timeout)
 
 
 @app.command()

@@ -10,9 +10,12 @@ class FacelensError(Exception):
 class ImageLoadError(FacelensError):
     """An input could not be decoded as an image (empty, truncated, not an image, too big...).
 
-    ``reason`` is a short machine-friendly tag (``empty``, ``not_an_image``, ``truncated``,
-    ``too_large``, ``too_small``, ``unsupported_mode``, ``unreadable``) so the REST service can
-    map it to a status code and the batch runner can count failures by kind.
+    ``reason`` is a short machine-friendly tag so the REST service can map it to a status code
+    and the batch runner can count failures by kind: ``empty``, ``missing`` (no such file, or a
+    broken symbolic link), ``unreadable`` (permissions, link loops, unreadable file objects),
+    ``not_an_image`` (not one of the allowed formats), ``truncated``, ``corrupt`` (any other
+    decoder failure), ``too_large`` (pixel or decoded-byte limit), ``too_small`` and
+    ``unsupported_mode`` (colour modes, array dtypes or shapes, input types we cannot read).
     """
 
     def __init__(self, source: str, message: str, reason: str = "unreadable") -> None:

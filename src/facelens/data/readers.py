@@ -163,12 +163,36 @@ def _is_manifest(csv_path: Path, label_column: str) -> bool:
     return "path" in cols and label_column in cols
 
 
+def broken_links(root: Path) -> list[tuple[Path, str]]:
+    """Image-named symbolic links under ``root`` that lead nowhere (dangling) or in a circle (loop)."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists():
+            try:
+                p.resolve(strict=True)
+                why = "symbolic link cannot be followed"
+            except RuntimeError:
+                why = "symbolic link loop"
+            except OSError as exc:
+                why = "symbolic link loop" if "loop" in str(exc).lower() else "broken symbolic link (its target is missing)"
+            out.append((p, why))
+    return out
+
+
 def read_dataset(source: str | Path, task: str) -> Dataset:
     """Read ``source`` for ``task`` ('age' or 'eyes'), detecting the layout.
 
     Detection order: a ``.csv`` file is a manifest; a folder whose image names parse as
-    UTKFace is UTKFace; a folder of label folders is folder-per-label.
+    UTKFace is UTKFace; a folder of label folders is folder-per-label. Broken symbolic links
+    and link loops under a folder are listed in ``skipped`` (they used to vanish unreported).
     """
+    ds = _read_dataset(source, task)
+    if Path(source).is_dir():
+        ds.skipped.extend(broken_links(Path(source)))
+    return ds
+
+
+def _read_dataset(source: str | Path, task: str) -> Dataset:
     root = Path(source)
     if not root.exists():
         raise DatasetError(f"{root}: no such file or folder")

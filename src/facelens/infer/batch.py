@@ -34,26 +34,40 @@ def _is_image_name(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _file_or_link(p: Path) -> bool:
+    """Files, and symbolic links that do not lead to a folder: a broken link or a link loop is kept,
+    so it gets a result saying so instead of silently vanishing from the run."""
+    return p.is_file() or (p.is_symlink() and not p.is_dir())
+
+
+def _identity(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop cannot be resolved
+        return p.absolute()
+
+
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     """Files as given, folders walked recursively for images, glob patterns expanded (sorted).
 
     A file given explicitly is kept whatever its name (so a broken one is reported, not
-    ignored); a folder or glob that yields nothing is an error naming it. A file reached
-    twice (a folder and a glob over it) is kept once, at its first place, so that every
-    input gets exactly one result.
+    ignored); so are broken symbolic links and link loops met in folders and globs (each
+    gets an error result naming the problem); a folder or glob that yields nothing is an
+    error naming it. A file reached twice (a folder and a glob over it) is kept once, at its
+    first place, so that every input gets exactly one result.
     """
     out: list[Path] = []
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _is_image_name(f))
+            found = sorted(f for f in p.rglob("*") if _file_or_link(f) and _is_image_name(f))
             if not found:
                 raise FacelensError(f"{raw}: folder contains no images ({', '.join(IMAGE_SUFFIXES)})")
             out.extend(found)
-        elif p.exists():
+        elif p.exists() or p.is_symlink():
             out.append(p)
         elif any(ch in raw for ch in "*?["):
-            found = sorted(Path(f) for f in glob.glob(raw, recursive=True) if Path(f).is_file())
+            found = sorted(Path(f) for f in glob.glob(raw, recursive=True) if _file_or_link(Path(f)))
             if not found:
                 raise FacelensError(f"{raw}: the pattern matches no files")
             out.extend(found)
@@ -62,7 +76,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     seen: set[Path] = set()
     unique = []
     for p in out:
-        key = p.resolve()
+        key = _identity(p)
         if key not in seen:
             seen.add(key)
             unique.append(p)
@@ -210,8 +224,17 @@ def run_batch(analyzer, paths: list[Path], out: Path, resume: bool = False, batc
         raise FacelensError(f"{out}: output must end in .jsonl or .csv")
     if out.exists() and not resume:
         raise FacelensError(f"{out}: already exists; pass --resume to continue it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
     errors_path = out.with_name(out.name + ".errors.csv")
+    try:
+        return _run_batch(analyzer, paths, out, errors_path, resume, batch_size, progress)
+    except OSError as exc:  # an unwritable folder, a read-only file system, a full disk...
+        where = exc.filename or out
+        raise FacelensError(f"{where}: cannot write the results ({exc.strerror or exc}); choose another --out") from exc
+
+
+def _run_batch(analyzer, paths: list[Path], out: Path, errors_path: Path, resume: bool, batch_size: int,
+               progress: bool) -> BatchSummary:
+    out.parent.mkdir(parents=True, exist_ok=True)
     if resume:
         if _truncate_torn_tail(out) and out.suffix == ".csv":
             _drop_last_csv_record(out)

@@ -47,14 +47,15 @@ class TorchPredictor(Predictor):
         import torch
 
         from facelens.models.factory import create_model
+        from facelens.train.checkpoint import load_checkpoint
         from facelens.train.loop import FlipAverage
 
+        ck = load_checkpoint(path)  # weights only: a model file cannot run code (ModelLoadError names it)
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
             self.meta = ck["meta"]
             model = create_model(self.meta["arch"], self.meta["task"], pretrained=False)
             model.load_state_dict(ck["state_dict"])
-        except Exception as exc:  # torch.load raises pickle, zip and runtime errors of many kinds
+        except Exception as exc:  # missing keys, wrong shapes, unknown architectures
             raise ModelLoadError(f"{path}: not a facelens PyTorch model ({type(exc).__name__}: {exc})") from exc
         self.device = torch.device(device)
         if self.meta.get("tta", "flip-average") == "flip-average":

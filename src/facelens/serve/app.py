@@ -11,8 +11,14 @@ Design choices, and why:
 * Uploads are read as a stream and refused (413) as soon as they pass the limit; the body is
   never read unbounded into memory. Multipart files spool to disk past 1 MB (Starlette).
 * Every failure a client can cause has an explicit status and a JSON body
-  ``{"error": {"code", "message"}}``; a last-resort handler logs anything unexpected and
-  answers JSON 500 so one bad request never takes the server down.
+  ``{"error": {"code", "message"}}`` (405 carries ``Allow``); a last-resort middleware logs
+  anything unexpected in one line and answers JSON 500 with ``Connection: close``, so one bad
+  request never takes the server, or the keep-alive connection it shared, down with it.
+* Limits (``ServiceLimits``, issue #20): uploads must arrive within a deadline and must not
+  stall; a request waits and runs at most ``request_timeout`` seconds (503 when it never got a
+  slot, 504 when it ran out of time); decodes share a memory budget sized from each image's
+  header (``MemoryBudget``), so hostile 16-bit or 64 MP uploads queue instead of adding up.
+  Header deadlines, the connection cap and JSON protocol errors are in ``serve.protocol``.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,11 +45,14 @@ from fastapi_offline import FastAPIOffline  # /docs and /redoc served from the w
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facelens import __version__ as FACELENS_VERSION
 from facelens.errors import FacelensError, ImageLoadError
-from facelens.images import decode_image_bytes
+from facelens.images import MemoryBudget, decode_memory_estimate, decode_opened, open_image
 from facelens.serve import render
+from facelens.serve.protocol import HardenedH11Protocol, ServiceLimits, json_error_bytes
 
 log = logging.getLogger("facelens.serve")
 
@@ -74,18 +84,104 @@ class ApiError(Exception):
         self.message = message
 
 
-def _error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}}, headers=headers)
+
+
+# -- last resort: JSON 500, one log line, connections closed cleanly ------------------------------
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
+
+
+class ErrorBoundary:
+    """ASGI middleware: nothing escapes to uvicorn, and error responses end their connection when needed.
+
+    Why: an exception that escapes the app after the 500 was sent makes uvicorn log a ~9.5 KB
+    traceback and close the socket without ``Connection: close``; a client reusing that
+    keep-alive connection then fails an unrelated request. Here an unexpected exception becomes
+    a JSON 500 and one log line (the traceback only at DEBUG), and every 5xx, 408 and 413, and
+    any error sent before the request body was read to the end, carries ``Connection: close``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        body_done = b"transfer-encoding" not in headers and headers.get(b"content-length", b"0") in (b"0", b"")
+        started = False
+
+        async def tracked_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                if status >= 500 or status in (408, 413) or (status >= 400 and not body_done):
+                    hdrs = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*hdrs, (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, tracked_receive, guarded_send)
+        except ClientDisconnect:
+            log.info("client went away during %s %s", scope.get("method"), scope.get("path"))
+        except Exception as exc:  # noqa: BLE001 - the boundary: log once, answer JSON, keep serving
+            log.error("unexpected error on %s %s: %s: %s (at %s)", scope.get("method"), scope.get("path"),
+                      type(exc).__name__, " ".join(str(exc).split())[:300], _where(exc))
+            log.debug("traceback of the unexpected error", exc_info=exc)
+            if not started:
+                body = json_error_bytes("internal_error", f"unexpected server error ({type(exc).__name__}); it has been logged")
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
 
 
 # -- reading uploads --------------------------------------------------------------------------
-async def _limited_stream(request: Request, limit: int, file_limit: int) -> AsyncGenerator[bytes, None]:
+async def _body_chunks(request: Request, limits: ServiceLimits) -> AsyncGenerator[bytes, None]:
+    """The request body, with deadlines: 408 when no byte comes for ``body_idle_timeout`` seconds
+    or the whole body is not in after ``body_timeout`` (a client sending 1 byte/s holds a slot)."""
+    stream = request.stream().__aiter__()
+    give_up = anyio.current_time() + limits.body_timeout
+    while True:
+        left = give_up - anyio.current_time()
+        wait = min(limits.body_idle_timeout, left)
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            with anyio.fail_after(wait):
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            stalled = left > limits.body_idle_timeout
+            raise ApiError(408, "body_timeout",
+                           f"the upload stalled: no data for {limits.body_idle_timeout:.0f} s" if stalled else
+                           f"the upload did not arrive within {limits.body_timeout:.0f} s") from None
+        yield chunk
+
+
+async def _limited_stream(request: Request, limit: int, file_limit: int,
+                          limits: ServiceLimits) -> AsyncGenerator[bytes, None]:
     """Yield the request body, raising 413 as soon as more than ``limit`` bytes arrived."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(file_limit)
     seen = 0
-    async for chunk in request.stream():
+    async for chunk in _body_chunks(request, limits):
         seen += len(chunk)
         if seen > limit:
             raise _too_large(file_limit)
@@ -97,11 +193,13 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "too_large", f"upload is larger than the limit of {limit / 1024 / 1024:.1f} MB")
 
 
-async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
+async def read_upload(request: Request, max_bytes: int, limits: ServiceLimits | None = None) -> tuple[bytes, str]:
     """Return (image bytes, name) from a multipart ``file`` field or a raw image body."""
+    limits = limits or ServiceLimits()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        parser = MultiPartParser(request.headers, _limited_stream(request, max_bytes + MULTIPART_OVERHEAD, max_bytes),
+        parser = MultiPartParser(request.headers,
+                                 _limited_stream(request, max_bytes + MULTIPART_OVERHEAD, max_bytes, limits),
                                  max_files=1, max_fields=20)
         try:
             form = await parser.parse()
@@ -118,7 +216,7 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
         finally:
             await form.close()
     if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
-        chunks = [c async for c in _limited_stream(request, max_bytes, max_bytes)]
+        chunks = [c async for c in _limited_stream(request, max_bytes, max_bytes, limits)]
         return b"".join(chunks), "upload"
     raise ApiError(415, "unsupported_media_type",
                    f"Content-Type {ctype!r} is not accepted: send multipart/form-data with a 'file' field "
@@ -140,14 +238,63 @@ def _crops_dict(crops: Any) -> dict[str, str | None]:
     }
 
 
-def analyze_bytes(analyzer: Any, data: bytes, name: str, annotate: bool, crops: bool) -> dict[str, Any]:
-    """Decode, analyse and (optionally) render one upload; raises ApiError for bad images."""
+class Expired(Exception):
+    """The request's processing deadline passed; raised between stages so abandoned work stops early."""
+
+
+def _check_deadline(deadline: float | None, stage: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise Expired(stage)
+
+
+#: Decode memory shared by the requests of this process (``ServiceLimits.decode_memory_bytes``).
+_BUDGETS: dict[int, MemoryBudget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def decode_budget(nbytes: int) -> MemoryBudget:
+    """One budget per size, per process: every app built with the same limit shares it."""
+    with _BUDGETS_LOCK:
+        return _BUDGETS.setdefault(nbytes, MemoryBudget(nbytes))
+
+
+def analyze_bytes(analyzer: Any, data: bytes, name: str, annotate: bool, crops: bool,
+                  deadline: float | None = None, budget: MemoryBudget | None = None) -> dict[str, Any]:
+    """Decode, analyse and (optionally) render one upload; raises ApiError for bad images.
+
+    ``deadline`` (``time.monotonic()``): checked before each stage, so work abandoned by a timed
+    out request stops at the next stage. ``budget``: the decode waits until the image's
+    estimated memory (from its header) fits, and holds it until the answer is built.
+    """
     t0 = time.perf_counter()
+    _check_deadline(deadline, "queued")
     try:
-        rgb: np.ndarray = decode_image_bytes(data, name)
+        img = open_image(data, name)  # header only: format and size checked, nothing decoded yet
+    except ImageLoadError as exc:
+        raise ApiError(REASON_STATUS.get(exc.reason, 422), exc.reason, exc.message) from exc
+    need = decode_memory_estimate(img.width, img.height, img.mode)
+    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        with ExitStack() as stack:
+            if budget is not None:
+                try:
+                    stack.enter_context(budget.hold(need, timeout=wait))
+                except TimeoutError:
+                    raise Expired("queued") from None  # the memory never came free: the server is busy
+            return _analyze_decoded(analyzer, img, name, annotate, crops, deadline, t0)
+    finally:
+        img.close()
+
+
+def _analyze_decoded(analyzer: Any, img: Any, name: str, annotate: bool, crops: bool, deadline: float | None,
+                     t0: float) -> dict[str, Any]:
+    _check_deadline(deadline, "decode")
+    try:
+        rgb: np.ndarray = decode_opened(img, name)
     except ImageLoadError as exc:
         raise ApiError(REASON_STATUS.get(exc.reason, 422), exc.reason, exc.message) from exc
     t_load = time.perf_counter() - t0
+    _check_deadline(deadline, "analysis")
     result = analyzer.analyze_array(rgb, name, with_crops=crops, t_load=t_load)
     out = result.to_dict()
     if crops:
@@ -155,6 +302,7 @@ def analyze_bytes(analyzer: Any, data: bytes, name: str, annotate: bool, crops: 
             face_dict["crops"] = _crops_dict(face_crops)
     timings = dict(result.timings_ms)
     if annotate:
+        _check_deadline(deadline, "render")
         t1 = time.perf_counter()
         out["annotated_jpeg"] = _b64(render.annotated_jpeg(rgb, result.faces))
         timings["render"] = round((time.perf_counter() - t1) * 1000, 2)
@@ -174,13 +322,22 @@ def models_summary(analyzer: Any) -> dict[str, dict[str, Any]]:
 @dataclass
 class ServiceState:
     analyzer: Any = None
-    load_error: str | None = None
+    load_error: str | None = None  # for clients: says what failed, never the server's paths
     limiter: anyio.CapacityLimiter | None = None
 
 
+def public_load_error(exc: Exception) -> str:
+    """What clients are told when the models did not load: the kind of failure, not the server's paths."""
+    return (f"the models could not be loaded ({type(exc).__name__}); the server log has the details. "
+            "An operator can set FACELENS_MODELS or install the shipped models.")
+
+
 def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_concurrent: int | None = None, processes: int = 1, detect_max_side: int | None = None) -> FastAPI:
+               max_concurrent: int | None = None, processes: int = 1, detect_max_side: int | None = None,
+               limits: ServiceLimits | None = None) -> FastAPI:
     """Build the app. ``analyzer=None`` loads the default models at startup (lifespan).
+
+    ``limits``: body deadlines, processing cap and decode memory budget (``ServiceLimits``).
 
     ``max_concurrent``: analyses running at once (default: CPU count); the rest wait.
     ``processes``: worker processes sharing the machine; each detection gets its share of the cores.
@@ -188,6 +345,8 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     (default 512, see ``facelens.face.detect``); raise it to find small faces in large photos.
     """
     state = ServiceState(analyzer=analyzer)
+    limits = limits or ServiceLimits()
+    budget = decode_budget(limits.decode_memory_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -202,7 +361,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
                 state.analyzer = await anyio.to_thread.run_sync(lambda: Analyzer(detect_max_side=detect_max_side))
                 log.info("models loaded: %s", models_summary(state.analyzer))
             except FacelensError as exc:  # keep serving /healthz so operators see why
-                state.load_error = str(exc)
+                state.load_error = public_load_error(exc)
                 log.error("could not load models: %s", exc)
         yield
 
@@ -215,6 +374,8 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     )
     app.state.facelens = state
     app.state.max_upload_bytes = max_upload_bytes
+    app.state.limits = limits
+    app.add_middleware(ErrorBoundary)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -223,20 +384,12 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(exc.status_code, code, str(exc.detail))
+        return _error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         msg = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return _error_response(422, "invalid_request", msg or "invalid request")
-
-    @app.exception_handler(Exception)
-    async def _last_resort(request: Request, exc: Exception) -> JSONResponse:
-        # Not a way to hide bugs: every expected failure above has its own status. This only keeps
-        # the server alive and the answer machine-readable when something truly unexpected happens.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error_response(500, "internal_error",
-                               f"unexpected server error ({type(exc).__name__}); it has been logged")
 
     def _analyzer() -> Any:
         if state.analyzer is None:
@@ -271,8 +424,11 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
                 "required": True,
             }
         },
-        responses={400: {"description": "empty body or no 'file' field"}, 413: {"description": "upload too large"},
-                   415: {"description": "not an image"}, 422: {"description": "damaged, too large or too small image"}},
+        responses={400: {"description": "empty body or no 'file' field"}, 408: {"description": "upload too slow"},
+                   413: {"description": "upload too large"}, 415: {"description": "not an image"},
+                   422: {"description": "damaged, too large or too small image"},
+                   503: {"description": "busy (no slot within the processing cap) or models unavailable"},
+                   504: {"description": "analysis ran past the processing cap"}},
     )
     async def analyze(
         request: Request,
@@ -286,12 +442,30 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         face is not an error: 200 with ``faces: []`` and ``message: "no face found"``.
         """
         analyzer = _analyzer()
-        data, name = await read_upload(request, app.state.max_upload_bytes)
+        data, name = await read_upload(request, app.state.max_upload_bytes, limits)
         if not data:
             raise ApiError(400, "empty", "the upload is empty (0 bytes)")
-        out = await anyio.to_thread.run_sync(analyze_bytes, analyzer, data, name, annotate, crops,
-                                             limiter=state.limiter)
-        return JSONResponse(out)
+        return JSONResponse(await _run_capped(analyzer, data, name, annotate, crops))
+
+    async def _run_capped(analyzer: Any, data: bytes, name: str, annotate: bool, crops: bool) -> dict[str, Any]:
+        """Queue for a slot and analyse, within ``request_timeout``: 503 if no slot came, 504 if the work overran."""
+        cap = limits.request_timeout
+        deadline = time.monotonic() + cap
+        started = threading.Event()
+
+        def work() -> dict[str, Any]:
+            started.set()
+            return analyze_bytes(analyzer, data, name, annotate, crops, deadline=deadline, budget=budget)
+
+        try:
+            with anyio.fail_after(cap):
+                return await anyio.to_thread.run_sync(work, limiter=state.limiter, abandon_on_cancel=True)
+        except (TimeoutError, Expired) as exc:
+            if isinstance(exc, Expired) and str(exc) == "queued" or not started.is_set():
+                raise ApiError(503, "busy", f"the server is busy: no analysis slot became free within {cap:.0f} s; "
+                                            "retry later") from None
+            raise ApiError(504, "timeout", f"the analysis did not finish within the {cap:.0f} s processing cap "
+                                           f"(stopped at: {exc if isinstance(exc, Expired) else 'analysis'})") from None
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -306,21 +480,37 @@ def app_factory() -> FastAPI:
     limit = int(os.environ.get("FACELENS_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
     side = int(os.environ.get("FACELENS_DETECT_MAX_SIDE", 0)) or None
     return create_app(max_upload_bytes=limit, processes=int(os.environ.get("FACELENS_WORKERS", 1)),
-                      detect_max_side=side)
+                      detect_max_side=side, limits=ServiceLimits.from_env())
+
+
+def uvicorn_options(limits: ServiceLimits) -> dict[str, Any]:
+    """uvicorn settings that go with ``limits``: the hardened protocol, keep-alive, no websockets."""
+    return {"http": HardenedH11Protocol, "ws": "none", "timeout_keep_alive": limits.keep_alive_timeout,
+            "h11_max_incomplete_event_size": 16 * 1024, "timeout_graceful_shutdown": 10}
 
 
 def run_server(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_upload_mb: float = 10.0,
-               detect_max_side: int | None = None) -> None:
+               detect_max_side: int | None = None, request_timeout: float | None = None) -> None:
     """Run the service with uvicorn (what ``facelens serve`` calls)."""
+    import dataclasses
+
     import uvicorn
 
     limit = int(max_upload_mb * 1024 * 1024)
+    limits = ServiceLimits.from_env()
+    if request_timeout is not None:
+        limits = dataclasses.replace(limits, request_timeout=request_timeout)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if workers > 1:
         # Each worker process imports the factory and loads its own copy of the models.
         os.environ["FACELENS_MAX_UPLOAD_BYTES"] = str(limit)
         os.environ["FACELENS_WORKERS"] = str(workers)
         os.environ["FACELENS_DETECT_MAX_SIDE"] = str(detect_max_side or 0)
-        uvicorn.run("facelens.serve.app:app_factory", factory=True, host=host, port=port, workers=workers)
+        limits.to_env(os.environ)
+        uvicorn.run("facelens.serve.app:app_factory", factory=True, host=host, port=port, workers=workers,
+                    **uvicorn_options(limits))
     else:
-        uvicorn.run(create_app(max_upload_bytes=limit, detect_max_side=detect_max_side), host=host, port=port)
+        config = uvicorn.Config(create_app(max_upload_bytes=limit, detect_max_side=detect_max_side, limits=limits),
+                                host=host, port=port, **uvicorn_options(limits))
+        config.facelens_limits = limits  # read by HardenedH11Protocol
+        uvicorn.Server(config).run()

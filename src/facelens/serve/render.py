@@ -42,12 +42,18 @@ def face_label(index: int, face: Face) -> str:
 
 
 def annotate(rgb: np.ndarray, faces: Sequence[Face], max_side: int = ANNOTATE_MAX_SIDE) -> Image.Image:
-    """Return a (possibly downscaled) copy of ``rgb`` with numbered face boxes, eye boxes and labels."""
-    img = Image.fromarray(rgb)
-    scale = min(1.0, max_side / max(img.size))
+    """Return a (possibly downscaled) copy of ``rgb`` with numbered face boxes, eye boxes and labels.
+
+    The photo is shrunk as a numpy array before Pillow sees it: ``Image.fromarray`` of a 64 MP
+    photo would first copy it at 4 bytes per pixel (256 MB), outside the service's memory budget.
+    """
+    h, w = rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(size, Image.Resampling.LANCZOS)
+        import cv2
+
+        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    img = Image.fromarray(np.ascontiguousarray(rgb))
     draw = ImageDraw.Draw(img)
     line = max(2, round(max(img.size) / 400))
     font = _font(max(14, round(max(img.size) / 36)))
