@@ -132,34 +132,9 @@ def predict_eyes(
 
 
 #: Training options that must be at least 1 (None means "not set" where allowed).
-_AT_LEAST_ONE = ("epochs", "batch_size", "patience", "max_images", "max_steps_per_epoch", "threads", "input_size")
-
-
-def check_train_options(options: dict) -> None:
-    """Refuse impossible training options before any data is read or any folder is made.
-
-    Why here and not in the run: ``--batch-size 0`` ended in a ZeroDivisionError and
-    ``--epochs 0`` failed only after the crops of every image had been built.
-    """
-    for name in _AT_LEAST_ONE:
-        value = options.get(name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if options.get("workers") is not None and options["workers"] < 0:
-        raise ValueError(f"--workers must be 0 or more, got {options['workers']}")
-    if not options.get("lr", 1.0) > 0:
-        raise ValueError(f"--lr must be > 0, got {options.get('lr')}")
-    if not 0.0 <= options.get("ema_decay", 0.0) < 1.0:
-        raise ValueError(f"--ema-decay must be in [0, 1), got {options.get('ema_decay')}")
-
-
 def _train(task: str, data: list[str], out: Path, arch: list[str] | None, **options) -> None:
     from facelens.train.runner import TrainRequest, run_training
 
-    try:
-        check_train_options(options)
-    except ValueError as exc:
-        _fail(str(exc))
     req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **options)
     try:
         run_training(req, log=lambda m: typer.echo(m, err=True))

@@ -73,7 +73,21 @@ class TrainRequest:
     balance: str = "none"  # "source": sample so every source has an equal share of each label bin
 
     def check(self) -> None:
-        """Refuse options that cannot work, before any data is read or the run folder is written."""
+        """Refuse options that cannot work, before any data is read or the run folder is written.
+
+        Why up front: ``--batch-size 0`` ended in a ZeroDivisionError and ``--epochs 0`` failed only
+        after the crops of every image had been built.
+        """
+        for name in ("epochs", "batch_size", "patience", "max_images", "max_steps_per_epoch", "threads", "input_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {self.workers}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.face_crop not in FACE_TEMPLATES:
             raise ValueError(f"--face-crop must be one of {', '.join(FACE_TEMPLATES)}, got {self.face_crop!r}")
         if self.augment not in AUGMENT_PRESETS:
