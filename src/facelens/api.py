@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from facelens.data.crops import eye_crop_from_image
+from facelens.devices import check_device_name
 from facelens.errors import ImageLoadError, ModelLoadError
 from facelens.face.align import DEFAULT_EYE_GEOMETRY, EyeCropGeometry, FaceTemplate, align_face, cut_eye
 from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
@@ -112,6 +113,8 @@ class Analyzer:
 
     ``age_model`` / ``eye_model``: a path, a loaded Predictor, None for the shipped default,
     or False to skip that task. ``backend``: 'auto' (ONNX Runtime for .onnx files), 'onnx' or 'torch'.
+    ``device``: 'cpu' (default), 'cuda', 'cuda:N' or 'auto' (a GPU when usable); asking for a GPU that
+    cannot be used raises DeviceError (``facelens.devices``) instead of running on the CPU unannounced.
     ``detect_max_side``: photos are scaled down to this longest side for detection only (crops
     are cut from the full-resolution pixels); None means 512 (``DETECT_MAX_SIDE``). Raise it to
     find small faces in large photos.
@@ -129,6 +132,7 @@ class Analyzer:
         detect_max_side: int | None = None,
     ) -> None:
         check_detect_max_side(detect_max_side)
+        check_device_name(device)  # refused even when no model would be loaded (e.g. "gpu")
         self.age = _open(age_model, "age", backend, device)
         self.eyes = _open(eye_model, "eyes", backend, device)
         # The face crop the age model was trained on (its metadata names it; older models used the loose one).
@@ -157,6 +161,7 @@ class Analyzer:
             m = pred.meta
             out.append({"name": m["name"], "task": m["task"], "arch": m["arch"], "version": m.get("facelens_version"),
                         "created": m.get("created"), "input_size": m["input_size"], "backend": pred.backend,
+                        "device": pred.device,
                         "precision": m.get("precision", "fp32"), "tta": m.get("tta", "flip-average"),
                         "test_metrics": {k: v for k, v in m.get("metrics", {}).items() if not isinstance(v, (dict, list))},
                         "card": card_summary(m)})

@@ -24,7 +24,9 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 
 Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime for .onnx), onnx or torch")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
+Device = Annotated[str, typer.Option(
+    help="auto (a GPU when usable, else the CPU), cpu, cuda or cuda:N; cuda is refused when it cannot be used. "
+         "ONNX models on a GPU need the onnxruntime-gpu build: pip install 'facelens[gpu]'")]
 DetectMaxSide = Annotated[int | None, typer.Option(
     help="detect on photos scaled to this longest side, 64-8192 (default 512); raise it for small faces in big photos")]
 
@@ -118,7 +120,7 @@ def predict_eyes(
         analyzer = _analyzer(None, eye_model, backend, device, no_age=True)
         paths = expand_inputs(crops)
         results = analyzer.predict_eye_crops(paths, names=[str(p) for p in paths])
-    except FacelensError as exc:
+    except (FacelensError, ValueError) as exc:
         _fail(str(exc))
     for r in results:
         if json_out:
