@@ -54,9 +54,17 @@ def format_result_text(r) -> str:
             parts.append(f"age {f.age.value:.0f} ({int(f.age.interval * 100)}% interval {f.age.low:.0f}-{f.age.high:.0f})")
         if f.sex:
             parts.append(f"P(female) {_pct(f.sex.p_female)}, P(male) {_pct(f.sex.p_male)} from both eyes"
-                         + (f" ({f.sex.caution})" if f.sex.caution else ""))
+                         + (f" ({f.sex.caution})" if f.sex.caution else "") + _disagree_text(f.sex))
         lines.append(": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if parts[1:] else ""))
     return "\n".join(lines)
+
+
+def _disagree_text(sex) -> str:
+    """`` (the eyes disagree: ...)`` when the two eyes point at opposite answers, else empty."""
+    if not sex.eyes_disagree:
+        return ""
+    per_eye = ", ".join(f"{e.side} eye {_pct(e.p_female)}" for e in sex.eyes)
+    return f" (the two eyes disagree: P(female) {per_eye}; the combined estimate is unreliable)"
 
 
 def _analyzer(age_model: Path | None, eye_model: Path | None, backend: str, device: str, no_age: bool = False,
@@ -128,7 +136,8 @@ def predict_eyes(
         elif r.error:
             typer.echo(f"{r.path}: ERROR {r.error}")
         else:
-            typer.echo(f"{r.path}: P(female) {_pct(r.p_female)}, P(male) {_pct(1 - r.p_female)}")
+            typer.echo(f"{r.path}: P(female) {_pct(r.p_female)}, P(male) {_pct(1 - r.p_female)}"
+                       + (f" (warning: {r.warning})" if r.warning else ""))
     if results and all(r.error for r in results):
         raise typer.Exit(1)
 
