@@ -42,7 +42,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from facelens import __version__ as FACELENS_VERSION
 from facelens.errors import FacelensError, ImageLoadError
 from facelens.images import decode_image_bytes
-from facelens.serve import render
+from facelens.serve import multi, render
 
 log = logging.getLogger("facelens.serve")
 
@@ -179,8 +179,12 @@ class ServiceState:
 
 
 def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_concurrent: int | None = None, processes: int = 1, detect_max_side: int | None = None) -> FastAPI:
+               max_concurrent: int | None = None, processes: int = 1, detect_max_side: int | None = None,
+               max_photos: int = multi.DEFAULT_MAX_PHOTOS, max_total_bytes: int | None = None) -> FastAPI:
     """Build the app. ``analyzer=None`` loads the default models at startup (lifespan).
+
+    ``max_photos`` / ``max_total_bytes``: limits of the several-photos form (``serve.multi``);
+    the total defaults to ``multi.TOTAL_FACTOR`` times ``max_upload_bytes``.
 
     ``max_concurrent``: analyses running at once (default: CPU count); the rest wait.
     ``processes``: worker processes sharing the machine; each detection gets its share of the cores.
@@ -188,6 +192,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     (default 512, see ``facelens.face.detect``); raise it to find small faces in large photos.
     """
     state = ServiceState(analyzer=analyzer)
+    max_total = max_total_bytes or multi.TOTAL_FACTOR * max_upload_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -211,7 +216,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         version=FACELENS_VERSION,
         lifespan=lifespan,
         description="Age from the face and sex from the eye region, as estimates with uncertainty. "
-        "Upload a photo to `POST /v1/analyze`.",
+        "Upload a photo to `POST /v1/analyze`. " + multi.limits_text(max_upload_bytes, max_photos, max_total),
     )
     app.state.facelens = state
     app.state.max_upload_bytes = max_upload_bytes
@@ -262,16 +267,14 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         openapi_extra={
             "requestBody": {
                 "content": {
-                    "multipart/form-data": {
-                        "schema": {"type": "object", "required": ["file"],
-                                   "properties": {"file": {"type": "string", "format": "binary"}}}
-                    },
+                    "multipart/form-data": {"schema": multi.openapi_multipart_schema()},
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
                 },
                 "required": True,
             }
         },
-        responses={400: {"description": "empty body or no 'file' field"}, 413: {"description": "upload too large"},
+        responses={400: {"description": "empty body, no 'file' field, or more photos than allowed"},
+                   413: {"description": "upload too large (a photo, or a several-photos request in all)"},
                    415: {"description": "not an image"}, 422: {"description": "damaged, too large or too small image"}},
     )
     async def analyze(
@@ -283,10 +286,19 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         """Detect every face; estimate age (value and 80% interval) and P(female)/P(male) from both eyes.
 
         Send the photo as multipart field ``file`` or as a raw ``image/*`` body. A photo with no
-        face is not an error: 200 with ``faces: []`` and ``message: "no face found"``.
+        face is not an error: 200 with ``faces: []`` and ``message: "no face found"``. Faces are
+        listed in reading order (rows top to bottom, each left to right). Several photos: see
+        the ``files`` field and its limits in the API description.
         """
         analyzer = _analyzer()
-        data, name = await read_upload(request, app.state.max_upload_bytes)
+        limit = app.state.max_upload_bytes
+        if multi.is_multipart(request):  # 'file' (one photo, as always) or 'files' (a list answer)
+            form = await multi.read_form(request, limit, max_photos, max_total)
+            if form.list_form:
+                return JSONResponse(await multi.answer_list(form, analyzer, limit, annotate, crops, state.limiter))
+            data, name = await multi.read_single(form, limit)
+        else:
+            data, name = await read_upload(request, limit)
         if not data:
             raise ApiError(400, "empty", "the upload is empty (0 bytes)")
         out = await anyio.to_thread.run_sync(analyze_bytes, analyzer, data, name, annotate, crops,
