@@ -80,11 +80,11 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="photos, folders or glob patterns")],
     json_out: Annotated[bool, typer.Option("--json", help="JSON Lines, one object per input")] = False,
     out: Annotated[Path | None, typer.Option(help="write results to a .jsonl or .csv file (streamed)")] = None,
-    resume: Annotated[bool, typer.Option(help="skip inputs already in --out")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted --out file: skip inputs already in it")] = False,
     age_model: Annotated[Path | None, typer.Option(help="age model (.onnx or .pt)")] = None,
     eye_model: Annotated[Path | None, typer.Option(help="eye model (.onnx or .pt)")] = None,
-    no_age: Annotated[bool, typer.Option(help="skip age estimation")] = False,
-    no_eyes: Annotated[bool, typer.Option(help="skip the eye-based sex estimate")] = False,
+    no_age: Annotated[bool, typer.Option("--no-age", help="skip age estimation")] = False,
+    no_eyes: Annotated[bool, typer.Option("--no-eyes", help="skip the eye-based sex estimate")] = False,
     batch_size: Annotated[int, typer.Option(help="faces per model call, gathered across photos")] = 32,
     backend: Backend = "auto",
     device: Device = "cpu",
@@ -167,6 +167,9 @@ _AUGMENT = Annotated[str, typer.Option(help="augmentation: basic (geometry, colo
                                              "cannot be read from its style)")]
 _BALANCE = Annotated[str, typer.Option(help="none, or source: sample so every data source has an equal share of each "
                                              "label bin (5-year age bins / classes), validating on the mean per-source score")]
+_RESUME = Annotated[bool, typer.Option("--resume", help="continue from RUN_DIR/<arch>/checkpoints/last.pt")]
+_PRETRAINED = Annotated[bool, typer.Option("--pretrained/--no-pretrained",
+                                           help="start from ImageNet weights; --no-pretrained starts from random ones")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
 
 
@@ -176,8 +179,8 @@ def train_age(
     epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = "auto",
     conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
-    resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
-    device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
+    resume: _RESUME = False,
+    device: Device = "auto", pretrained: _PRETRAINED = True, input_size: int | None = None, patience: int = 3,
     ema_decay: _EMA = 0.998, frozen_blocks: _FROZEN = 0, weight_decay: _WD = 1e-4, precision: _PRECISION = "fp32",
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
@@ -198,8 +201,8 @@ def train_eyes(
     female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = None,
     male_class: Annotated[str | None, typer.Option(help="class folder/label meaning male")] = None,
     conflict_policy: str = "drop",
-    resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
-    device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
+    resume: _RESUME = False,
+    device: Device = "auto", pretrained: _PRETRAINED = True, input_size: int | None = None, patience: int = 3,
     ema_decay: _EMA = 0.0, frozen_blocks: _FROZEN = 0, weight_decay: _WD = 1e-4, precision: _PRECISION = "fp32",
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
@@ -237,10 +240,17 @@ def cross_source(
         _fail(str(exc))
 
 
-def _evaluate(task: str, models: list[Path], data: list[str], split: str, report: Path | None, out: Path | None,
+def _evaluate(task: str, models: list[Path] | None, data: list[str], split: str, report: Path | None, out: Path | None,
               backend: str, context_check: int = 0) -> None:
+    from facelens.api import default_model_path
     from facelens.evaluate.pipeline import evaluate_models
 
+    if not models:
+        default = default_model_path(task)
+        if not default.is_file():
+            _fail(f"no --model given and no shipped {task} model at {default}; pass --model FILE")
+        typer.echo(f"no --model given: evaluating the shipped {task} model {default}", err=True)
+        models = [default]
     try:
         evaluate_models(task, models, data, split=split, report_dir=report, out=out, backend=backend,
                         log=lambda m: typer.echo(m, err=True), echo=typer.echo, context_check=context_check)
@@ -248,14 +258,16 @@ def _evaluate(task: str, models: list[Path], data: list[str], split: str, report
         _fail(str(exc))
 
 
-_MODEL = Annotated[list[Path], typer.Option("--model", help="model file (.onnx or .pt); repeat to compare")]
-_SPLIT = Annotated[str, typer.Option(help="test, val, train (the model's own seeded split) or all")]
+_MODEL = Annotated[list[Path] | None, typer.Option(
+    "--model", help="model file (.onnx or .pt); repeat to compare; default: the shipped model for the task")]
+_SPLIT = Annotated[str, typer.Option(help="test, val, train (the model's own seeded split) or all; train and all "
+                                           "on the model's own training data are in-sample and warned about")]
 _REPORT = Annotated[Path | None, typer.Option(help="write an HTML report with figures into this folder")]
 _JSON_OUT = Annotated[Path | None, typer.Option("--out", help="metrics JSON file")]
 
 
 @evaluate_app.command("age")
-def evaluate_age(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
+def evaluate_age(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
                  backend: Backend = "auto",
                  context_check: Annotated[int, typer.Option(
                      help="also answer N photos per source again as tight UTKFace-style chips and report how far "
@@ -265,7 +277,7 @@ def evaluate_age(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _RE
 
 
 @evaluate_app.command("eyes")
-def evaluate_eyes(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
+def evaluate_eyes(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
                   backend: Backend = "auto") -> None:
     """Accuracy, balanced accuracy, ROC-AUC, ECE, confusion matrix, grayscale vs colour."""
     _evaluate("eyes", model, data, split, report, out, backend)
@@ -275,8 +287,9 @@ def evaluate_eyes(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _R
 def export(
     model: Annotated[Path, typer.Option(help="trained PyTorch model (RUN_DIR/<arch>/model.pt)")],
     out: Annotated[Path, typer.Option(help="ONNX file to write")],
-    tta: Annotated[bool, typer.Option(help="bake the flip-average test-time augmentation in (2x compute)")] = True,
-    int8: Annotated[bool, typer.Option(help="quantise to int8 (needs --data: calibrated on the training split)")] = False,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="bake the flip-average test-time augmentation in (2x compute); "
+                                       "--no-tta for a faster model")] = True,
+    int8: Annotated[bool, typer.Option("--int8", help="quantise to int8 (needs --data: calibrated on the training split)")] = False,
     data: Annotated[list[str] | None, typer.Option(
         "--data", help="the model's training data (repeatable): re-fit calibration on val, re-measure on test")] = None,
 ) -> None:
