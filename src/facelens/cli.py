@@ -8,6 +8,7 @@ for usage errors, 1 when nothing could be processed); never a traceback.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -67,6 +68,14 @@ def _disagree_text(sex) -> str:
     return f" (the two eyes disagree: P(female) {per_eye}; the combined estimate is unreliable)"
 
 
+def resume_command(args: list[str]) -> str:
+    """The command line that continues an interrupted ``predict --out`` run: the same arguments plus ``--resume``.
+
+    Quoted for a POSIX shell, so paths with spaces or globs paste back as they were given.
+    """
+    return shlex.join(["facelens", *args, *([] if "--resume" in args else ["--resume"])])
+
+
 def _analyzer(age_model: Path | None, eye_model: Path | None, backend: str, device: str, no_age: bool = False,
               no_eyes: bool = False, detect_max_side: int | None = None):
     from facelens.api import Analyzer
@@ -104,6 +113,9 @@ def predict(
         except FacelensError as exc:
             _fail(str(exc))
         typer.echo(summary.text(), err=True)
+        if summary.interrupted:
+            typer.echo(f"to continue where it stopped, run:\n  {resume_command(sys.argv[1:])}", err=True)
+            raise typer.Exit(130)
         raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
     n_ok = 0
     for r in analyzer.analyze_many(paths, names=[str(p) for p in paths], batch_size=batch_size):
