@@ -39,6 +39,7 @@ def test_bgr_arrays_are_read_as_bgr_when_said(analyzer) -> None:
     want = analyzer.analyze(rgb).to_dict()["faces"]
     assert analyzer.analyze(bgr, color="bgr").to_dict()["faces"] == want
     assert analyzer.analyze_array(bgr, color="bgr").to_dict()["faces"] == want
+    assert [r.to_dict()["faces"] for r in analyzer.analyze_many([bgr, bgr], color="bgr")] == [want, want]
     # the mistake the option prevents: a BGR array taken as RGB moves the sex estimate
     wrong = analyzer.analyze(bgr).faces[0].sex.p_female
     assert abs(wrong - want[0]["sex"]["p_female"]) > 0.05

@@ -207,7 +207,7 @@ class Analyzer:
         return self._finish([self._prepare(as_rgb_input(src, color), name or _default_label(src))], with_crops)[0]
 
     def analyze_many(self, srcs: Iterable[ImageInput], names: Iterable[str] | None = None, with_crops: bool = False,
-                     batch_size: int = 32, workers: int | None = None) -> Iterator[ImageResult]:
+                     batch_size: int = 32, workers: int | None = None, color: str = "rgb") -> Iterator[ImageResult]:
         """Analyse photos lazily, one ImageResult per input, in input order.
 
         Why not just call ``analyze`` in a loop: decoding and detection of the next photos run
@@ -216,13 +216,15 @@ class Analyzer:
         times faster on a CPU than one face at a time. A photo's result is yielded as soon as
         its batch is done; the batch is cut short whenever the next photo is not ready yet, so
         results keep streaming on slow inputs. ``workers=0`` prepares photos in the caller's thread.
+        ``color``: channel order of numpy arrays among ``srcs`` ('rgb' or 'bgr', see ``analyze``).
         """
+        as_rgb_input(np.zeros((1, 1, 3), np.uint8), color)  # an unknown order fails here, not in a worker
         names_it = iter(names) if names is not None else None
 
         def labelled() -> Iterator[tuple[ImageInput, str]]:
             for src in srcs:
                 label = next(names_it) if names_it is not None else _default_label(src)
-                yield src, label
+                yield as_rgb_input(src, color), label
 
         workers = min(2, os.cpu_count() or 1) if workers is None else workers
         if workers <= 0:
