@@ -35,9 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline  # /docs and /redoc served from the wheel, no CDN
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from facelens import __version__ as FACELENS_VERSION
 from facelens.errors import FacelensError, ImageLoadError
@@ -48,8 +46,6 @@ log = logging.getLogger("facelens.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-#: Room for multipart boundaries and part headers on top of the file-size limit.
-MULTIPART_OVERHEAD = 64 * 1024
 READ_CHUNK = 64 * 1024
 
 #: ImageLoadError.reason -> HTTP status. The image is the client's problem in every case.
@@ -98,25 +94,8 @@ def _too_large(limit: int) -> ApiError:
 
 
 async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
-    """Return (image bytes, name) from a multipart ``file`` field or a raw image body."""
+    """Return (image bytes, name) from a raw image body (multipart forms are read by ``serve.multi.read_form``)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        parser = MultiPartParser(request.headers, _limited_stream(request, max_bytes + MULTIPART_OVERHEAD, max_bytes),
-                                 max_files=1, max_fields=20)
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            raise ApiError(400, "bad_multipart", f"could not parse the multipart form: {exc.message}") from exc
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(400, "missing_file", "no file: send the photo in a multipart field named 'file'")
-            data = await upload.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise _too_large(max_bytes)
-            return data, upload.filename or "upload"
-        finally:
-            await form.close()
     if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
         chunks = [c async for c in _limited_stream(request, max_bytes, max_bytes)]
         return b"".join(chunks), "upload"
