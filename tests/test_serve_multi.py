@@ -119,3 +119,56 @@ def test_limits_are_documented_in_openapi(analyzer) -> None:
     body = spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["properties"]["files"]["type"] == "array"
     assert body["properties"]["file"]["format"] == "binary"
+
+
+def test_first_field_name() -> None:
+    from facelens.serve.multi import first_field_name
+
+    head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n\xff'
+    assert first_field_name(head) == "files"
+    assert first_field_name(head.replace(b'"files"', b'"file"')) == "file"
+    assert first_field_name(head[:30]) is None  # headers not complete yet
+
+
+class _FakeRequest:
+    """Just what the body reader uses: headers and a body stream that counts the chunks pulled."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.headers = {"content-type": "multipart/form-data; boundary=XyZ"}
+        self.chunks = chunks
+        self.pulled = 0
+
+    async def stream(self):
+        for c in self.chunks:
+            self.pulled += 1
+            yield c
+
+
+def _drain(request: _FakeRequest, max_upload: int, max_total: int):
+    import anyio
+
+    from facelens.serve.app import ApiError
+    from facelens.serve.multi import _body
+
+    async def run():
+        async for _ in _body(request, max_upload, 16, max_total):
+            pass
+
+    try:
+        anyio.run(run)
+    except ApiError as exc:
+        return exc
+    return None
+
+
+@pytest.mark.parametrize(("field", "refused_within"), [("file", 45), ("files", 100)])
+def test_the_body_is_cut_off_at_the_limit_of_its_form(field: str, refused_within: int) -> None:
+    """'file' keeps its per-photo limit mid-stream; 'files' may reach the total (here 3 x 100 KB)."""
+    head = (f'--XyZ\r\nContent-Disposition: form-data; name="{field}"; filename="big.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    req = _FakeRequest([head] + [b"\0" * 4096] * 400)  # 1.6 MB
+    err = _drain(req, 100_000, 300_000)
+    assert err is not None and err.status == 413 and err.code == "too_large"
+    assert req.pulled < refused_within, req.pulled
+    assert req.pulled > (35 if field == "file" else 80)  # not before the limit either
+    assert _drain(_FakeRequest([head] + [b"\0" * 4096] * 10), 100_000, 300_000) is None

@@ -13,6 +13,8 @@ each photo (a photo over it gets its own ``too_large`` error in the list).
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,8 @@ DEFAULT_MAX_PHOTOS = 16
 TOTAL_FACTOR = 3
 #: Room for multipart boundaries and part headers on top of the size limits.
 OVERHEAD_PER_PART = 4 * 1024
+#: The single-photo form's room for boundaries, headers and small fields (as before the list form existed).
+SINGLE_OVERHEAD = 64 * 1024
 
 SINGLE_FIELD = "file"
 LIST_FIELD = "files"
@@ -72,17 +76,59 @@ def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").split(";")[0].strip().lower() == "multipart/form-data"
 
 
+#: The first part's headers must arrive within this many bytes (they are a few hundred).
+HEAD_PEEK = 16 * 1024
+_FIELD_NAME = re.compile(rb'name="([^"]*)"')
+
+
+def first_field_name(head: bytes) -> str | None:
+    """The field name in the first part's headers of a multipart body's start, or None if not there yet."""
+    end = head.find(b"\r\n\r\n", head.find(b"\r\n") + 2)
+    m = _FIELD_NAME.search(head[:end]) if end > 0 else None
+    return m.group(1).decode("latin-1") if m else None
+
+
+async def _body(request: Request, max_upload_bytes: int, max_photos: int,
+                max_total_bytes: int) -> AsyncGenerator[bytes, None]:
+    """The request body under the limit of its form: one photo's when the first part is ``file``, else the total.
+
+    Why peek: a single-photo upload used to be cut off at the per-photo limit while streaming;
+    with a several-photos form on the same endpoint the parser needs the larger budget, but a
+    too-large single photo should still be refused after ``max_upload_bytes``, not after 30 MB.
+    """
+    from facelens.serve.app import _limited_stream, _too_large
+
+    budget = max(max_total_bytes, max_upload_bytes) + OVERHEAD_PER_PART * (max_photos + 4)
+    stream = _limited_stream(request, budget, max_total_bytes)
+    head = b""
+    async for chunk in stream:
+        head += chunk
+        if first_field_name(head) is not None or len(head) > HEAD_PEEK:
+            break
+    single = first_field_name(head) == SINGLE_FIELD
+    cap, limit = (max_upload_bytes + SINGLE_OVERHEAD, max_upload_bytes) if single else (budget, max_total_bytes)
+    seen = len(head)
+    if seen > cap:
+        raise _too_large(limit)
+    if head:
+        yield head
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > cap:
+            raise _too_large(limit)
+        yield chunk
+
+
 async def read_form(request: Request, max_upload_bytes: int, max_photos: int, max_total_bytes: int) -> Form:
     """Parse a multipart request into a Form; ApiError (4xx) for a bad form or one over the limits.
 
-    The single form keeps its old limit (one photo of ``max_upload_bytes``); the list form may
-    reach ``max_total_bytes``. The parser is given the larger budget and each photo is checked
-    afterwards, since which form it is shows only inside the body.
+    The single form keeps its old limit (one photo of ``max_upload_bytes``, refused while it
+    streams in); the list form may reach ``max_total_bytes``. Which form it is shows only inside
+    the body, in the first part's headers (``_body``); each photo is checked again after parsing.
     """
-    from facelens.serve.app import ApiError, _limited_stream, _too_large
+    from facelens.serve.app import ApiError, _too_large
 
-    budget = max(max_total_bytes, max_upload_bytes) + OVERHEAD_PER_PART * (max_photos + 4)
-    parser = MultiPartParser(request.headers, _limited_stream(request, budget, max_total_bytes),
+    parser = MultiPartParser(request.headers, _body(request, max_upload_bytes, max_photos, max_total_bytes),
                              max_files=max_photos + 1, max_fields=20)
     try:
         parsed = await parser.parse()
