@@ -147,11 +147,11 @@ class _FakeRequest:
 def _drain(request: _FakeRequest, max_upload: int, max_total: int):
     import anyio
 
-    from facelens.serve.app import ApiError
+    from facelens.serve.app import ApiError, _limited_stream
     from facelens.serve.multi import _body
 
     async def run():
-        async for _ in _body(request, max_upload, 16, max_total):
+        async for _ in _body(lambda lim, file_lim: _limited_stream(request, lim, file_lim), max_upload, 16, max_total):
             pass
 
     try:

@@ -271,18 +271,22 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         """
         analyzer = _analyzer()
         limit = app.state.max_upload_bytes
+
+        async def run_one(data: bytes, name: str) -> dict[str, Any]:
+            return await anyio.to_thread.run_sync(analyze_bytes, analyzer, data, name, annotate, crops,
+                                                  limiter=state.limiter)
+
         if multi.is_multipart(request):  # 'file' (one photo, as always) or 'files' (a list answer)
-            form = await multi.read_form(request, limit, max_photos, max_total)
+            form = await multi.read_form(request, lambda lim, file_lim: _limited_stream(request, lim, file_lim),
+                                         limit, max_photos, max_total)
             if form.list_form:
-                return JSONResponse(await multi.answer_list(form, analyzer, limit, annotate, crops, state.limiter))
+                return JSONResponse(await multi.answer_list(form, analyzer, run_one, limit))
             data, name = await multi.read_single(form, limit)
         else:
             data, name = await read_upload(request, limit)
         if not data:
             raise ApiError(400, "empty", "the upload is empty (0 bytes)")
-        out = await anyio.to_thread.run_sync(analyze_bytes, analyzer, data, name, annotate, crops,
-                                             limiter=state.limiter)
-        return JSONResponse(out)
+        return JSONResponse(await run_one(data, name))
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

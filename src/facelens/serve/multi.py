@@ -14,20 +14,18 @@ each photo (a photo over it gets its own ``too_large`` error in the list).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import anyio.to_thread
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from facelens.schema import SCHEMA_VERSION
 
-#: Photos one request may carry in ``files``: 16 photos take about 1 s on 2 cores, and one
-#: request holds one analysis slot, so a larger batch would keep other clients waiting.
+#: Photos one request may carry in ``files``: 16 photos of ~50 ms each answer in about a second
+#: on 2 cores; a larger batch mostly means a longer wait for its client and a longer-held upload.
 DEFAULT_MAX_PHOTOS = 16
 #: The whole request's limit is this many times the per-photo limit (30 MB with the default 10 MB).
 TOTAL_FACTOR = 3
@@ -35,6 +33,11 @@ TOTAL_FACTOR = 3
 OVERHEAD_PER_PART = 4 * 1024
 #: The single-photo form's room for boundaries, headers and small fields (as before the list form existed).
 SINGLE_OVERHEAD = 64 * 1024
+
+#: The service's body reader: ``open_stream(limit, file_limit)`` yields the body, 413 past ``limit``.
+OpenStream = Callable[[int, int], AsyncGenerator[bytes, None]]
+#: The service's single-photo analysis: ``await run_one(data, name)`` -> the result dict, ApiError for a bad photo.
+RunOne = Callable[[bytes, str], Awaitable[dict[str, Any]]]
 
 SINGLE_FIELD = "file"
 LIST_FIELD = "files"
@@ -88,7 +91,7 @@ def first_field_name(head: bytes) -> str | None:
     return m.group(1).decode("latin-1") if m else None
 
 
-async def _body(request: Request, max_upload_bytes: int, max_photos: int,
+async def _body(open_stream: OpenStream, max_upload_bytes: int, max_photos: int,
                 max_total_bytes: int) -> AsyncGenerator[bytes, None]:
     """The request body under the limit of its form: one photo's when the first part is ``file``, else the total.
 
@@ -96,10 +99,10 @@ async def _body(request: Request, max_upload_bytes: int, max_photos: int,
     with a several-photos form on the same endpoint the parser needs the larger budget, but a
     too-large single photo should still be refused after ``max_upload_bytes``, not after 30 MB.
     """
-    from facelens.serve.app import _limited_stream, _too_large
+    from facelens.serve.app import _too_large
 
     budget = max(max_total_bytes, max_upload_bytes) + OVERHEAD_PER_PART * (max_photos + 4)
-    stream = _limited_stream(request, budget, max_total_bytes)
+    stream = open_stream(budget, max_total_bytes)
     head = b""
     async for chunk in stream:
         head += chunk
@@ -119,8 +122,12 @@ async def _body(request: Request, max_upload_bytes: int, max_photos: int,
         yield chunk
 
 
-async def read_form(request: Request, max_upload_bytes: int, max_photos: int, max_total_bytes: int) -> Form:
+async def read_form(request: Request, open_stream: OpenStream, max_upload_bytes: int, max_photos: int,
+                    max_total_bytes: int) -> Form:
     """Parse a multipart request into a Form; ApiError (4xx) for a bad form or one over the limits.
+
+    ``open_stream(limit, file_limit)``: the service's own body reader (its size cut-off, and
+    whatever deadlines it enforces), so this form obeys the same rules as a single upload.
 
     The single form keeps its old limit (one photo of ``max_upload_bytes``, refused while it
     streams in); the list form may reach ``max_total_bytes``. Which form it is shows only inside
@@ -128,7 +135,7 @@ async def read_form(request: Request, max_upload_bytes: int, max_photos: int, ma
     """
     from facelens.serve.app import ApiError, _too_large
 
-    parser = MultiPartParser(request.headers, _body(request, max_upload_bytes, max_photos, max_total_bytes),
+    parser = MultiPartParser(request.headers, _body(open_stream, max_upload_bytes, max_photos, max_total_bytes),
                              max_files=max_photos + 1, max_fields=20)
     try:
         parsed = await parser.parse()
@@ -190,31 +197,28 @@ def _error_entry(name: str, status: int, code: str, message: str) -> dict[str, A
             "message": None, "error_code": code, "status": status}
 
 
-def analyze_list(analyzer: Any, photos: list[tuple[str, bytes | None]], max_bytes: int, annotate: bool,
-                 crops: bool) -> dict[str, Any]:
-    """Every photo through ``analyze_bytes`` (in order, in this worker thread); each failure stays in its entry."""
-    from facelens.serve.app import ApiError, _too_large, analyze_bytes, models_summary
+async def answer_list(form: Form, analyzer: Any, run_one: RunOne, max_bytes: int) -> dict[str, Any]:
+    """Analyse every photo of a list-form request in order with ``run_one(data, name)``; each failure stays in its entry.
+
+    ``run_one`` is the service's single-photo path (its analysis slots, caps and budgets), so a
+    list takes turns with other requests photo by photo instead of holding a slot for all of them.
+    """
+    from facelens.serve.app import ApiError, _too_large, models_summary
 
     results = []
-    for name, data in photos:
-        try:
-            if data is None:
-                raise _too_large(max_bytes)
-            if not data:
-                raise ApiError(400, "empty", "the upload is empty (0 bytes)")
-            out = analyze_bytes(analyzer, data, name, annotate, crops)
-            out.pop("models", None)  # said once for the whole answer
-            results.append(out | {"status": 200})
-        except ApiError as exc:
-            results.append(_error_entry(name, exc.status, exc.code, f"{name}: {exc.message}"))
-    return {"schema": SCHEMA_VERSION, "results": results, "models": models_summary(analyzer)}
-
-
-async def answer_list(form: Form, analyzer: Any, max_bytes: int, annotate: bool, crops: bool,
-                      limiter: anyio.CapacityLimiter | None) -> dict[str, Any]:
-    """Read every photo of a list-form request and analyse them in one worker thread (one analysis slot)."""
     try:
-        photos = [(name, await read_photo(upload, max_bytes)) for name, upload in form.photos]
+        for name, upload in form.photos:
+            try:
+                data = await read_photo(upload, max_bytes)
+                if data is None:
+                    raise _too_large(max_bytes)
+                if not data:
+                    raise ApiError(400, "empty", "the upload is empty (0 bytes)")
+                out = await run_one(data, name)
+                out.pop("models", None)  # said once for the whole answer
+                results.append(out | {"status": 200})
+            except ApiError as exc:
+                results.append(_error_entry(name, exc.status, exc.code, f"{name}: {exc.message}"))
     finally:
         await form.close()
-    return await anyio.to_thread.run_sync(analyze_list, analyzer, photos, max_bytes, annotate, crops, limiter=limiter)
+    return {"schema": SCHEMA_VERSION, "results": results, "models": models_summary(analyzer)}
