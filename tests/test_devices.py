@@ -115,3 +115,27 @@ def test_cli_refuses_in_one_line(tmp_path: Path, args: list[str], message: str) 
     assert message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert res.stdout == ""
+
+
+def test_onnx_auto_falls_back_to_the_cpu_when_the_gpu_session_fails(monkeypatch) -> None:
+    """onnxruntime-gpu installed but no usable GPU: auto runs on the CPU, an explicit cuda is refused."""
+    import onnxruntime as ort
+
+    from facelens.api import default_model_path
+    from facelens.infer import predictor
+
+    model = default_model_path("eyes")
+    if not model.is_file():
+        pytest.skip("no shipped eye model")
+    real = ort.InferenceSession
+
+    def session(path, opts, providers):
+        if any(isinstance(p, tuple) and p[0] == "CUDAExecutionProvider" for p in providers):
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+        return real(path, opts, providers=providers)
+
+    _fake(monkeypatch, gpus=0, ort_cuda=True)
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    assert predictor.OnnxPredictor(model, device="auto").device == "cpu"
+    with pytest.raises(DeviceError, match="could not use the GPU.*no CUDA-capable device"):
+        predictor.OnnxPredictor(model, device="cuda")

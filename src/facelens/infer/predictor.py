@@ -97,9 +97,12 @@ class OnnxPredictor(Predictor):
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=onnx_providers(resolved))
         except Exception as exc:  # onnxruntime raises its own exception types
-            if resolved != "cpu" and path_is_onnx_model(path):
+            if resolved == "cpu" or not path_is_onnx_model(path):
+                raise ModelLoadError(f"{path}: not a loadable ONNX model ({exc})") from exc
+            if check_device_name(device) != "auto":
                 raise DeviceError(f"{path}: --device {device}: ONNX Runtime could not use the GPU ({exc})") from exc
-            raise ModelLoadError(f"{path}: not a loadable ONNX model ({exc})") from exc
+            resolved = "cpu"  # auto: a GPU build without a usable GPU runs on the CPU, as auto promises
+            self.session = ort.InferenceSession(str(path), opts, providers=onnx_providers(resolved))
         self.device = check_session_device(self.session.get_providers(), device, resolved, str(path))
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
