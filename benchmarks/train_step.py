@@ -20,6 +20,7 @@ import torch
 from facelens.agebins import AGE_MIN
 from facelens.models.factory import create_model, freeze_early_blocks
 from facelens.train.loop import FitConfig, check_precision, optimizer_step, to_input
+from facelens.train.runner import resolve_device
 
 
 def step_seconds(precision: str, size: int, batch: int, frozen: int, steps: int, device: torch.device) -> float:
@@ -56,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # the rule training uses: auto, cpu, cuda[:N], checked
     print(f"mobilenetv2 age, {args.size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {device}\n")
     print("| precision | frozen blocks | s / step | ms / image |")
     print("|---|---|---|---|")

@@ -119,6 +119,39 @@ def test_sigkill_then_resume_keeps_every_photo_exactly_once(tmp_path, models_env
     assert f"0 of {N_PHOTOS} files processed" in res.stderr
 
 
+def test_ctrl_c_prints_the_summary_and_the_resume_command(tmp_path, models_env):
+    """SIGINT (Ctrl-C) mid-run: exit 130, the summary, and a --resume command that finishes the job."""
+    import shlex
+
+    photos = make_photos(tmp_path / "my photos")  # a space: the printed command must quote it
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.Popen(predict_cmd(str(tmp_path / "my photos"), "--out", str(out)), env=models_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while count_records(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "interrupted:" in err and f"of {N_PHOTOS} files processed" in err
+    written = count_records(out)
+    assert 0 < written < N_PHOTOS, "the interrupt must land mid-run for this test to mean anything"
+    line = err.strip().splitlines()[-1].strip()
+    args = shlex.split(line)
+    assert args[:2] == ["facelens", "predict"] and args[-1] == "--resume" and str(tmp_path / "my photos") in args
+    res = subprocess.run(predict_cmd(*args[2:]), env=models_env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert Counter(read_paths(out)) == Counter(str(p) for p in photos)
+
+
+def test_resume_command_quotes_and_adds_resume_once():
+    from facelens.cli import resume_command
+
+    assert resume_command(["predict", "a b", "--out", "r.csv"]) == "facelens predict 'a b' --out r.csv --resume"
+    assert resume_command(["predict", "x", "--out", "r.csv", "--resume"]).count("--resume") == 1
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_resume_cuts_a_torn_last_record(tmp_path, analyzer, suffix):
     photos = make_photos(tmp_path / "photos", n=4)

@@ -118,6 +118,14 @@ def test_upload_shows_face_card(browser, server_url, photos, width, height, shot
     for sel in (".crop-face", ".crop-right", ".crop-left"):
         assert page.eval_on_selector(f".face-card {sel}", "img => img.complete && img.naturalWidth > 0")
     assert page.eval_on_selector(".annotated img", "img => img.naturalWidth > 0")
+    # The interval is as prominent as the value, and the card's number badge matches the photo's.
+    size = "el => getComputedStyle(el).fontSize + ' ' + getComputedStyle(el).fontWeight"
+    assert card.locator(".age-interval").evaluate(size) == card.locator(".age-value").evaluate(size)
+    assert card.locator(".face-number").inner_text() == "1"
+    # The answer is brought into view (at phone width it lies below the drop zone).
+    page.wait_for_function("() => { const r = document.querySelector('.photo').getBoundingClientRect();"
+                           " return r.top >= -1 && r.top < window.innerHeight / 2; }", timeout=10_000)
+    assert page.evaluate("window.scrollY") > 0
     # Nothing overflows sideways (usable at phone width).
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     ARTIFACTS.mkdir(exist_ok=True)
@@ -139,3 +147,32 @@ def test_error_and_no_face_messages(browser, server_url, photos):
     assert external == []
     page.close()
 
+
+
+def _fake_face(x: float, p_left: float, p_right: float) -> dict:
+    eyes = [{"side": "left", "p_female": p_left, "p_male": 1 - p_left, "box": [x + 30, 30, 10, 10]},
+            {"side": "right", "p_female": p_right, "p_male": 1 - p_right, "box": [x + 10, 30, 10, 10]}]
+    disagree = (p_left - 0.5) * (p_right - 0.5) < 0 and abs(p_left - p_right) > 0.5
+    return {"box": [x, 20, 50, 60], "score": 0.9, "landmarks": {},
+            "age": {"value": 30, "low": 25, "high": 40, "interval": 0.8},
+            "sex": {"p_female": (p_left + p_right) / 2, "p_male": 1 - (p_left + p_right) / 2, "eyes": eyes,
+                    "eyes_disagree": disagree, "caution": None}}
+
+
+def test_disagreeing_eyes_are_flagged_on_the_card(browser, server_url, photos):
+    """The page shows sex.eyes_disagree (the answer is faked here: the real models rarely produce it on demand)."""
+    import json
+
+    page, external = _open(browser, server_url, 1000, 800)
+    body = {"schema": "facelens/1", "path": "x.jpg", "width": 200, "height": 100, "error": None, "message": None,
+            "faces": [_fake_face(0, 0.9, 0.1), _fake_face(100, 0.9, 0.8)], "timings_ms": {"total": 5}}
+    page.route("**/v1/analyze*", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                             body=json.dumps(body)))
+    page.set_input_files("#file", str(photos["face"]))
+    page.locator(".face-card").nth(1).wait_for(timeout=30_000)
+    cards = page.locator(".face-card")
+    assert [cards.nth(i).locator(".face-number").inner_text() for i in range(2)] == ["1", "2"]
+    assert "eyes disagree" in cards.nth(0).locator(".eyes-disagree").inner_text()
+    assert cards.nth(1).locator(".eyes-disagree").count() == 0
+    assert external == []
+    page.close()

@@ -22,9 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from facelens.data.crops import eye_crop_from_image
+from facelens.devices import check_device_name
 from facelens.errors import ImageLoadError, ModelLoadError
 from facelens.face.align import DEFAULT_EYE_GEOMETRY, EyeCropGeometry, FaceTemplate, align_face, cut_eye
 from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
+from facelens.face.eyecheck import FACE_PHOTO_WARNING, looks_like_face_photo
+from facelens.face.order import reading_order
 from facelens.images import ImageInput, load_image
 from facelens.infer.postprocess import decode_age, decode_eyes, decode_face_logits
 from facelens.infer.predictor import Predictor, load_predictor
@@ -78,6 +81,29 @@ CHILD_AGE = 13
 CHILD_CAUTION = "a child by the age estimate: the eyes tell sex poorly before puberty; treat this as a guess"
 
 
+COLOR_ORDERS = ("rgb", "bgr")
+
+
+def as_rgb_input(src: ImageInput, color: str) -> ImageInput:
+    """``src`` with an array's channels put in RGB order; ValueError for an unknown ``color`` or a non-array with 'bgr'.
+
+    Why explicit: nothing in a uint8 array tells RGB from BGR, and OpenCV's BGR arrays were
+    silently taken as RGB, which changes the estimates.
+    """
+    color = str(color).lower()
+    if color not in COLOR_ORDERS:
+        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+    if color == "rgb":
+        return src
+    if not isinstance(src, np.ndarray):
+        raise ValueError(f"color='bgr' applies to numpy arrays (OpenCV images), not to {type(src).__name__}: "
+                         "files, bytes and PIL images carry their own channel order")
+    if src.ndim == 3 and src.shape[2] in (3, 4):
+        order = [2, 1, 0] + ([3] if src.shape[2] == 4 else [])
+        return np.ascontiguousarray(src[:, :, order])
+    return src  # grayscale: nothing to swap
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
@@ -115,6 +141,8 @@ class Analyzer:
 
     ``age_model`` / ``eye_model``: a path, a loaded Predictor, None for the shipped default,
     or False to skip that task. ``backend``: 'auto' (ONNX Runtime for .onnx files), 'onnx' or 'torch'.
+    ``device``: 'cpu' (default), 'cuda', 'cuda:N' or 'auto' (a GPU when usable); asking for a GPU that
+    cannot be used raises DeviceError (``facelens.devices``) instead of running on the CPU unannounced.
     ``detect_max_side``: photos are scaled down to this longest side for detection only (crops
     are cut from the full-resolution pixels); None means 512 (``DETECT_MAX_SIDE``). Raise it to
     find small faces in large photos.
@@ -132,6 +160,7 @@ class Analyzer:
         detect_max_side: int | None = None,
     ) -> None:
         check_detect_max_side(detect_max_side)
+        check_device_name(device)  # refused even when no model would be loaded (e.g. "gpu")
         self.age = _open(age_model, "age", backend, device)
         self.eyes = _open(eye_model, "eyes", backend, device)
         # The face crop the age model was trained on (its metadata names it; older models used the loose one).
@@ -160,22 +189,31 @@ class Analyzer:
             m = pred.meta
             out.append({"name": m["name"], "task": m["task"], "arch": m["arch"], "version": m.get("facelens_version"),
                         "created": m.get("created"), "input_size": m["input_size"], "backend": pred.backend,
+                        "device": pred.device,
                         "precision": m.get("precision", "fp32"), "tta": m.get("tta", "flip-average"),
                         "test_metrics": {k: v for k, v in m.get("metrics", {}).items() if not isinstance(v, (dict, list))},
                         "card": card_summary(m)})
         return out
 
     # -- whole photos -------------------------------------------------------------------------
-    def analyze(self, src: ImageInput, *, name: str | None = None, with_crops: bool = False) -> ImageResult:
+    def analyze(self, src: ImageInput, *, name: str | None = None, with_crops: bool = False,
+                color: str = "rgb") -> ImageResult:
         """Analyse one photo: a path, encoded bytes, a binary file object, a numpy array or a PIL image.
 
         Bad inputs (broken files, exotic formats, None, str arrays, truncated lazily opened PIL
         images...) give ``error`` set and no faces, never an exception.
+
+        Faces come in reading order: rows from top to bottom, each row left to right
+        (``facelens.face.order``). ``color`` says how a numpy array's channels are ordered:
+        'rgb' (default: PIL, scikit-image, imageio) or 'bgr' for OpenCV's ``cv2.imread`` /
+        ``VideoCapture`` frames (BGRA too). It matters: an OpenCV frame read as RGB swaps red
+        and blue and moves the estimates (P(female) 0.89 -> 0.71 on the demo photo). Files,
+        bytes and PIL images carry their own channel order, so ``color='bgr'`` with them is an error.
         """
-        return self._finish([self._prepare(src, name or _default_label(src))], with_crops)[0]
+        return self._finish([self._prepare(as_rgb_input(src, color), name or _default_label(src))], with_crops)[0]
 
     def analyze_many(self, srcs: Iterable[ImageInput], names: Iterable[str] | None = None, with_crops: bool = False,
-                     batch_size: int = 32, workers: int | None = None) -> Iterator[ImageResult]:
+                     batch_size: int = 32, workers: int | None = None, color: str = "rgb") -> Iterator[ImageResult]:
         """Analyse photos lazily, one ImageResult per input, in input order.
 
         Why not just call ``analyze`` in a loop: decoding and detection of the next photos run
@@ -184,13 +222,15 @@ class Analyzer:
         times faster on a CPU than one face at a time. A photo's result is yielded as soon as
         its batch is done; the batch is cut short whenever the next photo is not ready yet, so
         results keep streaming on slow inputs. ``workers=0`` prepares photos in the caller's thread.
+        ``color``: channel order of numpy arrays among ``srcs`` ('rgb' or 'bgr', see ``analyze``).
         """
+        as_rgb_input(np.zeros((1, 1, 3), np.uint8), color)  # an unknown order fails here, not in a worker
         names_it = iter(names) if names is not None else None
 
         def labelled() -> Iterator[tuple[ImageInput, str]]:
             for src in srcs:
                 label = next(names_it) if names_it is not None else _default_label(src)
-                yield src, label
+                yield as_rgb_input(src, color), label
 
         workers = min(2, os.cpu_count() or 1) if workers is None else workers
         if workers <= 0:
@@ -218,9 +258,12 @@ class Analyzer:
             yield from self._finish(pending, with_crops)
 
     def analyze_array(self, rgb: np.ndarray, label: str = "<image>", with_crops: bool = False,
-                      t_load: float = 0.0) -> ImageResult:
-        """Analyse an already decoded RGB uint8 photo (the web service decodes uploads itself)."""
-        return self._finish([self._prepare_array(rgb, label, t_load)], with_crops)[0]
+                      t_load: float = 0.0, color: str = "rgb") -> ImageResult:
+        """Analyse an already decoded HxWx3 uint8 photo (the web service decodes uploads itself).
+
+        ``color``: 'rgb' (default) or 'bgr' for OpenCV arrays (see ``analyze``).
+        """
+        return self._finish([self._prepare_array(as_rgb_input(rgb, color), label, t_load)], with_crops)[0]
 
     def _prepare(self, src: ImageInput, label: str) -> _Prepared:
         """Decode, detect and cut the model crops for one photo; never raises (errors go in the result)."""
@@ -237,7 +280,8 @@ class Analyzer:
         result = ImageResult(path=label, width=int(rgb.shape[1]), height=int(rgb.shape[0]))
         t0 = time.perf_counter()
         try:
-            dets = detect_faces(rgb, self.min_face_score, self.detect_max_side)[: self.max_faces]
+            dets = detect_faces(rgb, self.min_face_score, self.detect_max_side)[: self.max_faces]  # the largest
+            dets = [dets[i] for i in reading_order([d.box for d in dets])]  # face 1 is the top-left one
             t1 = time.perf_counter()
             result.timings_ms = {"load": _ms(t_load), "detect": _ms(t1 - t0)}
             if not dets:
@@ -318,8 +362,14 @@ class Analyzer:
         return out
 
     # -- single eye crops ---------------------------------------------------------------------
-    def predict_eye_crops(self, srcs: Iterable[ImageInput], names: Iterable[str] | None = None) -> list[EyeCropResult]:
-        """P(female) for ready-made single-eye crops (no detection), like the Kaggle eye set."""
+    def predict_eye_crops(self, srcs: Iterable[ImageInput], names: Iterable[str] | None = None,
+                          check_face_photo: bool = True) -> list[EyeCropResult]:
+        """P(female) for ready-made single-eye crops, like the Kaggle eye set.
+
+        ``check_face_photo``: run the face detector on each input and set ``warning`` when it
+        looks like a whole face photo rather than an eye crop (``facelens.face.eyecheck``);
+        about 3 ms per crop.
+        """
         if self.eyes is None:
             raise ModelLoadError("no eye model loaded")
         size = self.eyes.meta["input_size"]
@@ -329,15 +379,16 @@ class Analyzer:
         for i, src in enumerate(srcs):
             label = names_l[i] if names_l else _default_label(src)
             try:
-                crops.append(eye_crop_from_image(load_image(src, name=label), size))
-                where.append((i, label))
+                rgb = load_image(src, name=label)
+                crops.append(eye_crop_from_image(rgb, size))
+                where.append((i, label, FACE_PHOTO_WARNING if check_face_photo and looks_like_face_photo(rgb) else None))
                 results.append(None)
             except ImageLoadError as exc:
                 results.append(EyeCropResult(label, error=str(exc)))
         if crops:
             p = decode_eyes(self.eyes(np.stack(crops)), self.eyes.meta)
-            for (i, label), pf in zip(where, p, strict=True):
-                results[i] = EyeCropResult(label, float(pf))
+            for (i, label, warning), pf in zip(where, p, strict=True):
+                results[i] = EyeCropResult(label, float(pf), warning=warning)
         return [r for r in results if r is not None]
 
 

@@ -8,6 +8,7 @@ for usage errors, 1 when nothing could be processed); never a traceback.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,7 +25,9 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 
 Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime for .onnx), onnx or torch")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
+Device = Annotated[str, typer.Option(
+    help="auto (a GPU when usable, else the CPU), cpu, cuda or cuda:N; cuda is refused when it cannot be used. "
+         "ONNX models on a GPU need the onnxruntime-gpu build: pip install 'facelens[gpu]'")]
 DetectMaxSide = Annotated[int | None, typer.Option(
     help="detect on photos scaled to this longest side, 64-8192 (default 512); raise it for small faces in big photos")]
 
@@ -52,9 +55,25 @@ def format_result_text(r) -> str:
             parts.append(f"age {f.age.value:.0f} ({int(f.age.interval * 100)}% interval {f.age.low:.0f}-{f.age.high:.0f})")
         if f.sex:
             parts.append(f"P(female) {_pct(f.sex.p_female)}, P(male) {_pct(f.sex.p_male)} from both eyes"
-                         + (f" ({f.sex.caution})" if f.sex.caution else ""))
+                         + (f" ({f.sex.caution})" if f.sex.caution else "") + _disagree_text(f.sex))
         lines.append(": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if parts[1:] else ""))
     return "\n".join(lines)
+
+
+def _disagree_text(sex) -> str:
+    """`` (the eyes disagree: ...)`` when the two eyes point at opposite answers, else empty."""
+    if not sex.eyes_disagree:
+        return ""
+    per_eye = ", ".join(f"{e.side} eye {_pct(e.p_female)}" for e in sex.eyes)
+    return f" (the two eyes disagree: P(female) {per_eye}; the combined estimate is unreliable)"
+
+
+def resume_command(args: list[str]) -> str:
+    """The command line that continues an interrupted ``predict --out`` run: the same arguments plus ``--resume``.
+
+    Quoted for a POSIX shell, so paths with spaces or globs paste back as they were given.
+    """
+    return shlex.join(["facelens", *args, *([] if "--resume" in args else ["--resume"])])
 
 
 def _analyzer(age_model: Path | None, eye_model: Path | None, backend: str, device: str, no_age: bool = False,
@@ -70,11 +89,11 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="photos, folders or glob patterns")],
     json_out: Annotated[bool, typer.Option("--json", help="JSON Lines, one object per input")] = False,
     out: Annotated[Path | None, typer.Option(help="write results to a .jsonl or .csv file (streamed)")] = None,
-    resume: Annotated[bool, typer.Option(help="skip inputs already in --out")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted --out file: skip inputs already in it")] = False,
     age_model: Annotated[Path | None, typer.Option(help="age model (.onnx or .pt)")] = None,
     eye_model: Annotated[Path | None, typer.Option(help="eye model (.onnx or .pt)")] = None,
-    no_age: Annotated[bool, typer.Option(help="skip age estimation")] = False,
-    no_eyes: Annotated[bool, typer.Option(help="skip the eye-based sex estimate")] = False,
+    no_age: Annotated[bool, typer.Option("--no-age", help="skip age estimation")] = False,
+    no_eyes: Annotated[bool, typer.Option("--no-eyes", help="skip the eye-based sex estimate")] = False,
     batch_size: Annotated[int, typer.Option(help="faces per model call, gathered across photos")] = 32,
     backend: Backend = "auto",
     device: Device = "cpu",
@@ -94,6 +113,9 @@ def predict(
         except FacelensError as exc:
             _fail(str(exc))
         typer.echo(summary.text(), err=True)
+        if summary.interrupted:
+            typer.echo(f"to continue where it stopped, run:\n  {resume_command(sys.argv[1:])}", err=True)
+            raise typer.Exit(130)
         raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
     n_ok = 0
     for r in analyzer.analyze_many(paths, names=[str(p) for p in paths], batch_size=batch_size):
@@ -118,7 +140,7 @@ def predict_eyes(
         analyzer = _analyzer(None, eye_model, backend, device, no_age=True)
         paths = expand_inputs(crops)
         results = analyzer.predict_eye_crops(paths, names=[str(p) for p in paths])
-    except FacelensError as exc:
+    except (FacelensError, ValueError) as exc:
         _fail(str(exc))
     for r in results:
         if json_out:
@@ -126,7 +148,8 @@ def predict_eyes(
         elif r.error:
             typer.echo(f"{r.path}: ERROR {r.error}")
         else:
-            typer.echo(f"{r.path}: P(female) {_pct(r.p_female)}, P(male) {_pct(1 - r.p_female)}")
+            typer.echo(f"{r.path}: P(female) {_pct(r.p_female)}, P(male) {_pct(1 - r.p_female)}"
+                       + (f" (warning: {r.warning})" if r.warning else ""))
     if results and all(r.error for r in results):
         raise typer.Exit(1)
 
@@ -157,6 +180,9 @@ _AUGMENT = Annotated[str, typer.Option(help="augmentation: basic (geometry, colo
                                              "cannot be read from its style)")]
 _BALANCE = Annotated[str, typer.Option(help="none, or source: sample so every data source has an equal share of each "
                                              "label bin (5-year age bins / classes), validating on the mean per-source score")]
+_RESUME = Annotated[bool, typer.Option("--resume", help="continue from RUN_DIR/<arch>/checkpoints/last.pt")]
+_PRETRAINED = Annotated[bool, typer.Option("--pretrained/--no-pretrained",
+                                           help="start from ImageNet weights; --no-pretrained starts from random ones")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
 
 
@@ -166,8 +192,8 @@ def train_age(
     epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = "auto",
     conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
-    resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
-    device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
+    resume: _RESUME = False,
+    device: Device = "auto", pretrained: _PRETRAINED = True, input_size: int | None = None, patience: int = 3,
     ema_decay: _EMA = 0.998, frozen_blocks: _FROZEN = 0, weight_decay: _WD = 1e-4, precision: _PRECISION = "fp32",
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
@@ -188,8 +214,8 @@ def train_eyes(
     female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = None,
     male_class: Annotated[str | None, typer.Option(help="class folder/label meaning male")] = None,
     conflict_policy: str = "drop",
-    resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/<arch>/checkpoints/last.pt")] = False,
-    device: Device = "auto", pretrained: bool = True, input_size: int | None = None, patience: int = 3,
+    resume: _RESUME = False,
+    device: Device = "auto", pretrained: _PRETRAINED = True, input_size: int | None = None, patience: int = 3,
     ema_decay: _EMA = 0.0, frozen_blocks: _FROZEN = 0, weight_decay: _WD = 1e-4, precision: _PRECISION = "fp32",
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
@@ -227,10 +253,17 @@ def cross_source(
         _fail(str(exc))
 
 
-def _evaluate(task: str, models: list[Path], data: list[str], split: str, report: Path | None, out: Path | None,
+def _evaluate(task: str, models: list[Path] | None, data: list[str], split: str, report: Path | None, out: Path | None,
               backend: str, context_check: int = 0) -> None:
+    from facelens.api import default_model_path
     from facelens.evaluate.pipeline import evaluate_models
 
+    if not models:
+        default = default_model_path(task)
+        if not default.is_file():
+            _fail(f"no --model given and no shipped {task} model at {default}; pass --model FILE")
+        typer.echo(f"no --model given: evaluating the shipped {task} model {default}", err=True)
+        models = [default]
     try:
         evaluate_models(task, models, data, split=split, report_dir=report, out=out, backend=backend,
                         log=lambda m: typer.echo(m, err=True), echo=typer.echo, context_check=context_check)
@@ -238,14 +271,16 @@ def _evaluate(task: str, models: list[Path], data: list[str], split: str, report
         _fail(str(exc))
 
 
-_MODEL = Annotated[list[Path], typer.Option("--model", help="model file (.onnx or .pt); repeat to compare")]
-_SPLIT = Annotated[str, typer.Option(help="test, val, train (the model's own seeded split) or all")]
+_MODEL = Annotated[list[Path] | None, typer.Option(
+    "--model", help="model file (.onnx or .pt); repeat to compare; default: the shipped model for the task")]
+_SPLIT = Annotated[str, typer.Option(help="test, val, train (the model's own seeded split) or all; train and all "
+                                           "on the model's own training data are in-sample and warned about")]
 _REPORT = Annotated[Path | None, typer.Option(help="write an HTML report with figures into this folder")]
 _JSON_OUT = Annotated[Path | None, typer.Option("--out", help="metrics JSON file")]
 
 
 @evaluate_app.command("age")
-def evaluate_age(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
+def evaluate_age(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
                  backend: Backend = "auto",
                  context_check: Annotated[int, typer.Option(
                      help="also answer N photos per source again as tight UTKFace-style chips and report how far "
@@ -255,7 +290,7 @@ def evaluate_age(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _RE
 
 
 @evaluate_app.command("eyes")
-def evaluate_eyes(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
+def evaluate_eyes(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
                   backend: Backend = "auto") -> None:
     """Accuracy, balanced accuracy, ROC-AUC, ECE, confusion matrix, grayscale vs colour."""
     _evaluate("eyes", model, data, split, report, out, backend)
@@ -265,8 +300,9 @@ def evaluate_eyes(model: _MODEL, data: _DATA, split: _SPLIT = "test", report: _R
 def export(
     model: Annotated[Path, typer.Option(help="trained PyTorch model (RUN_DIR/<arch>/model.pt)")],
     out: Annotated[Path, typer.Option(help="ONNX file to write")],
-    tta: Annotated[bool, typer.Option(help="bake the flip-average test-time augmentation in (2x compute)")] = True,
-    int8: Annotated[bool, typer.Option(help="quantise to int8 (needs --data: calibrated on the training split)")] = False,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="bake the flip-average test-time augmentation in (2x compute); "
+                                       "--no-tta for a faster model")] = True,
+    int8: Annotated[bool, typer.Option("--int8", help="quantise to int8 (needs --data: calibrated on the training split)")] = False,
     data: Annotated[list[str] | None, typer.Option(
         "--data", help="the model's training data (repeatable): re-fit calibration on val, re-measure on test")] = None,
 ) -> None:

@@ -31,3 +31,7 @@ class DatasetError(FacelensError):
 
 class ModelLoadError(FacelensError):
     """A model file is missing, corrupt, or of the wrong kind for the task."""
+
+
+class DeviceError(FacelensError):
+    """A ``--device`` name is unknown, or the GPU it asks for cannot be used here."""

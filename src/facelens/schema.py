@@ -8,11 +8,15 @@ backwards compatible). One JSON object per input, written as JSON Lines:
                 "landmarks": {"right_eye": [x, y], "left_eye": [x, y], ...},
                 "age": {"value": a, "low": lo, "high": hi, "interval": 0.8},
                 "sex": {"p_female": f, "p_male": m,
-                        "eyes": [{"side": "left", "p_female": f, "p_male": m, "box": [x, y, w, h]}, ...]}}],
+                        "eyes": [{"side": "left", "p_female": f, "p_male": m, "box": [x, y, w, h]}, ...],
+                        "eyes_disagree": false, "caution": null}}],
      "error": null, "message": null}
 
-``left``/``right`` are the person's own left and right (a subject's left eye appears on the
-image's right side), as in anatomy and in every landmark model we use.
+Faces are listed in reading order (rows top to bottom, each row left to right).
+``eyes_disagree`` is true when the two eyes' P(female) lie on opposite sides of 0.5 and differ by
+more than 0.5 (``EYES_DISAGREE_GAP``). ``left``/``right`` are the person's own left and right
+(a subject's left eye appears on the image's right side), as in anatomy and in every landmark
+model we use.
 """
 
 from __future__ import annotations
@@ -53,6 +57,18 @@ class EyeEstimate:
         }
 
 
+#: The two eyes of a face disagree when their P(female) lie on opposite sides of 0.5 *and* differ by
+#: more than this: each eye is then fairly confident of the opposite answer (e.g. 0.85 against 0.2),
+#: so the combined estimate near the middle hides a conflict (one eye occluded, in shadow, turned
+#: away, or a crop cut badly) rather than reporting honest doubt.
+EYES_DISAGREE_GAP = 0.5
+
+
+def eyes_disagree(p_a: float, p_b: float, gap: float = EYES_DISAGREE_GAP) -> bool:
+    """True when two per-eye P(female) are on opposite sides of 0.5 and more than ``gap`` apart."""
+    return (p_a - 0.5) * (p_b - 0.5) < 0 and abs(p_a - p_b) > gap
+
+
 @dataclass(frozen=True)
 class SexEstimate:
     p_female: float
@@ -64,11 +80,17 @@ class SexEstimate:
     def p_male(self) -> float:
         return 1.0 - self.p_female
 
+    @property
+    def eyes_disagree(self) -> bool:
+        """The two eyes point confidently at opposite answers (``eyes_disagree``); False with fewer than two eyes."""
+        return len(self.eyes) == 2 and eyes_disagree(self.eyes[0].p_female, self.eyes[1].p_female)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "p_female": round(self.p_female, 4),
             "p_male": round(self.p_male, 4),
             "eyes": [e.to_dict() for e in self.eyes],
+            "eyes_disagree": self.eyes_disagree,
             "caution": self.caution,
         }
 
@@ -122,6 +144,8 @@ class EyeCropResult:
     path: str
     p_female: float | None = None
     error: str | None = None
+    #: Set when the input does not look like a single-eye crop (e.g. a whole face photo).
+    warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,7 +154,9 @@ class EyeCropResult:
             "p_female": None if self.p_female is None else round(self.p_female, 4),
             "p_male": None if self.p_female is None else round(1.0 - self.p_female, 4),
             "error": self.error,
+            "warning": self.warning,
         }
 
 
-__all__ = ["SCHEMA_VERSION", "AgeEstimate", "EyeEstimate", "SexEstimate", "Face", "ImageResult", "EyeCropResult", "asdict"]
+__all__ = ["SCHEMA_VERSION", "EYES_DISAGREE_GAP", "eyes_disagree",
+           "AgeEstimate", "EyeEstimate", "SexEstimate", "Face", "ImageResult", "EyeCropResult", "asdict"]

@@ -17,6 +17,7 @@ import numpy as np
 from facelens.errors import DatasetError
 from facelens.evaluate.context import context_lines, context_pairs, context_summary
 from facelens.evaluate.metrics import paired_difference, source_band_rows
+from facelens.evaluate.overlap import in_sample_warning
 from facelens.fileio import write_json_atomic
 from facelens.infer.postprocess import decode_age, decode_eyes
 from facelens.infer.predictor import load_predictor
@@ -46,6 +47,9 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
     for m, p in zip(models, preds, strict=True):
         if p.meta["task"] != task:
             raise ValueError(f"{m}: is a {p.meta['task']!r} model, not {task!r}")
+    warnings = [w for m, p in zip(models, preds, strict=True) if (w := in_sample_warning(m, p.meta, data, split))]
+    for w in warnings:
+        log(f"warning: {w}")
     ref = preds[0].meta["split"]
     prep = prepare_records(task, data, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=log,
                            female=_class_for(preds[0].meta, 1), male=_class_for(preds[0].meta, 0))
@@ -90,7 +94,7 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
                 m["context_check"] = run_context_check(pred, prep, chosen, context_check, log)
                 for line in context_lines(m["context_check"]):
                     echo(line)
-    result = {"task": task, "split": split, "data": data, "models": metrics_by_model}
+    result = {"task": task, "split": split, "data": data, "models": metrics_by_model, "warnings": warnings}
     if len(losses) > 1:
         result["paired"] = paired_comparisons(losses, prep.sources)
         for label, cmp in result["paired"].items():

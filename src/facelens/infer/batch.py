@@ -97,6 +97,8 @@ class BatchSummary:
     seconds: float = 0.0
     out: str = ""
     errors_file: str | None = None
+    #: Stopped by Ctrl-C: every record written so far is complete, and ``--resume`` continues.
+    interrupted: bool = False
 
     def text(self) -> str:
         rate = self.processed / self.seconds if self.seconds > 0 else 0.0
@@ -106,6 +108,9 @@ class BatchSummary:
              f"{self.faces} faces; {self.skipped} skipped as already in {self.out}")
         if self.failed:
             s += f"\nfailures listed in {self.errors_file}"
+        if self.interrupted:
+            left = self.total - self.skipped - self.processed
+            s = f"interrupted: {left} of {self.total} files not done yet\n" + s
         return s
 
 
@@ -216,6 +221,8 @@ def run_batch(analyzer, paths: list[Path], out: Path, resume: bool = False, batc
               progress: bool = True) -> BatchSummary:
     """Analyse ``paths`` into ``out`` (.jsonl or .csv), streaming; see the module docstring.
 
+    Ctrl-C (KeyboardInterrupt) ends the run early with ``summary.interrupted`` set instead of
+    raising, so the caller can still print the summary and the ``--resume`` command.
     ``analyzer`` is a ``facelens.Analyzer`` (anything with its ``analyze_many``). The progress
     bar (stderr) shows photos/s and the time left; ``batch_size`` is the number of faces the
     models see at once, gathered across photos.
@@ -273,6 +280,8 @@ def _run_batch(analyzer, paths: list[Path], out: Path, errors_path: Path, resume
                 bar.update(1)
                 if summary.processed % 16 == 0 or summary.processed == len(todo):
                     bar.set_postfix(faces=summary.faces, failed=summary.failed, refresh=False)
+    except KeyboardInterrupt:  # Ctrl-C: what is written stays complete; the caller reports it and how to resume
+        summary.interrupted = True
     finally:
         os.close(fd)
         if err_fd is not None:

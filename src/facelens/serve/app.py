@@ -42,24 +42,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline  # /docs and /redoc served from the wheel, no CDN
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facelens import __version__ as FACELENS_VERSION
 from facelens.errors import FacelensError, ImageLoadError
 from facelens.images import MemoryBudget, decode_memory_estimate, decode_opened, open_image
-from facelens.serve import render
+from facelens.serve import multi, render
 from facelens.serve.protocol import HardenedH11Protocol, ServiceLimits, json_error_bytes
 
 log = logging.getLogger("facelens.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-#: Room for multipart boundaries and part headers on top of the file-size limit.
-MULTIPART_OVERHEAD = 64 * 1024
 READ_CHUNK = 64 * 1024
 
 #: ImageLoadError.reason -> HTTP status. The image is the client's problem in every case.
@@ -175,8 +171,10 @@ async def _body_chunks(request: Request, limits: ServiceLimits) -> AsyncGenerato
 
 
 async def _limited_stream(request: Request, limit: int, file_limit: int,
-                          limits: ServiceLimits) -> AsyncGenerator[bytes, None]:
-    """Yield the request body, raising 413 as soon as more than ``limit`` bytes arrived."""
+                          limits: ServiceLimits | None = None) -> AsyncGenerator[bytes, None]:
+    """Yield the request body, raising 413 as soon as more than ``limit`` bytes arrived (and 408 when it
+    stalls past the ``limits`` deadlines)."""
+    limits = limits or ServiceLimits()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(file_limit)
@@ -194,27 +192,9 @@ def _too_large(limit: int) -> ApiError:
 
 
 async def read_upload(request: Request, max_bytes: int, limits: ServiceLimits | None = None) -> tuple[bytes, str]:
-    """Return (image bytes, name) from a multipart ``file`` field or a raw image body."""
+    """Return (image bytes, name) from a raw image body (multipart forms are read by ``serve.multi.read_form``)."""
     limits = limits or ServiceLimits()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        parser = MultiPartParser(request.headers,
-                                 _limited_stream(request, max_bytes + MULTIPART_OVERHEAD, max_bytes, limits),
-                                 max_files=1, max_fields=20)
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            raise ApiError(400, "bad_multipart", f"could not parse the multipart form: {exc.message}") from exc
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(400, "missing_file", "no file: send the photo in a multipart field named 'file'")
-            data = await upload.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise _too_large(max_bytes)
-            return data, upload.filename or "upload"
-        finally:
-            await form.close()
     if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
         chunks = [c async for c in _limited_stream(request, max_bytes, max_bytes, limits)]
         return b"".join(chunks), "upload"
@@ -334,10 +314,13 @@ def public_load_error(exc: Exception) -> str:
 
 def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_concurrent: int | None = None, processes: int = 1, detect_max_side: int | None = None,
-               limits: ServiceLimits | None = None) -> FastAPI:
+               limits: ServiceLimits | None = None, max_photos: int = multi.DEFAULT_MAX_PHOTOS,
+               max_total_bytes: int | None = None) -> FastAPI:
     """Build the app. ``analyzer=None`` loads the default models at startup (lifespan).
 
     ``limits``: body deadlines, processing cap and decode memory budget (``ServiceLimits``).
+    ``max_photos`` / ``max_total_bytes``: limits of the several-photos form (``serve.multi``);
+    the total defaults to ``multi.TOTAL_FACTOR`` times ``max_upload_bytes``.
 
     ``max_concurrent``: analyses running at once (default: CPU count); the rest wait.
     ``processes``: worker processes sharing the machine; each detection gets its share of the cores.
@@ -347,6 +330,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     state = ServiceState(analyzer=analyzer)
     limits = limits or ServiceLimits()
     budget = decode_budget(limits.decode_memory_bytes)
+    max_total = max_total_bytes or multi.TOTAL_FACTOR * max_upload_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -370,7 +354,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         version=FACELENS_VERSION,
         lifespan=lifespan,
         description="Age from the face and sex from the eye region, as estimates with uncertainty. "
-        "Upload a photo to `POST /v1/analyze`.",
+        "Upload a photo to `POST /v1/analyze`. " + multi.limits_text(max_upload_bytes, max_photos, max_total),
     )
     app.state.facelens = state
     app.state.max_upload_bytes = max_upload_bytes
@@ -415,17 +399,16 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         openapi_extra={
             "requestBody": {
                 "content": {
-                    "multipart/form-data": {
-                        "schema": {"type": "object", "required": ["file"],
-                                   "properties": {"file": {"type": "string", "format": "binary"}}}
-                    },
+                    "multipart/form-data": {"schema": multi.openapi_multipart_schema()},
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
                 },
                 "required": True,
             }
         },
-        responses={400: {"description": "empty body or no 'file' field"}, 408: {"description": "upload too slow"},
-                   413: {"description": "upload too large"}, 415: {"description": "not an image"},
+        responses={400: {"description": "empty body, no 'file' field, or more photos than allowed"},
+                   408: {"description": "upload too slow"},
+                   413: {"description": "upload too large (a photo, or a several-photos request in all)"},
+                   415: {"description": "not an image"},
                    422: {"description": "damaged, too large or too small image"},
                    503: {"description": "busy (no slot within the processing cap) or models unavailable"},
                    504: {"description": "analysis ran past the processing cap"}},
@@ -439,13 +422,27 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         """Detect every face; estimate age (value and 80% interval) and P(female)/P(male) from both eyes.
 
         Send the photo as multipart field ``file`` or as a raw ``image/*`` body. A photo with no
-        face is not an error: 200 with ``faces: []`` and ``message: "no face found"``.
+        face is not an error: 200 with ``faces: []`` and ``message: "no face found"``. Faces are
+        listed in reading order (rows top to bottom, each left to right). Several photos: see
+        the ``files`` field and its limits in the API description.
         """
         analyzer = _analyzer()
-        data, name = await read_upload(request, app.state.max_upload_bytes, limits)
+        limit = app.state.max_upload_bytes
+
+        async def run_one(data: bytes, name: str) -> dict[str, Any]:
+            return await _run_capped(analyzer, data, name, annotate, crops)
+
+        if multi.is_multipart(request):  # 'file' (one photo, as always) or 'files' (a list answer)
+            form = await multi.read_form(request, lambda lim, file_lim: _limited_stream(request, lim, file_lim, limits),
+                                         limit, max_photos, max_total)
+            if form.list_form:
+                return JSONResponse(await multi.answer_list(form, analyzer, run_one, limit))
+            data, name = await multi.read_single(form, limit)
+        else:
+            data, name = await read_upload(request, limit, limits)
         if not data:
             raise ApiError(400, "empty", "the upload is empty (0 bytes)")
-        return JSONResponse(await _run_capped(analyzer, data, name, annotate, crops))
+        return JSONResponse(await run_one(data, name))
 
     async def _run_capped(analyzer: Any, data: bytes, name: str, annotate: bool, crops: bool) -> dict[str, Any]:
         """Queue for a slot and analyse, within ``request_timeout``: 503 if no slot came, 504 if the work overran."""

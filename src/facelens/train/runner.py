@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facelens import __version__
+from facelens import __version__, devices
 from facelens.data.crops import PIPELINE_VERSION, CropSet, build_crops
 from facelens.data.hygiene import check_hygiene
 from facelens.data.readers import AGE_RANGE, Dataset, Record, read_dataset
@@ -96,17 +96,15 @@ class TrainRequest:
             raise ValueError(f"--balance must be one of {', '.join(BALANCE_CHOICES)}, got {self.balance!r}")
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        devices.check_device_name(self.device)
 
 
 BALANCE_CHOICES = ("none", "source")
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(name)
+    """The training device, by the rule inference uses too (``facelens.devices.resolve_device``)."""
+    return torch.device(devices.resolve_device(name, "torch"))
 
 
 FEMALE_WORDS = ("female", "woman", "women", "girl", "f")

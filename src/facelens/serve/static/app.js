@@ -36,6 +36,7 @@
   function renderFace(face, index) {
     const card = faceTpl.content.firstElementChild.cloneNode(true);
     card.querySelector(".face-title").textContent = `Face #${index}`;
+    card.querySelector(".face-number").textContent = String(index);
     const crops = face.crops || {};
     const pairs = [
       [".crop-face", crops.face],
@@ -69,6 +70,13 @@
       const eyes = (sex.eyes || []).map((e) => `${e.side} eye ${pct(e.p_female)}`).join(", ");
       card.querySelector(".eyes-detail").textContent =
         (sex.caution ? `Caution: ${sex.caution}. ` : "") + (eyes ? `P(female) per eye: ${eyes}` : "");
+      const disagree = card.querySelector(".eyes-disagree");
+      if (sex.eyes_disagree) {
+        disagree.textContent = "The two eyes disagree: one says female, the other male, each with confidence. " +
+          "The combined estimate is unreliable for this face (an eye may be hidden, shadowed or turned away).";
+      } else {
+        disagree.remove();
+      }
     } else {
       card.querySelector(".sex").remove();
     }
@@ -88,7 +96,15 @@
     state.textContent = `${faces.length} face${faces.length === 1 ? "" : "s"} found (${Math.round(data.timings_ms.total)} ms).`;
     state.className = "photo-state ok";
     const list = article.querySelector(".faces");
+    // Numbers match the badges on the annotated photo: faces come in reading order (rows, then left to right).
     faces.forEach((f, i) => list.appendChild(renderFace(f, i + 1)));
+  }
+
+  // Bring the first answer of an upload into view once, so results below the fold are not missed.
+  function revealOnce(job) {
+    if (job.batch.revealed) return;
+    job.batch.revealed = true;
+    job.article.scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
   async function analyse(file, article) {
@@ -116,21 +132,24 @@
   async function handleFiles(fileList) {
     const files = Array.from(fileList || []);
     if (files.length === 0) return;
+    const batch = { revealed: false };
     const jobs = files.map((file) => {
       const article = photoTpl.content.firstElementChild.cloneNode(true);
       article.querySelector(".photo-name").textContent = file.name || "photo";
       article.querySelector(".photo-state").textContent = "Waiting…";
-      results.prepend(article);
-      return { file, article };
+      return { file, article, batch };
     });
+    // Shown in the order chosen, above earlier uploads.
+    for (const job of jobs.slice().reverse()) results.prepend(job.article);
     pending += jobs.length;
     setStatus();
     const queue = jobs.slice();
     const worker = async () => {
       while (queue.length) {
-        const { file, article } = queue.shift();
-        article.querySelector(".photo-state").textContent = "Analysing…";
-        await analyse(file, article);
+        const job = queue.shift();
+        job.article.querySelector(".photo-state").textContent = "Analysing…";
+        await analyse(job.file, job.article);
+        revealOnce(job);
         pending -= 1;
         setStatus();
       }
