@@ -372,8 +372,8 @@ def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, g
         return out
     face_ids = groups.get(FACE_ID)
     crop_groups = {k: v for k, v in groups.items() if k != FACE_ID}
-    out = binary_metrics(y, decode_eyes(outputs, meta), groups=crop_groups)
-    out |= _by_source(y, decode_eyes(outputs, meta), crop_groups)
+    p_crop = decode_eyes(outputs, meta)
+    out = binary_metrics(y, p_crop, groups=crop_groups) | _by_source(y, p_crop, crop_groups)
     if face_ids and any(f is not None for f in face_ids):
         logits, labels, face_groups = per_face(outputs, y, face_ids, crop_groups)
         p = decode_face_logits(logits, meta)
@@ -382,14 +382,18 @@ def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, g
 
 
 def _by_source(y: np.ndarray, p: np.ndarray, groups: dict[str, list]) -> dict:
+    """``{"by_source": {source: binary_metrics with the other groups}}``, or {} for a single source."""
     from facelens.evaluate.metrics import binary_metrics
 
     src = np.asarray(groups.get("source", []))
     if len(set(src.tolist())) < 2:
         return {}
-    return {"by_source": {s: binary_metrics(y[src == s], p[src == s], groups={k: [v for v, m in zip(vals, src == s, strict=True) if m]
-                                                                             for k, vals in groups.items() if k != "source"})
-                          for s in sorted(set(src.tolist()))}}
+    out = {}
+    for s in sorted(set(src.tolist())):
+        keep = np.flatnonzero(src == s)
+        sub = {k: [vals[i] for i in keep] for k, vals in groups.items() if k != "source"}
+        out[s] = binary_metrics(y[keep], p[keep], groups=sub)
+    return {"by_source": out}
 
 
 def run_training(req: TrainRequest, log=print) -> dict:
