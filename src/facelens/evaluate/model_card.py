@@ -15,7 +15,7 @@ from typing import Any
 
 from facelens.fileio import write_text_atomic
 
-TASK_TITLES = {"age": "age estimation from a face photo", "eyes": "binary sex classification from one eye crop"}
+TASK_TITLES = {"age": "age estimation from a face photo", "eyes": "binary sex classification from the eye region (one crop per eye)"}
 # (metric key, model-index type, readable name)
 AGE_METRICS = (("mae", "mae", "MAE (years)"), ("rmse", "rmse", "RMSE (years)"), ("r2", "r_squared", "R²"),
                ("cs5", "cs5", "CS@5 (share within 5 years)"),
