@@ -87,3 +87,15 @@ def write_image() -> Callable[..., Path]:
         return path
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    """The shipped default models (test modules may define their own ``analyzer``); skips without them."""
+    from facelens.api import Analyzer
+    from facelens.errors import ModelLoadError
+
+    try:
+        return Analyzer()
+    except ModelLoadError as exc:
+        pytest.skip(f"no shipped models: {exc}")

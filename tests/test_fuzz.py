@@ -9,10 +9,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 from fuzz_corpus import fuzzed_inputs
 
-from facelens.errors import ImageLoadError, ModelLoadError
+from facelens.errors import ImageLoadError
 from facelens.images import load_image
 
 #: Seconds spent on load_image, then the number of inputs for the slower layers.
@@ -36,16 +35,6 @@ def test_load_image_never_lets_another_exception_out():
             break
     assert n >= 400, f"only {n} inputs in {DECODE_SECONDS} s"
     assert 0 < ok < n  # the mutations produce both decodable and broken files
-
-
-@pytest.fixture(scope="module")
-def analyzer():
-    from facelens.api import Analyzer
-
-    try:
-        return Analyzer()
-    except ModelLoadError as exc:
-        pytest.skip(f"no shipped models: {exc}")
 
 
 def test_analyzer_returns_a_result_for_every_fuzzed_input(analyzer):

@@ -12,7 +12,6 @@ from PIL import Image
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from facelens.errors import ModelLoadError  # noqa: E402
 from facelens.serve.app import create_app  # noqa: E402
 
 
@@ -20,16 +19,6 @@ def _jpeg(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def analyzer():
-    from facelens.api import Analyzer
-
-    try:
-        return Analyzer()
-    except ModelLoadError as exc:
-        pytest.skip(f"no shipped models: {exc}")
 
 
 @pytest.fixture(scope="module")
