@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageMode, UnidentifiedImageError
 
 from facelens.errors import ImageLoadError
+from facelens.reduced import INVERSE_ORIENTATION, Box, ReducedImage, draft_size, factor_for_side, orient_box, region_offset, upright_size
 
 #: Largest image we decode (width * height). 20000 x 20000 headers are refused before decoding.
 MAX_PIXELS = 64_000_000
@@ -433,16 +434,94 @@ def _load(src: object, source: str, max_pixels: int, max_decoded_bytes: int) -> 
             return _upright(src, source)
         except Exception as exc:  # noqa: BLE001 - the gate
             raise _decode_error(exc, source, max_pixels) from exc
-    if isinstance(src, (str, Path)):
-        data = _read_file(Path(src), source)
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-    elif hasattr(src, "read"):
-        data = _read_stream(src, source, MAX_STREAM_BYTES)
-    else:
-        raise ImageLoadError(source, f"cannot read an image from a {type(src).__name__}: give a path, bytes, "
-                                     "a binary file object, a numpy array or a PIL image", "unsupported_mode")
+    data = _encoded_bytes(src, source)
     return decode_image_bytes(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+
+
+def _encoded_bytes(src: object, source: str) -> bytes:
+    """The encoded bytes of a path, bytes-like or binary file object; a clear error for anything else."""
+    if isinstance(src, (str, Path)):
+        return _read_file(Path(src), source)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src)
+    if hasattr(src, "read"):
+        return _read_stream(src, source, MAX_STREAM_BYTES)
+    raise ImageLoadError(source, f"cannot read an image from a {type(src).__name__}: give a path, bytes, "
+                                 "a binary file object, a numpy array or a PIL image", "unsupported_mode")
+
+
+# ---------------------------------------------------------------- reduced decoding
+
+
+def load_reduced(src: ImageInput, *, min_side: int, name: str | None = None, max_pixels: int = MAX_PIXELS,
+                 max_decoded_bytes: int = MAX_DECODED_BYTES) -> ReducedImage:
+    """Load ``src`` like ``load_image``, but decode a JPEG at the coarsest scale keeping ``min_side`` px.
+
+    Why: the pipeline detects at ~512 px and cuts 64-128 px crops, so decoding a 24 MP photo in
+    full is mostly wasted (issue #22). A JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT
+    domain (``Image.draft``), turned upright by its EXIF orientation like the full image, and
+    keeps its encoded bytes so ``ReducedImage.finer`` can decode a region at a finer scale for
+    a face that needs it. Other formats, arrays and PIL images have no cheap scaled decode and
+    come at factor 1. Same checks (on the full header size) and the same errors as ``load_image``.
+    """
+    source = _source_name(src, name)
+    try:
+        if src is None or isinstance(src, (np.ndarray, Image.Image)):
+            return ReducedImage.of_array(_load(src, source, max_pixels, max_decoded_bytes))
+        data = _encoded_bytes(src, source)
+        img = open_image(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+        return _decode_reduced(img, data, source, min_side, (max_pixels, max_decoded_bytes))
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the gate
+        raise _decode_error(exc, source, max_pixels) from exc
+
+
+def _decode_reduced(img: Image.Image, data: bytes, source: str, min_side: int,
+                    limits: tuple[int, int]) -> ReducedImage:
+    """Decode an opened image at the coarsest JPEG draft keeping ``min_side``; the bytes stay for ``finer``."""
+    max_pixels, max_decoded_bytes = limits
+    stored, orientation, is_jpeg = img.size, _orientation(img), img.format == "JPEG"
+    factor = factor_for_side(stored, min_side) if is_jpeg else 1
+    pixels, factor = _decode_scaled(img, source, factor, None, orientation, max_pixels)
+
+    def refine(finer: int, box: Box) -> ReducedImage:
+        """The upright full-image ``box`` decoded again at 1/``finer``, cropped before conversion."""
+        sx0, sy0, sx1, sy1 = orient_box(box, INVERSE_ORIENTATION[orientation], upright_size(stored, orientation))
+        dw, dh = draft_size(stored, finer)
+        crop = (sx0 // finer, sy0 // finer, min(dw, -(-sx1 // finer)), min(dh, -(-sy1 // finer)))
+        again = open_image(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+        part, got = _decode_scaled(again, source, finer, crop, orientation, max_pixels)
+        if got != finer:  # the draft did not take: the crop box was meant for another scale
+            raise ImageLoadError(source, f"JPEG decoded at 1/{got} instead of 1/{finer}", "corrupt")
+        offset = region_offset(orientation, stored, finer, crop[:2], (crop[2] - crop[0], crop[3] - crop[1]))
+        return ReducedImage(part, finer, offset, upright_size(stored, orientation))
+
+    offset = region_offset(orientation, stored, factor, (0, 0), draft_size(stored, factor))
+    return ReducedImage(pixels, factor, offset, upright_size(stored, orientation), refine if is_jpeg else None)
+
+
+def _decode_scaled(img: Image.Image, source: str, factor: int, crop: Box | None, orientation: int,
+                   max_pixels: int) -> tuple[np.ndarray, int]:
+    """(upright RGB pixels, the factor really used) of ``img`` drafted at 1/``factor``, optionally cropped.
+
+    The crop (in stored, drafted pixels) is cut from Pillow's buffer before the RGB conversion and
+    the rotation, so a region of a full-size decode costs the region's size, not the photo's.
+    """
+    w, h = img.size
+    try:
+        if factor > 1:
+            img.draft(img.mode, (w // factor, h // factor))
+        img.load()
+        got = next((f for f in (8, 4, 2, 1) if draft_size((w, h), f) == img.size), 1)
+        part = img if crop is None else img.crop(crop)
+        rgb = _to_rgb8(part, source)
+        turn = _ORIENT.get(orientation)
+        return (np.ascontiguousarray(turn(rgb)) if turn else rgb), got
+    except Exception as exc:  # noqa: BLE001 - the gate: every failure becomes an ImageLoadError
+        raise _decode_error(exc, source, max_pixels) from exc
+    finally:
+        img.close()
 
 
 def is_grayscale(rgb: np.ndarray, tolerance: int = 3) -> bool:

@@ -1,0 +1,148 @@
+"""Reduced (DCT-draft) decoding: the same upright photo at a smaller scale, mapped exactly back to full pixels."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facelens.errors import ImageLoadError
+from facelens.images import _ORIENT, load_image, load_reduced
+from facelens.reduced import (
+    INVERSE_ORIENTATION,
+    coarsest_factor,
+    draft_size,
+    factor_for_side,
+    orient_box,
+    orient_point,
+    upright_size,
+)
+
+# Sides that are not multiples of 8: a flipped axis then leaves an offset the map must carry.
+STORED = (203, 117)
+
+
+def _jpeg(stored: np.ndarray, orientation: int = 1, quality: int = 95) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", quality=quality, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _marked(size: tuple[int, int] = STORED, box: tuple[int, int, int, int] = (144, 16, 176, 48)) -> np.ndarray:
+    """Grey image with one white square (stored pixels ``box``, on the 8 px block grid) near a corner."""
+    w, h = size
+    img = np.full((h, w, 3), 60, np.uint8)
+    x0, y0, x1, y1 = box
+    img[y0:y1, x0:x1] = 250
+    return img
+
+
+def _centroid(rgb: np.ndarray) -> np.ndarray:
+    """Centre of the bright pixels, in OpenCV centre coordinates (x, y)."""
+    ys, xs = np.nonzero(rgb[..., 0] > 155)
+    return np.array([xs.mean(), ys.mean()])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_point_matches_the_array_rotation(orientation):
+    h, w = 5, 7
+    idx = np.arange(h * w).reshape(h, w)
+    up = _ORIENT[orientation](idx[..., None])[..., 0] if orientation != 1 else idx
+    assert up.shape[::-1] == upright_size((w, h), orientation)
+    for y in range(h):
+        for x in range(w):
+            # pixel (x, y) spans [x, x+1) x [y, y+1): its upright box is one pixel holding the same value
+            ux0, uy0, ux1, uy1 = orient_box((x, y, x + 1, y + 1), orientation, (w, h))
+            assert (ux1 - ux0, uy1 - uy0) == (1, 1)
+            assert up[uy0, ux0] == idx[y, x]
+    back = orient_point(*orient_point(2.0, 3.0, orientation, (w, h)), INVERSE_ORIENTATION[orientation],
+                        upright_size((w, h), orientation))
+    assert back == (2.0, 3.0)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("min_side", [25, 50])  # factor 8 and 4 for a 203 px side
+def test_reduced_decode_maps_back_to_full_pixels(orientation, min_side):
+    data = _jpeg(_marked(), orientation)
+    full = load_image(data)
+    red = load_reduced(data, min_side=min_side)
+    assert red.factor == factor_for_side(STORED, min_side) and red.factor in (4, 8)
+    assert red.full_size == (full.shape[1], full.shape[0])
+    assert red.pixels.shape[1::-1] == upright_size(draft_size(STORED, red.factor), orientation)
+    # The mark lands on the same full-image spot (within a pixel) whichever way the photo was turned;
+    # without the flip offset it would be off by up to factor - 1 px (5 px at 1/8 here).
+    seen = red.to_full_centre(_centroid(red.pixels)[None])[0]
+    assert np.abs(seen - _centroid(full)).max() < 1.0
+    assert np.allclose(red.from_full_centre(red.to_full_centre(np.array([[3.0, 4.0]]))), [[3.0, 4.0]])
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7])
+@pytest.mark.parametrize("finer", [1, 2])
+def test_finer_region_is_the_same_pixels_as_a_whole_decode(orientation, finer):
+    data = _jpeg(_marked(), orientation)
+    red = load_reduced(data, min_side=30)
+    box = (17.3, 40.0, 88.0, 101.6)  # upright full-image pixels
+    part = red.finer(finer, box)
+    whole = load_reduced(data, min_side=-(-max(STORED) // finer))
+    assert whole.factor == finer and part.factor == finer and part.full_size == red.full_size
+    # the region's first pixel sits where the maps say it does in the whole decode at that scale
+    ox, oy = (int(round(v)) for v in (np.array(part.offset) - np.array(whole.offset)) / finer)
+    h, w = part.pixels.shape[:2]
+    assert (part.pixels == whole.pixels[oy:oy + h, ox:ox + w]).all()
+    # and it covers the box asked for
+    x0, y0 = part.to_full(np.array([[0, 0]]))[0]
+    x1, y1 = part.to_full(np.array([[w, h]]))[0]
+    assert x0 <= box[0] and y0 <= box[1] and x1 >= min(box[2], red.full_size[0]) and y1 >= box[3]
+
+
+def test_finer_is_a_no_op_when_not_finer_or_not_a_jpeg():
+    data = _jpeg(_marked())
+    red = load_reduced(data, min_side=60)
+    assert red.finer(red.factor, (0, 0, 50, 50)) is red
+    buf = io.BytesIO()
+    Image.fromarray(_marked()).save(buf, format="PNG")
+    png = load_reduced(buf.getvalue(), min_side=30)
+    assert png.factor == 1 and png.finer(1, (0, 0, 50, 50)) is png
+    assert (png.pixels == load_image(buf.getvalue())).all()
+
+
+def test_arrays_and_pil_images_come_whole():
+    arr = _marked()
+    assert load_reduced(arr, min_side=30).factor == 1
+    assert (load_reduced(Image.fromarray(arr), min_side=30).pixels == arr).all()
+
+
+def test_bad_inputs_keep_the_gate_errors(tmp_path):
+    data = _jpeg(_marked())
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageLoadError) as e:
+        load_reduced(bad, min_side=30)
+    assert str(bad) in str(e.value) and e.value.reason == "truncated"
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    with pytest.raises(ImageLoadError) as e:
+        load_reduced(text, min_side=30)
+    assert e.value.reason == "not_an_image" and str(text) in str(e.value)
+    with pytest.raises(ImageLoadError) as e:
+        load_reduced(tmp_path / "missing.jpg", min_side=30)
+    assert e.value.reason == "missing"
+    with pytest.raises(ImageLoadError) as e:
+        load_reduced(data, min_side=30, max_pixels=1000)  # checked on the full header size, not the draft's
+    assert e.value.reason == "too_large"
+
+
+def test_factor_choice():
+    assert factor_for_side((6000, 4000), 1280) == 4
+    assert factor_for_side((4000, 3000), 1280) == 2
+    assert factor_for_side((6000, 4000), 512) == 8
+    assert factor_for_side((300, 200), 512) == 1
+    assert coarsest_factor(0.05) == 8  # crop px per full px: a big face keeps its detail at 1/8
+    assert coarsest_factor(0.3) == 2
+    assert coarsest_factor(0.5) == 2
+    assert coarsest_factor(0.51) == 1
+    assert coarsest_factor(3.0) == 1  # too small even in full: the full image
