@@ -146,3 +146,76 @@ def test_factor_choice():
     assert coarsest_factor(0.5) == 2
     assert coarsest_factor(0.51) == 1
     assert coarsest_factor(3.0) == 1  # too small even in full: the full image
+
+
+def test_detection_mapped_scales_box_and_landmarks():
+    from facelens.face.detect import Detection
+
+    d = Detection((10, 20, 30, 40), 0.9, (15, 30), (35, 30), (25, 40), (18, 50), (32, 50))
+    m = d.mapped(lambda p: p * 4 + np.array([-5.0, 7.0]))
+    assert m.box == (35.0, 87.0, 120.0, 160.0)
+    assert m.left_eye == (135.0, 127.0) and m.mouth_left == (123.0, 207.0) and m.score == 0.9
+
+
+@pytest.fixture(scope="module")
+def analyzers():
+    from facelens.api import Analyzer, default_model_path
+
+    if not (default_model_path("age").is_file() and default_model_path("eyes").is_file()):
+        pytest.skip("shipped models not present")
+    fast = Analyzer()
+    return fast, Analyzer(age_model=fast.age, eye_model=fast.eyes, full_decode=True)
+
+
+def _camera_photo(orientation: int) -> bytes:
+    """A 12 MP JPEG with the astronaut's face at two sizes, stored turned so that EXIF ``orientation`` makes it upright."""
+    import cv2
+    from skimage import data as skdata
+
+    face = skdata.astronaut()[:400, 60:460]
+    upright = np.full((3000, 4000, 3), 110, np.uint8)
+    upright[200:2200, 300:2300] = cv2.resize(face, (2000, 2000), interpolation=cv2.INTER_AREA)  # face ~450 px wide
+    upright[1900:2700, 2800:3600] = cv2.resize(face, (800, 800), interpolation=cv2.INTER_AREA)  # ~180 px: finer decode
+    undo = _ORIENT.get(INVERSE_ORIENTATION[orientation])
+    return _jpeg(np.ascontiguousarray(undo(upright)) if undo else upright, orientation, quality=90)
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 3])
+def test_analyzer_reduced_decode_reports_full_image_pixels_and_same_answers(analyzers, orientation):
+    fast, full = analyzers
+    data = _camera_photo(orientation)
+    red = load_reduced(data, min_side=1280)
+    assert red.factor == 2  # the analyzer's first decode really is reduced for this photo
+    a, b = fast.analyze(data), full.analyze(data)
+    assert (a.width, a.height) == (b.width, b.height) == red.full_size
+    assert len(a.faces) == len(b.faces) == 2
+    for fa, fb in zip(a.faces, b.faces, strict=True):
+        # boxes and landmarks in the original (upright) photo's pixels, not the decoded ones
+        assert np.abs(np.array(fa.box) - np.array(fb.box)).max() < 0.02 * fb.box[2] + 2
+        for k, p in fa.landmarks.items():
+            assert np.hypot(*(np.array(p) - np.array(fb.landmarks[k]))) < 0.02 * fb.box[2] + 2
+        for ea, eb in zip(fa.sex.eyes, fb.sex.eyes, strict=True):
+            assert np.abs(np.array(ea.box) - np.array(eb.box)).max() < 0.02 * fb.box[2] + 2
+        assert abs(fa.age.value - fb.age.value) < 1.0
+        assert abs(fa.sex.p_female - fb.sex.p_female) < 0.05
+
+
+def test_small_faces_get_a_finer_region_decode(analyzers, monkeypatch):
+    """The ~180 px face needs full-size pixels for its 64 px eye crops: one region decode at 1/1, not the photo."""
+    from facelens.reduced import ReducedImage
+
+    fast, _ = analyzers
+    calls = []
+    real = ReducedImage.finer
+
+    def spy(self, factor, box):
+        out = real(self, factor, box)
+        calls.append((self.factor, factor, out.pixels.shape))
+        return out
+
+    monkeypatch.setattr(ReducedImage, "finer", spy)
+    fast.analyze(_camera_photo(1))
+    assert len(calls) == 1
+    first, finer, shape = calls[0]
+    assert first == 2 and finer == 1
+    assert shape[0] * shape[1] < 0.1 * 4000 * 3000  # the small face's region, not the 12 MP photo
