@@ -86,7 +86,8 @@ def test_finer_region_is_the_same_pixels_as_a_whole_decode(orientation, finer):
     data = _jpeg(_marked(), orientation)
     red = load_reduced(data, min_side=30)
     box = (17.3, 40.0, 88.0, 101.6)  # upright full-image pixels
-    part = red.finer(finer, box)
+    part, other = red.finer(finer, [box, (0, 0, 9, 9)])  # one decode, one small array per box
+    assert other.pixels.shape[:2] == (-(-9 // finer), -(-9 // finer)) and other.factor == finer
     whole = load_reduced(data, min_side=-(-max(STORED) // finer))
     assert whole.factor == finer and part.factor == finer and part.full_size == red.full_size
     # the region's first pixel sits where the maps say it does in the whole decode at that scale
@@ -102,11 +103,11 @@ def test_finer_region_is_the_same_pixels_as_a_whole_decode(orientation, finer):
 def test_finer_is_a_no_op_when_not_finer_or_not_a_jpeg():
     data = _jpeg(_marked())
     red = load_reduced(data, min_side=60)
-    assert red.finer(red.factor, (0, 0, 50, 50)) is red
+    assert red.finer(red.factor, [(0, 0, 50, 50)]) == [red]
     buf = io.BytesIO()
     Image.fromarray(_marked()).save(buf, format="PNG")
     png = load_reduced(buf.getvalue(), min_side=30)
-    assert png.factor == 1 and png.finer(1, (0, 0, 50, 50)) is png
+    assert png.factor == 1 and png.finer(1, [(0, 0, 50, 50)]) == [png]
     assert (png.pixels == load_image(buf.getvalue())).all()
 
 
@@ -201,21 +202,21 @@ def test_analyzer_reduced_decode_reports_full_image_pixels_and_same_answers(anal
 
 
 def test_small_faces_get_a_finer_region_decode(analyzers, monkeypatch):
-    """The ~180 px face needs full-size pixels for its 64 px eye crops: one region decode at 1/1, not the photo."""
+    """The ~180 px face needs full-size pixels for its 64 px eye crops: one decode at 1/1, keeping its region only."""
     from facelens.reduced import ReducedImage
 
     fast, _ = analyzers
     calls = []
     real = ReducedImage.finer
 
-    def spy(self, factor, box):
-        out = real(self, factor, box)
-        calls.append((self.factor, factor, out.pixels.shape))
+    def spy(self, factor, boxes):
+        out = real(self, factor, boxes)
+        calls.append((self.factor, factor, [o.pixels.shape for o in out]))
         return out
 
     monkeypatch.setattr(ReducedImage, "finer", spy)
     fast.analyze(_camera_photo(1))
     assert len(calls) == 1
-    first, finer, shape = calls[0]
-    assert first == 2 and finer == 1
-    assert shape[0] * shape[1] < 0.1 * 4000 * 3000  # the small face's region, not the 12 MP photo
+    first, finer, shapes = calls[0]
+    assert first == 2 and finer == 1 and len(shapes) == 1
+    assert shapes[0][0] * shapes[0][1] < 0.05 * 4000 * 3000  # the small face's region, not the 12 MP photo

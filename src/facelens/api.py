@@ -39,7 +39,7 @@ from facelens.face.align import (
 from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
 from facelens.face.eyecheck import FACE_PHOTO_WARNING, looks_like_face_photo
 from facelens.face.order import reading_order
-from facelens.images import ImageInput, load_image, load_reduced
+from facelens.images import ImageInput, MemoryBudget, load_image, load_reduced
 from facelens.infer.postprocess import decode_age, decode_eyes, decode_face_logits
 from facelens.infer.predictor import Predictor, load_predictor
 from facelens.reduced import ReducedImage, coarsest_factor
@@ -52,6 +52,11 @@ NO_FACE_MESSAGE = "no face found"
 #: much more lets the crops of larger faces come from the same decode; smaller faces get a finer
 #: decode of their region only (``Analyzer._crop_sources``). 24 MP -> 1/4 (1500 px), 12 MP -> 1/2.
 FIRST_DECODE_SIDE = 1280
+#: Decode memory one Analyzer's photos may hold at once (``facelens.images.MemoryBudget``): one 24 MP
+#: JPEG decoded in full needs ~170 MB (Pillow's 4-byte buffer plus the RGB result), so two prefetch
+#: threads each falling back to full size for a small face queue instead of doubling the peak;
+#: reduced decodes (~10 MB) pass freely. A photo needing more than the budget still runs, alone.
+DECODE_MEMORY_BYTES = 200_000_000
 
 
 def models_dir() -> Path:
@@ -192,6 +197,7 @@ class Analyzer:
         self.eye_geometry = eye_geometry
         self.detect_max_side = detect_max_side or DETECT_MAX_SIDE
         self.full_decode = full_decode
+        self._decode_budget = MemoryBudget(DECODE_MEMORY_BYTES)
         self._models_info: list[dict] | None = None
 
     def models_info(self) -> list[dict]:
@@ -296,7 +302,7 @@ class Analyzer:
         t0 = time.perf_counter()
         min_side = sys.maxsize if self.full_decode else max(self.detect_max_side, FIRST_DECODE_SIDE)
         try:
-            img = load_reduced(src, name=label, min_side=min_side)
+            img = load_reduced(src, name=label, min_side=min_side, budget=self._decode_budget)
         except ImageLoadError as exc:
             return _Prepared(ImageResult(path=label, error=str(exc)))
         except Exception as exc:  # noqa: BLE001 - load_reduced maps every failure; this guards the promise anyway
@@ -367,21 +373,19 @@ class Analyzer:
     def _crop_sources(self, img: ReducedImage, dets: list[Detection]) -> list[ReducedImage]:
         """For each face, the decode its crops are cut from: ``img`` when its scale keeps the crops' detail.
 
-        Faces too small for it share one finer decode (the finest any of them needs) of the region
-        their crops cover, so a photo costs at most one more decode, of a region only, and falls
-        back to full-size pixels only for faces that need them.
+        Faces too small for it share one finer decode (the finest any of them needs), each keeping
+        only the region its crops read, so a photo costs at most one more decode and falls back to
+        full-size pixels only for faces that need them.
         """
         needs = [self._crop_needs(d) for d in dets]
         factors = [coarsest_factor(upscale) for upscale, _ in needs]
         small = [i for i, f in enumerate(factors) if f < img.factor]
         if not small:
             return [img] * len(dets)
-        finest = min(factors[i] for i in small)
-        boxes = np.array([needs[i][1] for i in small])
-        pad = 2 * img.factor  # interpolation support, and the decoded pixel grid around the box
-        box = (*(boxes[:, :2].min(0) - pad), *(boxes[:, 2:].max(0) + pad))
-        fine = img.finer(finest, box)
-        return [fine if i in small else img for i in range(len(dets))]
+        pad = 2 * img.factor  # interpolation support, and the decoded pixel grid around each box
+        boxes = [tuple(np.add(needs[i][1], (-pad, -pad, pad, pad))) for i in small]
+        fine = dict(zip(small, img.finer(min(factors[i] for i in small), boxes), strict=True))
+        return [fine.get(i, img) for i in range(len(dets))]
 
     def _finish(self, items: list[_Prepared], with_crops: bool) -> list[ImageResult]:
         """Run the models once on all faces of ``items`` and fill in their results (input order kept).

@@ -28,7 +28,7 @@ import errno
 import io
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from threading import Condition
 from typing import IO
@@ -454,7 +454,7 @@ def _encoded_bytes(src: object, source: str) -> bytes:
 
 
 def load_reduced(src: ImageInput, *, min_side: int, name: str | None = None, max_pixels: int = MAX_PIXELS,
-                 max_decoded_bytes: int = MAX_DECODED_BYTES) -> ReducedImage:
+                 max_decoded_bytes: int = MAX_DECODED_BYTES, budget: MemoryBudget | None = None) -> ReducedImage:
     """Load ``src`` like ``load_image``, but decode a JPEG at the coarsest scale keeping ``min_side`` px.
 
     Why: the pipeline detects at ~512 px and cuts 64-128 px crops, so decoding a 24 MP photo in
@@ -463,6 +463,9 @@ def load_reduced(src: ImageInput, *, min_side: int, name: str | None = None, max
     keeps its encoded bytes so ``ReducedImage.finer`` can decode a region at a finer scale for
     a face that needs it. Other formats, arrays and PIL images have no cheap scaled decode and
     come at factor 1. Same checks (on the full header size) and the same errors as ``load_image``.
+    ``budget``: every decode, this one and the finer ones, first waits until its estimated memory
+    (``decode_memory_estimate`` at the scale decoded) fits, so threads decoding at once cannot add
+    up several full frames.
     """
     source = _source_name(src, name)
     try:
@@ -470,43 +473,53 @@ def load_reduced(src: ImageInput, *, min_side: int, name: str | None = None, max
             return ReducedImage.of_array(_load(src, source, max_pixels, max_decoded_bytes))
         data = _encoded_bytes(src, source)
         img = open_image(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
-        return _decode_reduced(img, data, source, min_side, (max_pixels, max_decoded_bytes))
+        return _decode_reduced(img, data, source, min_side, (max_pixels, max_decoded_bytes), budget)
     except ImageLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - the gate
         raise _decode_error(exc, source, max_pixels) from exc
 
 
-def _decode_reduced(img: Image.Image, data: bytes, source: str, min_side: int,
-                    limits: tuple[int, int]) -> ReducedImage:
+def _decode_reduced(img: Image.Image, data: bytes, source: str, min_side: int, limits: tuple[int, int],
+                    budget: MemoryBudget | None) -> ReducedImage:
     """Decode an opened image at the coarsest JPEG draft keeping ``min_side``; the bytes stay for ``finer``."""
     max_pixels, max_decoded_bytes = limits
-    stored, orientation, is_jpeg = img.size, _orientation(img), img.format == "JPEG"
+    stored, orientation, is_jpeg, mode = img.size, _orientation(img), img.format == "JPEG", img.mode
     factor = factor_for_side(stored, min_side) if is_jpeg else 1
-    pixels, factor = _decode_scaled(img, source, factor, None, orientation, max_pixels)
 
-    def refine(finer: int, box: Box) -> ReducedImage:
-        """The upright full-image ``box`` decoded again at 1/``finer``, cropped before conversion."""
-        sx0, sy0, sx1, sy1 = orient_box(box, INVERSE_ORIENTATION[orientation], upright_size(stored, orientation))
+    def held(f: int) -> AbstractContextManager[None]:
+        """The budget's hold for a decode at 1/``f`` (Pillow's buffer of the whole photo at that scale)."""
+        return budget.hold(decode_memory_estimate(*draft_size(stored, f), mode)) if budget else nullcontext()
+
+    with held(factor):
+        (pixels,), factor = _decode_scaled(img, source, factor, [None], orientation, max_pixels)
+
+    def refine(finer: int, boxes: list[Box]) -> list[ReducedImage]:
+        """The upright full-image ``boxes`` from one more decode at 1/``finer``, each cropped before conversion."""
         dw, dh = draft_size(stored, finer)
-        crop = (sx0 // finer, sy0 // finer, min(dw, -(-sx1 // finer)), min(dh, -(-sy1 // finer)))
+        crops = []
+        for box in boxes:
+            sx0, sy0, sx1, sy1 = orient_box(box, INVERSE_ORIENTATION[orientation], upright_size(stored, orientation))
+            crops.append((sx0 // finer, sy0 // finer, min(dw, -(-sx1 // finer)), min(dh, -(-sy1 // finer))))
         again = open_image(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
-        part, got = _decode_scaled(again, source, finer, crop, orientation, max_pixels)
-        if got != finer:  # the draft did not take: the crop box was meant for another scale
+        with held(finer):
+            parts, got = _decode_scaled(again, source, finer, crops, orientation, max_pixels)
+        if got != finer:  # the draft did not take: the crop boxes were meant for another scale
             raise ImageLoadError(source, f"JPEG decoded at 1/{got} instead of 1/{finer}", "corrupt")
-        offset = region_offset(orientation, stored, finer, crop[:2], (crop[2] - crop[0], crop[3] - crop[1]))
-        return ReducedImage(part, finer, offset, upright_size(stored, orientation))
+        return [ReducedImage(part, finer, region_offset(orientation, stored, finer, c[:2], (c[2] - c[0], c[3] - c[1])),
+                             upright_size(stored, orientation)) for part, c in zip(parts, crops, strict=True)]
 
     offset = region_offset(orientation, stored, factor, (0, 0), draft_size(stored, factor))
     return ReducedImage(pixels, factor, offset, upright_size(stored, orientation), refine if is_jpeg else None)
 
 
-def _decode_scaled(img: Image.Image, source: str, factor: int, crop: Box | None, orientation: int,
-                   max_pixels: int) -> tuple[np.ndarray, int]:
-    """(upright RGB pixels, the factor really used) of ``img`` drafted at 1/``factor``, optionally cropped.
+def _decode_scaled(img: Image.Image, source: str, factor: int, crops: list[Box | None], orientation: int,
+                   max_pixels: int) -> tuple[list[np.ndarray], int]:
+    """(upright RGB pixels of each crop, the factor really used) of ``img`` drafted at 1/``factor``.
 
-    The crop (in stored, drafted pixels) is cut from Pillow's buffer before the RGB conversion and
-    the rotation, so a region of a full-size decode costs the region's size, not the photo's.
+    Each crop (in stored, drafted pixels; None for the whole image) is cut from Pillow's buffer
+    before the RGB conversion and the rotation, so regions of a full-size decode cost Pillow's
+    buffer plus the regions, not a second copy of the photo.
     """
     w, h = img.size
     try:
@@ -514,10 +527,12 @@ def _decode_scaled(img: Image.Image, source: str, factor: int, crop: Box | None,
             img.draft(img.mode, (w // factor, h // factor))
         img.load()
         got = next((f for f in (8, 4, 2, 1) if draft_size((w, h), f) == img.size), 1)
-        part = img if crop is None else img.crop(crop)
-        rgb = _to_rgb8(part, source)
         turn = _ORIENT.get(orientation)
-        return (np.ascontiguousarray(turn(rgb)) if turn else rgb), got
+        out = []
+        for crop in crops:
+            rgb = _to_rgb8(img if crop is None else img.crop(crop), source)
+            out.append(np.ascontiguousarray(turn(rgb)) if turn else rgb)
+        return out, got
     except Exception as exc:  # noqa: BLE001 - the gate: every failure becomes an ImageLoadError
         raise _decode_error(exc, source, max_pixels) from exc
     finally:

@@ -103,8 +103,8 @@ class ReducedImage:
     """Upright RGB pixels decoded at 1/``factor`` of a photo (or a region of it), mapped to full pixels.
 
     ``offset``: full = factor * p + offset for edge coordinates p in ``pixels``. ``full_size``:
-    the upright photo's (width, height). ``refine(factor, box)``: decodes the full-image box
-    ``box`` at the finer ``factor`` (None for arrays and formats with no scaled decode, which
+    the upright photo's (width, height). ``refine(factor, boxes)``: decodes the full-image boxes
+    at the finer ``factor`` (None for arrays and formats with no scaled decode, which
     are already at factor 1).
     """
 
@@ -112,7 +112,7 @@ class ReducedImage:
     factor: int
     offset: tuple[float, float]
     full_size: tuple[int, int]
-    refine: Callable[[int, Box], ReducedImage] | None = None
+    refine: Callable[[int, list[Box]], list[ReducedImage]] | None = None
 
     @classmethod
     def of_array(cls, rgb: np.ndarray) -> ReducedImage:
@@ -132,13 +132,17 @@ class ReducedImage:
         """Inverse of ``from_full_centre``."""
         return np.asarray(points, dtype=np.float64) * self.factor + np.asarray(self.offset) + (self.factor - 1) / 2
 
-    def finer(self, factor: int, box: tuple[float, float, float, float]) -> ReducedImage:
-        """The full-image box (x0, y0, x1, y1) decoded at ``factor``, or this image when it is not coarser."""
-        if factor >= self.factor or self.refine is None:
-            return self
+    def finer(self, factor: int, boxes: list[tuple[float, float, float, float]]) -> list[ReducedImage]:
+        """Each full-image box (x0, y0, x1, y1), from one decode at ``factor``; this image when it is not coarser.
+
+        One decode for all the boxes (a decode costs a pass over the whole file), one small array
+        per box (their union could be most of a 24 MP photo).
+        """
+        if factor >= self.factor or self.refine is None or not boxes:
+            return [self] * len(boxes)
         w, h = self.full_size
-        x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-        x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
-        if x1 <= x0 or y1 <= y0:
-            return self
-        return self.refine(factor, (x0, y0, x1, y1))
+        clipped = [(max(0, int(np.floor(b[0]))), max(0, int(np.floor(b[1]))), min(w, int(np.ceil(b[2]))),
+                    min(h, int(np.ceil(b[3])))) for b in boxes]
+        if any(x1 <= x0 or y1 <= y0 for x0, y0, x1, y1 in clipped):
+            raise ValueError(f"a crop region lies outside the {w}x{h} photo: {boxes}")
+        return self.refine(factor, clipped)
