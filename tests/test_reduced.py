@@ -220,3 +220,53 @@ def test_small_faces_get_a_finer_region_decode(analyzers, monkeypatch):
     first, finer, shapes = calls[0]
     assert first == 2 and finer == 1 and len(shapes) == 1
     assert shapes[0][0] * shapes[0][1] < 0.05 * 4000 * 3000  # the small face's region, not the 12 MP photo
+
+
+def test_every_decode_waits_on_the_budget_for_its_own_scale():
+    """The first decode holds the estimate at its draft scale, the finer one at its own: what a worker really needs."""
+    from facelens.images import MemoryBudget, decode_memory_estimate
+
+    held = []
+
+    class Spy(MemoryBudget):
+        def hold(self, nbytes, timeout=None):
+            held.append(nbytes)
+            return super().hold(nbytes, timeout)
+
+    red = load_reduced(_jpeg(_marked()), min_side=25, budget=Spy(10**9))
+    red.finer(1, [(0, 0, 20, 20), (100, 50, 140, 90)])  # two regions, one decode
+    assert held == [decode_memory_estimate(*draft_size(STORED, 8), "RGB"), decode_memory_estimate(*STORED, "RGB")]
+
+
+def test_budget_keeps_two_threads_from_decoding_full_frames_at_once(monkeypatch):
+    """With room for one full decode, two threads refining at once take turns (the batch runner's two workers)."""
+    import threading
+
+    from facelens import images
+    from facelens.images import MemoryBudget, decode_memory_estimate
+
+    data = _jpeg(_marked(), 1)
+    budget = MemoryBudget(decode_memory_estimate(*STORED, "RGB") + 1000)
+    inside, most = [0], [0]
+    lock = threading.Lock()
+    real = images._decode_scaled
+
+    def slow(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            threading.Event().wait(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    reds = [load_reduced(data, min_side=25, budget=budget) for _ in range(2)]
+    monkeypatch.setattr(images, "_decode_scaled", slow)
+    threads = [threading.Thread(target=r.finer, args=(1, [(0, 0, 50, 50)])) for r in reds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1

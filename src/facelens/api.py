@@ -250,6 +250,11 @@ class Analyzer:
         its batch is done; the batch is cut short whenever the next photo is not ready yet, so
         results keep streaming on slow inputs. ``workers=0`` prepares photos in the caller's thread.
         ``color``: channel order of numpy arrays among ``srcs`` ('rgb' or 'bgr', see ``analyze``).
+
+        Memory stays flat with camera-size photos: a worker decodes a JPEG at a reduced scale
+        (~1.5-3 MP, ``FIRST_DECODE_SIDE``) and keeps only the crops, so the prefetch window holds
+        crops, never frames; the full-size decodes small faces need wait on the Analyzer's decode
+        budget (``DECODE_MEMORY_BYTES``), so the two workers do not hold two 24 MP frames at once.
         """
         as_rgb_input(np.zeros((1, 1, 3), np.uint8), color)  # an unknown order fails here, not in a worker
         names_it = iter(names) if names is not None else None
