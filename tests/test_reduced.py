@@ -270,3 +270,19 @@ def test_budget_keeps_two_threads_from_decoding_full_frames_at_once(monkeypatch)
     for t in threads:
         t.join()
     assert most[0] == 1
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_draft_decode_of_every_jpeg_mode_is_the_shrunk_photo(mode):
+    """Grey and CMYK JPEGs draft too, and come out as the same RGB photo, shrunk."""
+    import cv2
+
+    yy, xx = np.mgrid[0:192, 0:256]
+    rgb = np.stack([xx, yy, (xx + yy) // 2], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=95)
+    full = load_image(buf.getvalue())
+    red = load_reduced(buf.getvalue(), min_side=64)
+    assert red.factor == 4 and red.pixels.shape == (48, 64, 3) and red.pixels.dtype == np.uint8
+    shrunk = cv2.resize(full, (64, 48), interpolation=cv2.INTER_AREA)
+    assert np.abs(red.pixels.astype(int) - shrunk.astype(int)).mean() < 3
