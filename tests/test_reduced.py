@@ -286,3 +286,24 @@ def test_draft_decode_of_every_jpeg_mode_is_the_shrunk_photo(mode):
     assert red.factor == 4 and red.pixels.shape == (48, 64, 3) and red.pixels.dtype == np.uint8
     shrunk = cv2.resize(full, (64, 48), interpolation=cv2.INTER_AREA)
     assert np.abs(red.pixels.astype(int) - shrunk.astype(int)).mean() < 3
+
+
+def test_a_failing_finer_decode_is_an_error_naming_the_photo(analyzers, monkeypatch, tmp_path):
+    """The first (reduced) decode worked but the finer one fails: the result carries the gate's error, not a crash."""
+    from facelens import images
+
+    fast, _ = analyzers
+    path = tmp_path / "camera.jpg"
+    path.write_bytes(_camera_photo(1))
+    real, calls = images._decode_scaled, []
+
+    def second_fails(img, source, factor, *args):
+        calls.append(factor)
+        if len(calls) > 1:
+            raise OSError("broken data stream when reading image file")
+        return real(img, source, factor, *args)
+
+    monkeypatch.setattr(images, "_decode_scaled", second_fails)
+    result = fast.analyze(path)
+    assert calls == [2, 1] and not result.faces
+    assert str(path) in result.error and "damaged" in result.error

@@ -495,7 +495,16 @@ def _decode_reduced(img: Image.Image, data: bytes, source: str, min_side: int, l
         (pixels,), factor = _decode_scaled(img, source, factor, [None], orientation, max_pixels)
 
     def refine(finer: int, boxes: list[Box]) -> list[ReducedImage]:
-        """The upright full-image ``boxes`` from one more decode at 1/``finer``, each cropped before conversion."""
+        """The upright full-image ``boxes`` from one more decode at 1/``finer``; any failure is an ImageLoadError."""
+        try:
+            return _refine(finer, boxes)
+        except ImageLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the gate covers the second decode too
+            raise _decode_error(exc, source, max_pixels) from exc
+
+    def _refine(finer: int, boxes: list[Box]) -> list[ReducedImage]:
+        """Each box cropped from Pillow's buffer before conversion, so only the regions become arrays."""
         dw, dh = draft_size(stored, finer)
         crops = []
         for box in boxes:
