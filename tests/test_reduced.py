@@ -272,15 +272,15 @@ def test_budget_keeps_two_threads_from_decoding_full_frames_at_once(monkeypatch)
     assert most[0] == 1
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
-def test_draft_decode_of_every_jpeg_mode_is_the_shrunk_photo(mode):
-    """Grey and CMYK JPEGs draft too, and come out as the same RGB photo, shrunk."""
+@pytest.mark.parametrize(("mode", "progressive"), [("RGB", False), ("RGB", True), ("L", False), ("CMYK", False)])
+def test_draft_decode_of_every_jpeg_mode_is_the_shrunk_photo(mode, progressive):
+    """Grey, CMYK and progressive JPEGs draft too, and come out as the same RGB photo, shrunk."""
     import cv2
 
     yy, xx = np.mgrid[0:192, 0:256]
     rgb = np.stack([xx, yy, (xx + yy) // 2], axis=-1).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=95)
+    Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=95, progressive=progressive)
     full = load_image(buf.getvalue())
     red = load_reduced(buf.getvalue(), min_side=64)
     assert red.factor == 4 and red.pixels.shape == (48, 64, 3) and red.pixels.dtype == np.uint8
