@@ -169,7 +169,8 @@ class Analyzer:
     find small faces in large photos.
     ``full_decode``: decode every photo in full, as before issue #22 (for comparisons); by default a
     JPEG is decoded at a reduced DCT scale and each face's crops at the coarsest scale that keeps
-    their detail (``FIRST_DECODE_SIDE``, ``facelens.reduced``), with the same answers.
+    their detail (``FIRST_DECODE_SIDE``, ``facelens.reduced``); the answers then differ from full
+    decoding about as much as for a re-saved copy of the photo (``benchmarks/README.md``, issue #22).
     """
 
     def __init__(
