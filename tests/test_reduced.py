@@ -307,3 +307,14 @@ def test_a_failing_finer_decode_is_an_error_naming_the_photo(analyzers, monkeypa
     result = fast.analyze(path)
     assert calls == [2, 1] and not result.faces
     assert str(path) in result.error and "damaged" in result.error
+
+
+def test_multi_picture_jpegs_draft_too():
+    """Phone and camera JPEGs with an MPF block (gain maps, previews) open as "MPO"; they are JPEGs all the same."""
+    stored = _marked()
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="MPO", save_all=True, append_images=[Image.fromarray(stored[:40, :60])])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    red = load_reduced(buf.getvalue(), min_side=50)
+    assert red.factor == 4 and red.refine is not None
+    assert np.abs(red.to_full_centre(_centroid(red.pixels)[None])[0] - _centroid(load_image(buf.getvalue()))).max() < 1

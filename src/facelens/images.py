@@ -484,7 +484,9 @@ def _decode_reduced(img: Image.Image, data: bytes, source: str, min_side: int, l
                     budget: MemoryBudget | None) -> ReducedImage:
     """Decode an opened image at the coarsest JPEG draft keeping ``min_side``; the bytes stay for ``finer``."""
     max_pixels, max_decoded_bytes = limits
-    stored, orientation, is_jpeg, mode = img.size, _orientation(img), img.format == "JPEG", img.mode
+    # Pillow opens JPEGs with a multi-picture (MPF) block as "MPO": phones and cameras write one for
+    # gain maps and previews, and its first picture is an ordinary JPEG that drafts the same way.
+    stored, orientation, is_jpeg, mode = img.size, _orientation(img), img.format in ("JPEG", "MPO"), img.mode
     factor = factor_for_side(stored, min_side) if is_jpeg else 1
 
     def held(f: int) -> AbstractContextManager[None]:
