@@ -20,6 +20,10 @@ The gate, in order:
    of the documented reasons (``facelens.errors``);
 4. conversion to 8-bit RGB works in integers and in row blocks, so a 16-bit photo costs about
    its own size in memory, not eight times that in float64.
+
+``load_reduced`` goes through the same gate but decodes a JPEG at 1/2, 1/4 or 1/8 scale in the
+DCT domain, with finer decodes of regions on demand (``facelens.reduced``; issue #22): the
+analyzer needs 512 px for detection and 64-128 px crops, not 24 MP.
 """
 
 from __future__ import annotations
