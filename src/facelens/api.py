@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -24,18 +25,38 @@ import numpy as np
 from facelens.data.crops import eye_crop_from_image
 from facelens.devices import check_device_name
 from facelens.errors import ImageLoadError, ModelLoadError
-from facelens.face.align import DEFAULT_EYE_GEOMETRY, EyeCropGeometry, FaceTemplate, align_face, cut_eye
+from facelens.face.align import (
+    DEFAULT_EYE_GEOMETRY,
+    EyeCropGeometry,
+    FaceTemplate,
+    align_face,
+    crop_footprint,
+    crop_scale,
+    cut_eye,
+    eye_crop_transform,
+    similarity_transform,
+)
 from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
 from facelens.face.eyecheck import FACE_PHOTO_WARNING, looks_like_face_photo
 from facelens.face.order import reading_order
-from facelens.images import ImageInput, load_image
+from facelens.images import ImageInput, MemoryBudget, load_image, load_reduced
 from facelens.infer.postprocess import decode_age, decode_eyes, decode_face_logits
 from facelens.infer.predictor import Predictor, load_predictor
+from facelens.reduced import ReducedImage, coarsest_factor
 from facelens.schema import AgeEstimate, EyeCropResult, EyeEstimate, Face, ImageResult, SexEstimate
 
 AGE_MODEL_FILE = "age-mobilenetv2.onnx"
 EYE_MODEL_FILE = "eyes-mobilenetv2.onnx"
 NO_FACE_MESSAGE = "no face found"
+#: Longest side a JPEG is first decoded at (DCT draft, issue #22): detection needs 512 px, and this
+#: much more lets the crops of larger faces come from the same decode; smaller faces get a finer
+#: decode of their region only (``Analyzer._crop_sources``). 24 MP -> 1/4 (1500 px), 12 MP -> 1/2.
+FIRST_DECODE_SIDE = 1280
+#: Decode memory one Analyzer's photos may hold at once (``facelens.images.MemoryBudget``): one 24 MP
+#: JPEG decoded in full needs ~170 MB (Pillow's 4-byte buffer plus the RGB result), so two prefetch
+#: threads each falling back to full size for a small face queue instead of doubling the peak;
+#: reduced decodes (~10 MB) pass freely. A photo needing more than the budget still runs, alone.
+DECODE_MEMORY_BYTES = 200_000_000
 
 
 def models_dir() -> Path:
@@ -144,8 +165,12 @@ class Analyzer:
     ``device``: 'cpu' (default), 'cuda', 'cuda:N' or 'auto' (a GPU when usable); asking for a GPU that
     cannot be used raises DeviceError (``facelens.devices``) instead of running on the CPU unannounced.
     ``detect_max_side``: photos are scaled down to this longest side for detection only (crops
-    are cut from the full-resolution pixels); None means 512 (``DETECT_MAX_SIDE``). Raise it to
+    are cut from pixels fine enough to keep their detail); None means 512 (``DETECT_MAX_SIDE``). Raise it to
     find small faces in large photos.
+    ``full_decode``: decode every photo in full, as before issue #22 (for comparisons); by default a
+    JPEG is decoded at a reduced DCT scale and each face's crops at the coarsest scale that keeps
+    their detail (``FIRST_DECODE_SIDE``, ``facelens.reduced``); the answers then differ from full
+    decoding about as much as for a re-saved copy of the photo (``benchmarks/README.md``, issue #22).
     """
 
     def __init__(
@@ -158,6 +183,7 @@ class Analyzer:
         max_faces: int = 50,
         eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
         detect_max_side: int | None = None,
+        full_decode: bool = False,
     ) -> None:
         check_detect_max_side(detect_max_side)
         check_device_name(device)  # refused even when no model would be loaded (e.g. "gpu")
@@ -171,6 +197,8 @@ class Analyzer:
         self.max_faces = max_faces
         self.eye_geometry = eye_geometry
         self.detect_max_side = detect_max_side or DETECT_MAX_SIDE
+        self.full_decode = full_decode
+        self._decode_budget = MemoryBudget(DECODE_MEMORY_BYTES)
         self._models_info: list[dict] | None = None
 
     def models_info(self) -> list[dict]:
@@ -223,6 +251,11 @@ class Analyzer:
         its batch is done; the batch is cut short whenever the next photo is not ready yet, so
         results keep streaming on slow inputs. ``workers=0`` prepares photos in the caller's thread.
         ``color``: channel order of numpy arrays among ``srcs`` ('rgb' or 'bgr', see ``analyze``).
+
+        Memory stays flat with camera-size photos: a worker decodes a JPEG at a reduced scale
+        (~1.5-3 MP, ``FIRST_DECODE_SIDE``) and keeps only the crops, so the prefetch window holds
+        crops, never frames; the full-size decodes small faces need wait on the Analyzer's decode
+        budget (``DECODE_MEMORY_BYTES``), so the two workers do not hold two 24 MP frames at once.
         """
         as_rgb_input(np.zeros((1, 1, 3), np.uint8), color)  # an unknown order fails here, not in a worker
         names_it = iter(names) if names is not None else None
@@ -266,21 +299,32 @@ class Analyzer:
         return self._finish([self._prepare_array(as_rgb_input(rgb, color), label, t_load)], with_crops)[0]
 
     def _prepare(self, src: ImageInput, label: str) -> _Prepared:
-        """Decode, detect and cut the model crops for one photo; never raises (errors go in the result)."""
+        """Decode, detect and cut the model crops for one photo; never raises (errors go in the result).
+
+        JPEGs are decoded at a reduced scale (``load_reduced``), so the prefetch window of
+        ``analyze_many`` and the decoding workers hold ~1.5 MP, not 24 MP frames; ``full_decode``
+        turns that off.
+        """
         t0 = time.perf_counter()
+        min_side = sys.maxsize if self.full_decode else max(self.detect_max_side, FIRST_DECODE_SIDE)
         try:
-            rgb = load_image(src, name=label)
+            img = load_reduced(src, name=label, min_side=min_side, budget=self._decode_budget)
         except ImageLoadError as exc:
             return _Prepared(ImageResult(path=label, error=str(exc)))
-        except Exception as exc:  # noqa: BLE001 - load_image maps every failure; this guards the promise anyway
+        except Exception as exc:  # noqa: BLE001 - load_reduced maps every failure; this guards the promise anyway
             return _Prepared(ImageResult(path=label, error=f"{label}: could not load ({type(exc).__name__}: {exc})"))
-        return self._prepare_array(rgb, label, time.perf_counter() - t0)
+        return self._prepare_reduced(img, label, time.perf_counter() - t0)
 
     def _prepare_array(self, rgb: np.ndarray, label: str, t_load: float) -> _Prepared:
-        result = ImageResult(path=label, width=int(rgb.shape[1]), height=int(rgb.shape[0]))
+        return self._prepare_reduced(ReducedImage.of_array(rgb), label, t_load)
+
+    def _prepare_reduced(self, img: ReducedImage, label: str, t_load: float) -> _Prepared:
+        """Detect on the decoded pixels, report in full-image pixels, cut each crop at full detail."""
+        result = ImageResult(path=label, width=img.full_size[0], height=img.full_size[1])
         t0 = time.perf_counter()
         try:
-            dets = detect_faces(rgb, self.min_face_score, self.detect_max_side)[: self.max_faces]  # the largest
+            found = detect_faces(img.pixels, self.min_face_score, self.detect_max_side)[: self.max_faces]  # the largest
+            dets = [d.mapped(img.to_full) for d in found]
             dets = [dets[i] for i in reading_order([d.box for d in dets])]  # face 1 is the top-left one
             t1 = time.perf_counter()
             result.timings_ms = {"load": _ms(t_load), "detect": _ms(t1 - t0)}
@@ -288,25 +332,66 @@ class Analyzer:
                 result.message = NO_FACE_MESSAGE
                 return _Prepared(result)
             item = _Prepared(result, dets)
+            sources = self._crop_sources(img, dets)
+            t_refine = time.perf_counter() - t1
+            result.timings_ms["load"] = _ms(t_load + t_refine)  # a finer decode is decoding too
+            t1 += t_refine
             if self.age is not None:
                 size = self.age.meta["input_size"]
-                item.face_crops = np.stack([align_face(rgb, d.anchor_points(), size, self.age_template)[0] for d in dets])
+                item.face_crops = np.stack([align_face(src.pixels, src.from_full_centre(d.anchor_points()), size,
+                                                       self.age_template)[0] for d, src in zip(dets, sources, strict=True)])
             t2 = time.perf_counter()
             if self.eyes is not None:
                 size = self.eyes.meta["input_size"]
                 crops = []
-                for d in dets:
+                for d, src in zip(dets, sources, strict=True):
                     for eye, other in ((d.left_eye, d.right_eye), (d.right_eye, d.left_eye)):
-                        c, b = cut_eye(rgb, np.array(eye), np.array(other), size, self.eye_geometry, np.array(d.mouth))
+                        e, o, m = src.from_full_centre(np.array([eye, other, d.mouth]))
+                        c, (x, y, w, h) = cut_eye(src.pixels, e, o, size, self.eye_geometry, m)
                         crops.append(c)
-                        item.eye_boxes.append(b)
+                        (fx, fy), = src.to_full_centre(np.array([[x, y]]))
+                        item.eye_boxes.append((float(fx), float(fy), w * src.factor, h * src.factor))
                 item.eye_crops = np.stack(crops)
             t3 = time.perf_counter()
             item.crop_seconds = (t2 - t1, t3 - t2)
             return item
+        except ImageLoadError as exc:  # a finer decode of the region failed
+            return _Prepared(ImageResult(path=label, width=result.width, height=result.height, error=str(exc)))
         except Exception as exc:  # noqa: BLE001 - one odd photo must not stop a batch of thousands
             return _Prepared(ImageResult(path=label, width=result.width, height=result.height,
                                          error=f"{label}: analysis failed ({type(exc).__name__}: {exc})"))
+
+    def _crop_needs(self, d: Detection) -> tuple[float, tuple[float, float, float, float]]:
+        """(largest crop px per full px over this face's crops, the full-image box they read from)."""
+        transforms = []
+        if self.age is not None:
+            size = self.age.meta["input_size"]
+            transforms.append((similarity_transform(d.anchor_points(), self.age_template.points(size)), size))
+        if self.eyes is not None:
+            size = self.eyes.meta["input_size"]
+            for eye, other in ((d.left_eye, d.right_eye), (d.right_eye, d.left_eye)):
+                transforms.append((eye_crop_transform(np.array(eye), np.array(other), size, self.eye_geometry,
+                                                      np.array(d.mouth)), size))
+        boxes = np.array([crop_footprint(m, size) for m, size in transforms])
+        box = (*boxes[:, :2].min(0), *boxes[:, 2:].max(0))
+        return max(crop_scale(m) for m, _ in transforms), box
+
+    def _crop_sources(self, img: ReducedImage, dets: list[Detection]) -> list[ReducedImage]:
+        """For each face, the decode its crops are cut from: ``img`` when its scale keeps the crops' detail.
+
+        Faces too small for it share one finer decode (the finest any of them needs), each keeping
+        only the region its crops read, so a photo costs at most one more decode and falls back to
+        full-size pixels only for faces that need them.
+        """
+        needs = [self._crop_needs(d) for d in dets]
+        factors = [coarsest_factor(upscale) for upscale, _ in needs]
+        small = [i for i, f in enumerate(factors) if f < img.factor]
+        if not small:
+            return [img] * len(dets)
+        pad = 2 * img.factor  # interpolation support, and the decoded pixel grid around each box
+        boxes = [tuple(np.add(needs[i][1], (-pad, -pad, pad, pad))) for i in small]
+        fine = dict(zip(small, img.finer(min(factors[i] for i in small), boxes), strict=True))
+        return [fine.get(i, img) for i in range(len(dets))]
 
     def _finish(self, items: list[_Prepared], with_crops: bool) -> list[ImageResult]:
         """Run the models once on all faces of ``items`` and fill in their results (input order kept).

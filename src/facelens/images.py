@@ -20,6 +20,10 @@ The gate, in order:
    of the documented reasons (``facelens.errors``);
 4. conversion to 8-bit RGB works in integers and in row blocks, so a 16-bit photo costs about
    its own size in memory, not eight times that in float64.
+
+``load_reduced`` goes through the same gate but decodes a JPEG at 1/2, 1/4 or 1/8 scale in the
+DCT domain, with finer decodes of regions on demand (``facelens.reduced``; issue #22): the
+analyzer needs 512 px for detection and 64-128 px crops, not 24 MP.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import errno
 import io
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from threading import Condition
 from typing import IO
@@ -37,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageMode, UnidentifiedImageError
 
 from facelens.errors import ImageLoadError
+from facelens.reduced import INVERSE_ORIENTATION, Box, ReducedImage, draft_size, factor_for_side, orient_box, region_offset, upright_size
 
 #: Largest image we decode (width * height). 20000 x 20000 headers are refused before decoding.
 MAX_PIXELS = 64_000_000
@@ -433,16 +438,120 @@ def _load(src: object, source: str, max_pixels: int, max_decoded_bytes: int) -> 
             return _upright(src, source)
         except Exception as exc:  # noqa: BLE001 - the gate
             raise _decode_error(exc, source, max_pixels) from exc
-    if isinstance(src, (str, Path)):
-        data = _read_file(Path(src), source)
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-    elif hasattr(src, "read"):
-        data = _read_stream(src, source, MAX_STREAM_BYTES)
-    else:
-        raise ImageLoadError(source, f"cannot read an image from a {type(src).__name__}: give a path, bytes, "
-                                     "a binary file object, a numpy array or a PIL image", "unsupported_mode")
+    data = _encoded_bytes(src, source)
     return decode_image_bytes(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+
+
+def _encoded_bytes(src: object, source: str) -> bytes:
+    """The encoded bytes of a path, bytes-like or binary file object; a clear error for anything else."""
+    if isinstance(src, (str, Path)):
+        return _read_file(Path(src), source)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src)
+    if hasattr(src, "read"):
+        return _read_stream(src, source, MAX_STREAM_BYTES)
+    raise ImageLoadError(source, f"cannot read an image from a {type(src).__name__}: give a path, bytes, "
+                                 "a binary file object, a numpy array or a PIL image", "unsupported_mode")
+
+
+# ---------------------------------------------------------------- reduced decoding
+
+
+def load_reduced(src: ImageInput, *, min_side: int, name: str | None = None, max_pixels: int = MAX_PIXELS,
+                 max_decoded_bytes: int = MAX_DECODED_BYTES, budget: MemoryBudget | None = None) -> ReducedImage:
+    """Load ``src`` like ``load_image``, but decode a JPEG at the coarsest scale keeping ``min_side`` px.
+
+    Why: the pipeline detects at ~512 px and cuts 64-128 px crops, so decoding a 24 MP photo in
+    full is mostly wasted (issue #22). A JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT
+    domain (``Image.draft``), turned upright by its EXIF orientation like the full image, and
+    keeps its encoded bytes so ``ReducedImage.finer`` can decode a region at a finer scale for
+    a face that needs it. Other formats, arrays and PIL images have no cheap scaled decode and
+    come at factor 1. Same checks (on the full header size) and the same errors as ``load_image``.
+    ``budget``: every decode, this one and the finer ones, first waits until its estimated memory
+    (``decode_memory_estimate`` at the scale decoded) fits, so threads decoding at once cannot add
+    up several full frames.
+    """
+    source = _source_name(src, name)
+    try:
+        if src is None or isinstance(src, (np.ndarray, Image.Image)):
+            return ReducedImage.of_array(_load(src, source, max_pixels, max_decoded_bytes))
+        data = _encoded_bytes(src, source)
+        img = open_image(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+        return _decode_reduced(img, data, source, min_side, (max_pixels, max_decoded_bytes), budget)
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the gate
+        raise _decode_error(exc, source, max_pixels) from exc
+
+
+def _decode_reduced(img: Image.Image, data: bytes, source: str, min_side: int, limits: tuple[int, int],
+                    budget: MemoryBudget | None) -> ReducedImage:
+    """Decode an opened image at the coarsest JPEG draft keeping ``min_side``; the bytes stay for ``finer``."""
+    max_pixels, max_decoded_bytes = limits
+    # Pillow opens JPEGs with a multi-picture (MPF) block as "MPO": phones and cameras write one for
+    # gain maps and previews, and its first picture is an ordinary JPEG that drafts the same way.
+    stored, orientation, is_jpeg, mode = img.size, _orientation(img), img.format in ("JPEG", "MPO"), img.mode
+    factor = factor_for_side(stored, min_side) if is_jpeg else 1
+
+    def held(f: int) -> AbstractContextManager[None]:
+        """The budget's hold for a decode at 1/``f`` (Pillow's buffer of the whole photo at that scale)."""
+        return budget.hold(decode_memory_estimate(*draft_size(stored, f), mode)) if budget else nullcontext()
+
+    with held(factor):
+        (pixels,), factor = _decode_scaled(img, source, factor, [None], orientation, max_pixels)
+
+    def refine(finer: int, boxes: list[Box]) -> list[ReducedImage]:
+        """The upright full-image ``boxes`` from one more decode at 1/``finer``; any failure is an ImageLoadError."""
+        try:
+            return _refine(finer, boxes)
+        except ImageLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the gate covers the second decode too
+            raise _decode_error(exc, source, max_pixels) from exc
+
+    def _refine(finer: int, boxes: list[Box]) -> list[ReducedImage]:
+        """Each box cropped from Pillow's buffer before conversion, so only the regions become arrays."""
+        dw, dh = draft_size(stored, finer)
+        crops = []
+        for box in boxes:
+            sx0, sy0, sx1, sy1 = orient_box(box, INVERSE_ORIENTATION[orientation], upright_size(stored, orientation))
+            crops.append((sx0 // finer, sy0 // finer, min(dw, -(-sx1 // finer)), min(dh, -(-sy1 // finer))))
+        again = open_image(data, source, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+        with held(finer):
+            parts, got = _decode_scaled(again, source, finer, crops, orientation, max_pixels)
+        if got != finer:  # the draft did not take: the crop boxes were meant for another scale
+            raise ImageLoadError(source, f"JPEG decoded at 1/{got} instead of 1/{finer}", "corrupt")
+        return [ReducedImage(part, finer, region_offset(orientation, stored, finer, c[:2], (c[2] - c[0], c[3] - c[1])),
+                             upright_size(stored, orientation)) for part, c in zip(parts, crops, strict=True)]
+
+    offset = region_offset(orientation, stored, factor, (0, 0), draft_size(stored, factor))
+    return ReducedImage(pixels, factor, offset, upright_size(stored, orientation), refine if is_jpeg else None)
+
+
+def _decode_scaled(img: Image.Image, source: str, factor: int, crops: list[Box | None], orientation: int,
+                   max_pixels: int) -> tuple[list[np.ndarray], int]:
+    """(upright RGB pixels of each crop, the factor really used) of ``img`` drafted at 1/``factor``.
+
+    Each crop (in stored, drafted pixels; None for the whole image) is cut from Pillow's buffer
+    before the RGB conversion and the rotation, so regions of a full-size decode cost Pillow's
+    buffer plus the regions, not a second copy of the photo.
+    """
+    w, h = img.size
+    try:
+        if factor > 1:
+            img.draft(img.mode, (w // factor, h // factor))
+        img.load()
+        got = next((f for f in (8, 4, 2, 1) if draft_size((w, h), f) == img.size), 1)
+        turn = _ORIENT.get(orientation)
+        out = []
+        for crop in crops:
+            rgb = _to_rgb8(img if crop is None else img.crop(crop), source)
+            out.append(np.ascontiguousarray(turn(rgb)) if turn else rgb)
+        return out, got
+    except Exception as exc:  # noqa: BLE001 - the gate: every failure becomes an ImageLoadError
+        raise _decode_error(exc, source, max_pixels) from exc
+    finally:
+        img.close()
 
 
 def is_grayscale(rgb: np.ndarray, tolerance: int = 3) -> bool:

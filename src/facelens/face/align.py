@@ -116,6 +116,23 @@ def _scale(m: np.ndarray) -> float:
     return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
 
 
+def crop_scale(m: np.ndarray) -> float:
+    """Crop pixels per image pixel of a 2x3 crop transform: above 1 the crop enlarges its source and loses detail."""
+    return _scale(m)
+
+
+def crop_footprint(m: np.ndarray, size: int) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) in image pixels of the area a ``size`` px crop cut with ``m`` reads from.
+
+    Used to decode just that region at a finer scale; one pixel of margin covers the interpolation.
+    """
+    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float64)
+    pts = apply_transform(invert_transform(m), corners)
+    x0, y0 = pts.min(0) - 1
+    x1, y1 = pts.max(0) + 1
+    return float(x0), float(y0), float(x1), float(y1)
+
+
 @dataclass(frozen=True)
 class EyeCropGeometry:
     """How a single-eye crop is cut: a square centred on the eye, ``side`` inter-ocular distances wide.

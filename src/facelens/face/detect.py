@@ -19,6 +19,7 @@ import glob
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,20 @@ class Detection:
     def anchor_points(self) -> np.ndarray:
         """Right eye, left eye, mouth centre: the three points alignment uses."""
         return np.array([self.right_eye, self.left_eye, self.mouth], dtype=np.float64)
+
+    def mapped(self, to_full: Callable[[np.ndarray], np.ndarray]) -> Detection:
+        """The same face with box and landmarks carried through ``to_full`` ((N, 2) points -> (N, 2)).
+
+        Used to report faces found on a reduced decode in the original photo's pixels; the map is
+        a scale plus offset (``facelens.reduced``), so the box stays an axis-aligned box.
+        """
+        x, y, w, h = self.box
+        pts = to_full(np.array([(x, y), (x + w, y + h), self.right_eye, self.left_eye, self.nose, self.mouth_right,
+                                self.mouth_left], dtype=np.float64))
+        (x0, y0), (x1, y1) = pts[0], pts[1]
+        right_eye, left_eye, nose, mouth_right, mouth_left = (tuple(float(v) for v in p) for p in pts[2:])
+        return Detection((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), self.score, right_eye, left_eye,
+                         nose, mouth_right, mouth_left)
 
     def landmarks(self) -> dict[str, tuple[float, float]]:
         return {
