@@ -124,7 +124,8 @@ def test_source_names_follow_the_dataset_folder() -> None:
 
 
 def test_bad_crop_augment_and_balance_options_are_refused_before_the_run_folder(tmp_path: Path) -> None:
-    for options, message in (({"face_crop": "wide"}, "--face-crop"), ({"augment": "heavy"}, "--augment"),
+    for options, message in (({"face_crop": "wide"}, "--face-crop"), ({"eye_crop": "huge"}, "--eye-crop"),
+                             ({"augment": "heavy"}, "--augment"),
                              ({"balance": "age"}, "--balance")):
         req = TrainRequest(task="age", data=[str(tmp_path)], out=str(tmp_path / "run"), **options)
         with pytest.raises(ValueError, match=message):

@@ -106,3 +106,45 @@ def test_eye_task_reads_the_kaggle_crops_and_a_face_set_together(shared_data: Pa
     # Two eyes of one face: same split, same target.
     face = [i for i, s in enumerate(sides) if s is not None][:2]
     assert prep.splits[face[0]] == prep.splits[face[1]] and prep.targets[face[0]] == prep.targets[face[1]]
+
+
+def test_eye_crop_geometry_comes_from_the_model_metadata_and_defaults_to_the_tight_crop() -> None:
+    from dataclasses import asdict
+
+    from facelens.face.align import EYE_GEOMETRIES, TIGHT_EYE_GEOMETRY, WIDE_EYE_GEOMETRY, EyeCropGeometry
+
+    assert EyeCropGeometry.from_meta(None) == TIGHT_EYE_GEOMETRY  # models from before the option
+    assert EyeCropGeometry.from_meta(asdict(WIDE_EYE_GEOMETRY)) == WIDE_EYE_GEOMETRY
+    assert set(EYE_GEOMETRIES) == {"tight", "wide"}
+
+
+def test_wide_eye_crop_takes_in_more_of_the_face_around_the_eye() -> None:
+    from facelens.face.align import TIGHT_EYE_GEOMETRY, WIDE_EYE_GEOMETRY, cut_eye
+
+    rgb = np.zeros((300, 300, 3), np.uint8)
+    eye, other = np.array([120.0, 150.0]), np.array([180.0, 150.0])  # 60 px apart
+    _, (_, _, w_tight, _) = cut_eye(rgb, eye, other, 64, TIGHT_EYE_GEOMETRY)
+    _, (_, _, w_wide, _) = cut_eye(rgb, eye, other, 64, WIDE_EYE_GEOMETRY)
+    assert w_tight == pytest.approx(0.7 * 60, abs=3) and w_wide == pytest.approx(60, abs=3)
+
+
+def test_eye_crops_cut_with_another_geometry_are_cached_apart() -> None:
+    from facelens.data.crops import _cache_key
+    from facelens.face.align import TIGHT_EYE_GEOMETRY, WIDE_EYE_GEOMETRY
+
+    digests, sides = ["a", "a"], ["left", "right"]
+    assert _cache_key(digests, "eye", 64, sides=sides, geometry=TIGHT_EYE_GEOMETRY) != \
+        _cache_key(digests, "eye", 64, sides=sides, geometry=WIDE_EYE_GEOMETRY)
+    # ready-cut eye crops (no face, no sides) do not depend on the geometry
+    assert _cache_key(["b"], "eye", 64, sides=[None], geometry=TIGHT_EYE_GEOMETRY) == \
+        _cache_key(["b"], "eye", 64, sides=[None], geometry=WIDE_EYE_GEOMETRY)
+
+
+def test_analyzer_cuts_eyes_the_way_its_eye_model_was_trained(analyzer) -> None:
+    from facelens.api import Analyzer
+    from facelens.face.align import EyeCropGeometry
+
+    expected = EyeCropGeometry.from_meta(analyzer.eyes.meta.get("eye_crop"))
+    assert analyzer.eye_geometry == expected
+    forced = Analyzer(age_model=analyzer.age, eye_model=analyzer.eyes, eye_geometry=EyeCropGeometry(0.9, 0.0))
+    assert forced.eye_geometry == EyeCropGeometry(0.9, 0.0)

@@ -26,7 +26,6 @@ from facelens.data.crops import eye_crop_from_image
 from facelens.devices import check_device_name
 from facelens.errors import ImageLoadError, ModelLoadError
 from facelens.face.align import (
-    DEFAULT_EYE_GEOMETRY,
     EyeCropGeometry,
     FaceTemplate,
     align_face,
@@ -181,7 +180,7 @@ class Analyzer:
         device: str = "cpu",
         min_face_score: float = DEFAULT_MIN_SCORE,
         max_faces: int = 50,
-        eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
+        eye_geometry: EyeCropGeometry | None = None,
         detect_max_side: int | None = None,
         full_decode: bool = False,
     ) -> None:
@@ -195,7 +194,8 @@ class Analyzer:
             raise ModelLoadError(f"no models to run: none given and no shipped defaults in {models_dir()}")
         self.min_face_score = min_face_score
         self.max_faces = max_faces
-        self.eye_geometry = eye_geometry
+        # How the eye model's crops were cut (its metadata names it; older models used the tight one).
+        self.eye_geometry = eye_geometry or EyeCropGeometry.from_meta(self.eyes.meta.get("eye_crop") if self.eyes else None)
         self.detect_max_side = detect_max_side or DETECT_MAX_SIDE
         self.full_decode = full_decode
         self._decode_budget = MemoryBudget(DECODE_MEMORY_BYTES)

@@ -221,6 +221,9 @@ def train_eyes(
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
     augment: _AUGMENT = "basic", balance: _BALANCE = "none",
+    eye_crop: Annotated[str, typer.Option(help="how eyes are cut from the faces of face datasets: tight (eye and brow, "
+                                               "like the Kaggle crops; default) or wide (one eye distance across: "
+                                               "brow, lid fold and the skin around them)")] = "tight",
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
     _train("eyes", **locals())

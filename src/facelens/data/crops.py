@@ -23,7 +23,15 @@ import numpy as np
 from tqdm import tqdm
 
 from facelens.errors import ImageLoadError
-from facelens.face.align import AGE_TEMPLATE, DEFAULT_EYE_GEOMETRY, LOOSE_AGE_TEMPLATE, FaceTemplate, align_face, cut_eye
+from facelens.face.align import (
+    AGE_TEMPLATE,
+    DEFAULT_EYE_GEOMETRY,
+    LOOSE_AGE_TEMPLATE,
+    EyeCropGeometry,
+    FaceTemplate,
+    align_face,
+    cut_eye,
+)
 from facelens.face.detect import Detection, detect_faces
 from facelens.images import load_image
 
@@ -68,22 +76,24 @@ def _detect_one(path: str) -> tuple[np.ndarray | None, str]:
     return faces[0].anchor_points(), ""
 
 
-def eye_from_face(rgb: np.ndarray, anchor_points: np.ndarray, side: str, size: int) -> np.ndarray:
+def eye_from_face(rgb: np.ndarray, anchor_points: np.ndarray, side: str, size: int,
+                  geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY) -> np.ndarray:
     """One eye ('left' / 'right': the person's own) of a face, cut exactly as ``Analyzer`` cuts it."""
     right, left, mouth = anchor_points
     eye, other = (left, right) if side == "left" else (right, left)
-    return cut_eye(rgb, eye, other, size, DEFAULT_EYE_GEOMETRY, mouth)[0]
+    return cut_eye(rgb, eye, other, size, geometry, mouth)[0]
 
 
-def _crop_one(args: tuple[str, str, int, np.ndarray | None, FaceTemplate, str | None]) -> tuple[np.ndarray | None, str | None]:
+def _crop_one(args: tuple[str, str, int, np.ndarray | None, FaceTemplate, str | None, EyeCropGeometry]
+              ) -> tuple[np.ndarray | None, str | None]:
     """(crop, failure reason) for one file; crops from faces warp known anchors (no detection here)."""
-    path, kind, size, known, template, side = args
+    path, kind, size, known, template, side, geometry = args
     try:
         rgb = load_image(path)
     except ImageLoadError as exc:
         return None, exc.message
     if kind == "eye":
-        return (eye_crop_from_image(rgb, size) if side is None else eye_from_face(rgb, known, side, size)), None
+        return (eye_crop_from_image(rgb, size) if side is None else eye_from_face(rgb, known, side, size, geometry)), None
     return align_face(rgb, known, size, template)[0], None
 
 
@@ -95,12 +105,12 @@ class CropSet:
 
 
 def _cache_key(digests: Sequence[str], kind: str, size: int, template: FaceTemplate | None = None,
-               sides: Sequence[str | None] | None = None) -> str:
+               sides: Sequence[str | None] | None = None, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY) -> str:
     h = hashlib.sha256(f"{PIPELINE_VERSION}|{kind}|{size}|".encode())
     if kind == "face" and template is not None and template != LOOSE_AGE_TEMPLATE:  # loose keeps old cache keys
         h.update(repr(astuple(template)).encode())
     if kind == "eye" and sides is not None and any(sides):  # eye-crop sets keep their old keys
-        h.update(f"eyes-from-faces|{astuple(DEFAULT_EYE_GEOMETRY)}|{'|'.join(s or '' for s in sides)}".encode())
+        h.update(f"eyes-from-faces|{astuple(geometry)}|{'|'.join(s or '' for s in sides)}".encode())
     for d in digests:
         h.update(d.encode())
     return h.hexdigest()[:24]
@@ -158,16 +168,17 @@ def build_crops(
     desc: str = "crops",
     template: FaceTemplate = AGE_TEMPLATE,
     sides: Sequence[str | None] | None = None,
+    eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
 ) -> CropSet:
     """Crops for ``paths`` ('face' or 'eye' kind), from the cache when this exact set was seen.
 
     Face crops are aligned to ``template`` from anchors detected once per file content. Eye crops
     are the files themselves (ready-cut crops) or, where ``sides[i]`` is 'left' / 'right', that eye
-    of the file's main face, cut as prediction cuts it.
+    of the file's main face, cut as prediction cuts it with ``eye_geometry``.
     """
     cache_dir = cache_dir or default_cache_dir()
     sides = list(sides) if sides is not None else [None] * len(paths)
-    key = _cache_key(digests, kind, size, template, sides)
+    key = _cache_key(digests, kind, size, template, sides, eye_geometry)
     npz = cache_dir / "crops" / f"{kind}-{size}-{key}.npz"
     if npz.exists():
         with np.load(npz, allow_pickle=False) as z:
@@ -189,7 +200,7 @@ def build_crops(
             known[i] = store.anchors[digests[i]]
             if known[i] is None:
                 reasons[i] = store.reasons[digests[i]]
-    jobs = [(str(p), kind, size, known[i], template, sides[i]) for i, p in enumerate(paths) if i not in reasons]
+    jobs = [(str(p), kind, size, known[i], template, sides[i], eye_geometry) for i, p in enumerate(paths) if i not in reasons]
     done = iter(_pool_map(_crop_one, jobs, workers, desc))
     results = [(None, reasons[i]) if i in reasons else next(done) for i in range(len(paths))]
     good = [i for i, r in enumerate(results) if r[0] is not None]

@@ -147,8 +147,23 @@ class EyeCropGeometry:
     side: float = 0.7
     dy: float = -0.1
 
+    @classmethod
+    def from_meta(cls, crop: dict | None) -> EyeCropGeometry:
+        """The geometry an eye model's metadata names (``meta["eye_crop"]``); older models used the tight one."""
+        if not crop:
+            return TIGHT_EYE_GEOMETRY
+        return cls(side=float(crop["side"]), dy=float(crop["dy"]))
 
-DEFAULT_EYE_GEOMETRY = EyeCropGeometry()
+
+#: The first eye crop, matched to the Kaggle single-eye crops (eye and brow, little else).
+TIGHT_EYE_GEOMETRY = EyeCropGeometry(side=0.7, dy=-0.1)
+#: Eye, whole brow, eyelid fold and the skin around them: a square one inter-ocular distance wide,
+#: reaching from the bridge of the nose to the temple. Cut from small faces in whole photos
+#: (All-Age-Faces eyes are ~40 px apart), the tight crop holds ~28 source pixels; this one ~40.
+WIDE_EYE_GEOMETRY = EyeCropGeometry(side=1.0, dy=-0.05)
+EYE_GEOMETRIES = {"tight": TIGHT_EYE_GEOMETRY, "wide": WIDE_EYE_GEOMETRY}
+
+DEFAULT_EYE_GEOMETRY = TIGHT_EYE_GEOMETRY
 
 
 def eye_crop_transform(

@@ -32,7 +32,14 @@ from facelens.data.hygiene import check_hygiene
 from facelens.data.readers import AGE_RANGE, Dataset, Record, read_dataset
 from facelens.data.splits import DEFAULT_FRACTIONS, EYE_BLOCK_SIZE, assign_split, block_group, random_group
 from facelens.errors import DatasetError
-from facelens.face.align import AGE_TEMPLATE, FACE_TEMPLATES, FaceTemplate
+from facelens.face.align import (
+    AGE_TEMPLATE,
+    DEFAULT_EYE_GEOMETRY,
+    EYE_GEOMETRIES,
+    FACE_TEMPLATES,
+    EyeCropGeometry,
+    FaceTemplate,
+)
 from facelens.fileio import write_bytes_atomic, write_json_atomic
 from facelens.models.factory import check_frozen_blocks, create_model, default_input_size, head_of
 from facelens.train.augment import AUGMENT_PRESETS
@@ -69,6 +76,7 @@ class TrainRequest:
     workers: int | None = None
     threads: int | None = None  # CPU threads for torch (default: all cores)
     face_crop: str = "tight"  # age: face template (face.align.FACE_TEMPLATES)
+    eye_crop: str = "tight"  # eyes: how eyes are cut from faces (face.align.EYE_GEOMETRIES)
     augment: str = "basic"  # train.augment.AUGMENT_PRESETS; "photo" adds source-style degradations
     balance: str = "none"  # "source": sample so every source has an equal share of each label bin
 
@@ -90,6 +98,8 @@ class TrainRequest:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.face_crop not in FACE_TEMPLATES:
             raise ValueError(f"--face-crop must be one of {', '.join(FACE_TEMPLATES)}, got {self.face_crop!r}")
+        if self.eye_crop not in EYE_GEOMETRIES:
+            raise ValueError(f"--eye-crop must be one of {', '.join(EYE_GEOMETRIES)}, got {self.eye_crop!r}")
         if self.augment not in AUGMENT_PRESETS:
             raise ValueError(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}")
         if self.balance not in BALANCE_CHOICES:
@@ -172,19 +182,22 @@ class PreparedData:
     layouts: list[str]
 
     def crops(self, indices: np.ndarray, kind: str, size: int, workers: int | None = None,
-              desc: str | None = None, template: FaceTemplate = AGE_TEMPLATE) -> tuple[CropSet, np.ndarray]:
+              desc: str | None = None, template: FaceTemplate = AGE_TEMPLATE,
+              eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY) -> tuple[CropSet, np.ndarray]:
         """Aligned crops of the records at ``indices`` (cached by content digest) and the record
         position of each crop; images that gave none are missing and listed in ``failures``."""
         indices = np.asarray(indices)
         sides = [self.records[i].meta_dict().get("eye_side") for i in indices] if kind == "eye" else None
         cs = build_crops([self.records[i].path for i in indices], [self.digests[i] for i in indices], kind, size,
-                         workers=workers, desc=desc or f"{kind} crops", template=template, sides=sides)
+                         workers=workers, desc=desc or f"{kind} crops", template=template, sides=sides,
+                         eye_geometry=eye_geometry)
         return cs, indices[cs.index]
 
     def model_crops(self, indices: np.ndarray, meta: dict, desc: str | None = None) -> tuple[CropSet, np.ndarray]:
-        """``crops`` as the model described by ``meta`` sees them (its crop kind, size and face template)."""
+        """``crops`` as the model described by ``meta`` sees them (its crop kind, size, face template, eye geometry)."""
         kind = "face" if meta["task"] == "age" else "eye"
-        return self.crops(indices, kind, meta["input_size"], desc=desc, template=FaceTemplate.from_meta(meta.get("crop")))
+        return self.crops(indices, kind, meta["input_size"], desc=desc, template=FaceTemplate.from_meta(meta.get("crop")),
+                          eye_geometry=EyeCropGeometry.from_meta(meta.get("eye_crop")))
 
 
 def source_name(data: str | Path) -> str:
@@ -434,7 +447,9 @@ def run_training(req: TrainRequest, log=print) -> dict:
         use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
                                       for s in ("train", "val", "test")]))
         template = FACE_TEMPLATES[req.face_crop]
-        cs, pos = prep.crops(use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px", template=template)
+        eye_geometry = EYE_GEOMETRIES[req.eye_crop]
+        cs, pos = prep.crops(use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px", template=template,
+                             eye_geometry=eye_geometry)
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
         split_of = prep.splits[pos]
@@ -475,6 +490,7 @@ def run_training(req: TrainRequest, log=print) -> dict:
             "input_size": size,
             "pipeline": PIPELINE_VERSION,
             "crop": asdict(template) if req.task == "age" else None,
+            "eye_crop": asdict(eye_geometry) if req.task == "eyes" else None,
             "positive_class": "female" if req.task == "eyes" else None,
             "class_map": prep.class_map,
             "tta": "flip-average",
@@ -558,6 +574,8 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
     cmd += f" --weight-decay {cfg.get('weight_decay', 1e-4)} --precision {cfg.get('precision', 'fp32')}"
     if cfg["task"] == "age":
         cmd += f" --face-crop {cfg.get('face_crop', 'loose')}"
+    else:
+        cmd += f" --eye-crop {cfg.get('eye_crop', 'tight')}"
     cmd += f" --augment {cfg.get('augment', 'basic')} --balance {cfg.get('balance', 'none')}"
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
