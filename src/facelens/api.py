@@ -59,9 +59,13 @@ DECODE_MEMORY_BYTES = 200_000_000
 
 
 def models_dir() -> Path:
-    """Where the shipped default models live: $FACELENS_MODELS, else the repository's models/."""
+    """Where the shipped default models live: $FACELENS_MODELS, else the package's ``shipped_models``.
+
+    ``shipped_models`` is the repository's ``models/`` (a link in a source checkout, copied into the
+    wheel), so a pip-installed facelens finds its defaults without a clone.
+    """
     env = os.environ.get("FACELENS_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    return Path(env) if env else Path(__file__).resolve().parent / "shipped_models"
 
 
 def default_model_path(task: str) -> Path:
