@@ -69,8 +69,9 @@ def test_faces_come_in_reading_order(analyzer) -> None:
 
 
 def _sex(p_left: float, p_right: float) -> SexEstimate:
-    eyes = (EyeEstimate("left", p_left, (0, 0, 1, 1)), EyeEstimate("right", p_right, (0, 0, 1, 1)))
-    return SexEstimate((p_left + p_right) / 2, eyes)
+    eyes = (EyeEstimate(side="left", p_female=p_left, box=(0, 0, 1, 1)),
+            EyeEstimate(side="right", p_female=p_right, box=(0, 0, 1, 1)))
+    return SexEstimate(p_female=(p_left + p_right) / 2, eyes=eyes)
 
 
 @pytest.mark.parametrize(("a", "b", "want"), [
@@ -87,8 +88,8 @@ def test_eyes_disagree_rule(a: float, b: float, want: bool) -> None:
 
 
 def test_eyes_disagree_in_text_and_json() -> None:
-    r = ImageResult("p.jpg", faces=[Face((0, 0, 50, 50), 0.9, sex=_sex(0.92, 0.15)),
-                                    Face((60, 0, 50, 50), 0.9, sex=_sex(0.92, 0.85))], width=120, height=60)
+    r = ImageResult(path="p.jpg", faces=[Face(box=(0, 0, 50, 50), score=0.9, sex=_sex(0.92, 0.15)),
+                                         Face(box=(60, 0, 50, 50), score=0.9, sex=_sex(0.92, 0.85))], width=120, height=60)
     d = r.to_dict()
     assert d["schema"] == "facelens/1"
     assert [f["sex"]["eyes_disagree"] for f in d["faces"]] == [True, False]

@@ -57,8 +57,9 @@ def test_a_label_too_big_for_the_image_is_left_out() -> None:
 
 
 def _face(x: float, p_left: float = 0.9, p_right: float = 0.8) -> Face:
-    eyes = (EyeEstimate("left", p_left, (x + 30, 30, 10, 10)), EyeEstimate("right", p_right, (x + 10, 30, 10, 10)))
-    return Face((x, 20, 50, 60), 0.9, age=AgeEstimate(30, 25, 40), sex=SexEstimate(0.85, eyes))
+    eyes = (EyeEstimate(side="left", p_female=p_left, box=(x + 30, 30, 10, 10)),
+            EyeEstimate(side="right", p_female=p_right, box=(x + 10, 30, 10, 10)))
+    return Face(box=(x, 20, 50, 60), score=0.9, age=AgeEstimate(value=30, low=25, high=40), sex=SexEstimate(p_female=0.85, eyes=eyes))
 
 
 def test_face_label_flags_disagreeing_eyes() -> None:

@@ -412,7 +412,7 @@ class Analyzer:
             value, low, high = decode_age(self.age(np.concatenate([it.face_crops for it in items if it.dets])),
                                           self.age.meta)
             interval = float(self.age.meta.get("interval", 0.8))
-            ages = [AgeEstimate(float(v), float(lo), float(hi), interval)
+            ages = [AgeEstimate(value=float(v), low=float(lo), high=float(hi), interval=interval)
                     for v, lo, hi in zip(value, low, high, strict=True)]
             t_age = time.perf_counter() - t0
         if n_faces and self.eyes is not None:
@@ -423,10 +423,10 @@ class Analyzer:
             boxes = [b for it in items for b in it.eye_boxes]
             sexes = []
             for i in range(n_faces):
-                eyes = (EyeEstimate("left", float(p[2 * i]), boxes[2 * i]),
-                        EyeEstimate("right", float(p[2 * i + 1]), boxes[2 * i + 1]))
+                eyes = (EyeEstimate(side="left", p_female=float(p[2 * i]), box=boxes[2 * i]),
+                        EyeEstimate(side="right", p_female=float(p[2 * i + 1]), box=boxes[2 * i + 1]))
                 young = ages is not None and ages[i].value < CHILD_AGE
-                sexes.append(SexEstimate(float(p_face[i]), eyes, CHILD_CAUTION if young else None))
+                sexes.append(SexEstimate(p_female=float(p_face[i]), eyes=eyes, caution=CHILD_CAUTION if young else None))
             t_eyes = time.perf_counter() - t0
         out, k = [], 0
         for it in items:
@@ -473,11 +473,11 @@ class Analyzer:
                 where.append((i, label, FACE_PHOTO_WARNING if check_face_photo and looks_like_face_photo(rgb) else None))
                 results.append(None)
             except ImageLoadError as exc:
-                results.append(EyeCropResult(label, error=str(exc)))
+                results.append(EyeCropResult(path=label, error=str(exc)))
         if crops:
             p = decode_eyes(self.eyes(np.stack(crops)), self.eyes.meta)
             for (i, label, warning), pf in zip(where, p, strict=True):
-                results[i] = EyeCropResult(label, float(pf), warning=warning)
+                results[i] = EyeCropResult(path=label, p_female=float(pf), warning=warning)
         return [r for r in results if r is not None]
 
 

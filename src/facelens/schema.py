@@ -21,40 +21,64 @@ model we use.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 SCHEMA_VERSION = "facelens/1"
 
+Box = tuple[float, float, float, float]
 
-@dataclass(frozen=True)
-class AgeEstimate:
+
+def _r(values, digits: int) -> list[float]:
+    return [round(float(v), digits) for v in values]
+
+
+class _Wire(BaseModel):
+    """A part of the contract: ``to_dict`` is its JSON form (rounded as documented, aliases applied)."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class _Frozen(_Wire):
+    model_config = ConfigDict(frozen=True)
+
+
+class AgeEstimate(_Frozen):
+    """Estimated age in years and the interval that holds the true age with probability ``interval``."""
+
     value: float
     low: float
     high: float
     interval: float = 0.8
 
-    def to_dict(self) -> dict[str, float]:
-        return {"value": round(self.value, 2), "low": round(self.low, 2), "high": round(self.high, 2), "interval": self.interval}
+    @field_serializer("value", "low", "high")
+    def _years(self, v: float) -> float:
+        return round(v, 2)
 
 
-@dataclass(frozen=True)
-class EyeEstimate:
-    side: str  # "left" or "right": the person's own side
-    p_female: float
-    box: tuple[float, float, float, float]
+class EyeEstimate(_Frozen):
+    """One eye's answer; ``box`` is the crop's axis-aligned box in image pixels (x, y, w, h)."""
 
+    side: Literal["left", "right"] = Field(description="the person's own side")
+    p_female: float = Field(ge=0.0, le=1.0)
+    box: Box
+
+    @computed_field
     @property
     def p_male(self) -> float:
-        return 1.0 - self.p_female
+        return round(1.0 - self.p_female, 4)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "side": self.side,
-            "p_female": round(self.p_female, 4),
-            "p_male": round(self.p_male, 4),
-            "box": [round(v, 1) for v in self.box],
-        }
+    @field_serializer("p_female")
+    def _prob(self, v: float) -> float:
+        return round(v, 4)
+
+    @field_serializer("box")
+    def _box(self, v: Box) -> list[float]:
+        return _r(v, 1)
 
 
 #: The two eyes of a face disagree when their P(female) lie on opposite sides of 0.5 *and* differ by
@@ -69,94 +93,84 @@ def eyes_disagree(p_a: float, p_b: float, gap: float = EYES_DISAGREE_GAP) -> boo
     return (p_a - 0.5) * (p_b - 0.5) < 0 and abs(p_a - p_b) > gap
 
 
-@dataclass(frozen=True)
-class SexEstimate:
-    p_female: float
+class SexEstimate(_Frozen):
+    """P(female) of a face from its eyes (the calibrated mean of both eyes' logits)."""
+
+    p_female: float = Field(ge=0.0, le=1.0)
     eyes: tuple[EyeEstimate, ...] = ()
     #: Set when the eyes are known to be weak evidence for this face (e.g. a child by the age estimate).
     caution: str | None = None
 
+    @computed_field
     @property
     def p_male(self) -> float:
-        return 1.0 - self.p_female
+        return round(1.0 - self.p_female, 4)
 
+    @computed_field(description="the two eyes point confidently at opposite answers (see EYES_DISAGREE_GAP)")
     @property
     def eyes_disagree(self) -> bool:
-        """The two eyes point confidently at opposite answers (``eyes_disagree``); False with fewer than two eyes."""
+        """False with fewer than two eyes."""
         return len(self.eyes) == 2 and eyes_disagree(self.eyes[0].p_female, self.eyes[1].p_female)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "p_female": round(self.p_female, 4),
-            "p_male": round(self.p_male, 4),
-            "eyes": [e.to_dict() for e in self.eyes],
-            "eyes_disagree": self.eyes_disagree,
-            "caution": self.caution,
-        }
+    @field_serializer("p_female")
+    def _prob(self, v: float) -> float:
+        return round(v, 4)
 
 
-@dataclass(frozen=True)
-class Face:
-    box: tuple[float, float, float, float]  # x, y, w, h in pixels of the upright image
+class Face(_Frozen):
+    box: Box = Field(description="x, y, w, h in pixels of the upright image")
     score: float
-    landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
+    landmarks: dict[str, tuple[float, float]] = Field(default_factory=dict)
     age: AgeEstimate | None = None
     sex: SexEstimate | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "box": [round(v, 1) for v in self.box],
-            "score": round(self.score, 4),
-            "landmarks": {k: [round(v[0], 1), round(v[1], 1)] for k, v in self.landmarks.items()},
-            "age": self.age.to_dict() if self.age else None,
-            "sex": self.sex.to_dict() if self.sex else None,
-        }
+    @field_serializer("box")
+    def _box(self, v: Box) -> list[float]:
+        return _r(v, 1)
+
+    @field_serializer("score")
+    def _score(self, v: float) -> float:
+        return round(v, 4)
+
+    @field_serializer("landmarks")
+    def _points(self, v: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+        return {k: _r(p, 1) for k, p in v.items()}
 
 
-@dataclass
-class ImageResult:
+class ImageResult(_Wire):
+    """One photo's answer: every face found, or the reason there is none (``error``: could not be read)."""
+
+    schema_version: Literal["facelens/1"] = Field(SCHEMA_VERSION, alias="schema")
     path: str
-    faces: list[Face] = field(default_factory=list)
     width: int | None = None
     height: int | None = None
+    faces: list[Face] = Field(default_factory=list)
     error: str | None = None
     message: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float] = Field(default_factory=dict, exclude=True)
     #: What the models saw (``Analyzer.analyze(..., with_crops=True)``); never serialised.
-    crops: list[Any] = field(default_factory=list, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "path": self.path,
-            "width": self.width,
-            "height": self.height,
-            "faces": [f.to_dict() for f in self.faces],
-            "error": self.error,
-            "message": self.message,
-        }
+    crops: list[Any] = Field(default_factory=list, exclude=True, repr=False)
 
 
-@dataclass(frozen=True)
-class EyeCropResult:
+class EyeCropResult(_Frozen):
     """Result of ``predict-eyes`` on one eye crop."""
 
+    schema_version: Literal["facelens/1"] = Field(SCHEMA_VERSION, alias="schema")
     path: str
-    p_female: float | None = None
+    p_female: float | None = Field(None, ge=0.0, le=1.0)
     error: str | None = None
     #: Set when the input does not look like a single-eye crop (e.g. a whole face photo).
     warning: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "path": self.path,
-            "p_female": None if self.p_female is None else round(self.p_female, 4),
-            "p_male": None if self.p_female is None else round(1.0 - self.p_female, 4),
-            "error": self.error,
-            "warning": self.warning,
-        }
+    @computed_field
+    @property
+    def p_male(self) -> float | None:
+        return None if self.p_female is None else round(1.0 - self.p_female, 4)
+
+    @field_serializer("p_female")
+    def _prob(self, v: float | None) -> float | None:
+        return None if v is None else round(v, 4)
 
 
 __all__ = ["SCHEMA_VERSION", "EYES_DISAGREE_GAP", "eyes_disagree",
-           "AgeEstimate", "EyeEstimate", "SexEstimate", "Face", "ImageResult", "EyeCropResult", "asdict"]
+           "AgeEstimate", "EyeEstimate", "SexEstimate", "Face", "ImageResult", "EyeCropResult"]
