@@ -33,7 +33,7 @@ from typing import Any
 
 from facelens.errors import DeviceError, FacelensError, ModelLoadError
 from facelens.infer.batch import BatchSummary
-from facelens.infer.shards import ShardWriter
+from facelens.infer.shards import ERRORS_FILE, ShardWriter
 
 RAY_INSTALL_HINT = "pip install 'facelens[ray]'"
 #: Files handed to an actor per call: small enough to spread 2 x workers batches over short runs and
@@ -251,7 +251,7 @@ def run_ray(spec: ModelSpec, paths: list[Path], out: Path, opts: RayOptions, res
     writer = ShardWriter.open(out, opts.fmt, resume=resume, shard_size=opts.shard_size, flush_seconds=opts.flush_seconds)
     todo = [p for p in paths if str(p) not in writer.done]
     summary = BatchSummary(total=len(paths), skipped=len(paths) - len(todo), out=str(out),
-                           errors_file=str(out / "errors.csv"))
+                           errors_file=str(out / ERRORS_FILE))
     t0 = time.perf_counter()
     started, where = connect(opts.address, opts.workers)
     ray = require_ray()
@@ -268,7 +268,7 @@ def run_ray(spec: ModelSpec, paths: list[Path], out: Path, opts: RayOptions, res
     return summary
 
 
-def _map(ds, spec: ModelSpec, workers: int, opts: RayOptions):
+def _map(ds, spec: ModelSpec, workers: int, per_batch: int, opts: RayOptions):
     """The one actor-pool stage: ``workers`` PredictWorkers, each restarted and its batch re-run after a crash."""
     import ray.data
 
@@ -277,7 +277,7 @@ def _map(ds, spec: ModelSpec, workers: int, opts: RayOptions):
         fn_constructor_kwargs={"spec": spec, "prepare_threads": opts.prepare_threads,
                                "kill_once_marker": opts.kill_once_marker},
         compute=ray.data.ActorPoolStrategy(size=workers),
-        batch_size=opts.files_per_batch,
+        batch_size=per_batch,
         batch_format="numpy",
         num_cpus=opts.cpus_per_worker,
         num_gpus=opts.gpus_per_worker or None,
@@ -298,13 +298,14 @@ def _stream(ray, spec: ModelSpec, todo: list[Path], writer: ShardWriter, summary
     if opts.gpus_per_worker > 0 and not spec.device.startswith("cuda"):
         spec.device = "cuda"  # Ray gives each actor its GPU share through CUDA_VISIBLE_DEVICES: it is cuda:0 there
     items = [{"path": str(p), "file": str(p.absolute())} for p in todo]
-    n_blocks = max(1, min(len(items), -(-len(items) // opts.files_per_batch)))
-    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    # A short run is cut so every worker gets a share; a long one in batches of files_per_batch.
+    per_batch = max(1, min(opts.files_per_batch, -(-len(items) // workers)))
+    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_batch))
     with warnings.catch_warnings():
         # Ray 2.60 warns that extra remote args (max_restarts, max_task_retries) move to named parameters in 2.64;
         # they are still honoured, and without them Ray Data retries a crashing batch forever.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
-        results = _map(ds, spec, workers, opts)
+        results = _map(ds, spec, workers, per_batch, opts)
     with tqdm(total=len(todo), unit="photo", desc=f"predict (ray, {workers} workers)", disable=not opts.progress) as bar:
         try:
             for batch in results.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):

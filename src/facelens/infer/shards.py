@@ -4,8 +4,12 @@ Layout (``DIR``)::
 
     part-00000.jsonl      facelens/1 records, one per input (or part-00000.parquet with --format parquet)
     part-00001.jsonl      ...
-    errors.csv            path,error of every failed input in the finished shards
+    _errors.csv           path,error of every failed input in the finished shards
     _SUCCESS              JSON manifest, written last: the run finished and every input has a record
+
+The names of the two extra files start with ``_``, which Spark, pyarrow, pandas and Ray skip
+when reading a folder, so ``pandas.read_parquet(DIR)`` or ``ray.data.read_json(DIR)`` read the
+records alone.
 
 Why shards and not one appended file (as the local engine writes): many workers finish batches
 in any order, and a shard that is written to a temporary sibling and renamed into place is
@@ -37,7 +41,7 @@ from facelens.schema import SCHEMA_VERSION
 
 FORMATS = ("jsonl", "parquet")
 SUCCESS_FILE = "_SUCCESS"
-ERRORS_FILE = "errors.csv"
+ERRORS_FILE = "_errors.csv"
 _SHARD_RE = re.compile(r"^part-(\d{5,})\.(jsonl|parquet)$")
 #: Face landmarks in the order ``Detection.landmarks()`` gives them (a fixed set: the Parquet schema names them).
 LANDMARK_KEYS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")
