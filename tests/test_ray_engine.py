@@ -104,9 +104,10 @@ def assert_same_record(a: dict, b: dict) -> None:
         assert fa["sex"].keys() == fb["sex"].keys()
 
 
-def test_ray_records_equal_the_local_engine(ray_runtime, photos, spec, local_records, tmp_path):
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_ray_records_equal_the_local_engine(ray_runtime, photos, spec, local_records, tmp_path, layout):
     out = tmp_path / "ray-out"
-    summary = run_ray(spec, expand_inputs([str(photos)]), out, _opts(shard_size=5))
+    summary = run_ray(spec, expand_inputs([str(photos)]), out, _opts(shard_size=5, layout=layout))
     assert (summary.processed, summary.ok, summary.failed, summary.no_face) == (12, 11, 1, 1)
     records = read_records(out)
     assert Counter(r["path"] for r in records) == Counter(list(local_records))  # every input exactly once
@@ -183,7 +184,8 @@ def test_cli_engine_ray_and_its_flag_checks(ray_runtime, photos, spec, tmp_path,
     runner = CliRunner()
     out = tmp_path / "cli-out"
     res = runner.invoke(app, ["predict", str(photos / "sub"), str(photos / "broken.jpg"), "--out", str(out),
-                              "--engine", "ray", "--workers", "2", "--format", "parquet", "--shard-size", "2"])
+                              "--engine", "ray", "--workers", "2", "--format", "parquet", "--shard-size", "2",
+                              "--ray-layout", "fused"])
     assert res.exit_code == 0, res.output
     assert "4 of 4 files processed" in res.output and "1 failed" in res.output
     assert len(finished_shards(out)) == 2 and (out / SUCCESS_FILE).exists()
@@ -191,6 +193,8 @@ def test_cli_engine_ray_and_its_flag_checks(ray_runtime, photos, spec, tmp_path,
     assert res.exit_code == 2 and "--workers: only with --engine ray" in res.output
     res = runner.invoke(app, ["predict", str(photos), "--engine", "ray"])
     assert res.exit_code == 2 and "needs --out" in res.output
+    res = runner.invoke(app, ["predict", str(photos), "--engine", "ray", "--out", str(tmp_path / "z"), "--ray-layout", "x"])
+    assert res.exit_code == 2 and "--ray-layout must be fused or split" in res.output
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     res = runner.invoke(app, ["predict", str(photos), "--out", str(tmp_path / "y"), "--engine", "ray"])
     assert res.exit_code == 2 and "pip install 'facelens[ray]'" in res.output

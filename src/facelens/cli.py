@@ -110,6 +110,9 @@ def predict(
         help="--engine ray: GPUs per actor (e.g. 0.25 puts 4 on a GPU); models then run on CUDA (onnxruntime-gpu)")] = 0.0,
     out_format: Annotated[str, typer.Option("--format", help="--engine ray: shard format, jsonl or parquet")] = "jsonl",
     shard_size: Annotated[int, typer.Option(help="--engine ray: records per shard file")] = 1000,
+    ray_layout: Annotated[str, typer.Option(
+        help="--engine ray: fused (one actor pool does everything; fastest on CPUs) or split (detection and crops "
+             "in one pool, the models in another: GPU clusters)")] = "fused",
 ) -> None:
     """Detect every face in photos and estimate its age (80% interval) and sex from its eyes."""
     from facelens.infer.batch import expand_inputs, run_batch
@@ -118,11 +121,11 @@ def predict(
         _fail(f"--engine must be local or ray, got {engine!r}")
     if engine == "ray":
         _predict_ray(inputs, out, resume, age_model, eye_model, no_age, no_eyes, batch_size, backend, device,
-                     detect_max_side, ray_address, workers, gpus_per_worker, out_format, shard_size)
+                     detect_max_side, ray_address, workers, gpus_per_worker, out_format, shard_size, ray_layout)
         return
     ray_only = {"--ray-address": ray_address is not None, "--workers": workers is not None,
                 "--gpus-per-worker": gpus_per_worker != 0.0, "--format": out_format != "jsonl",
-                "--shard-size": shard_size != 1000}
+                "--shard-size": shard_size != 1000, "--ray-layout": ray_layout != "fused"}
     if any(ray_only.values()):
         _fail(f"{', '.join(k for k, v in ray_only.items() if v)}: only with --engine ray")
     try:
@@ -151,7 +154,7 @@ def predict(
 def _predict_ray(inputs: list[str], out: Path | None, resume: bool, age_model: Path | None, eye_model: Path | None,
                  no_age: bool, no_eyes: bool, batch_size: int, backend: str, device: str, detect_max_side: int | None,
                  ray_address: str | None, workers: int | None, gpus_per_worker: float, out_format: str,
-                 shard_size: int) -> None:
+                 shard_size: int, ray_layout: str) -> None:
     """``predict --engine ray``: the same inputs and records as the local engine, written as shards (docs/scale-out.md)."""
     from facelens.devices import check_device_name
     from facelens.face.detect import check_detect_max_side
@@ -162,6 +165,8 @@ def _predict_ray(inputs: list[str], out: Path | None, resume: bool, age_model: P
         _fail("--engine ray needs --out FOLDER (it writes shards there)")
     if workers is not None and workers < 1:
         _fail(f"--workers must be >= 1, got {workers}")
+    if ray_layout not in ("fused", "split"):
+        _fail(f"--ray-layout must be fused or split, got {ray_layout!r}")
     try:
         require_ray()
         dev = check_device_name(device)
@@ -173,7 +178,7 @@ def _predict_ray(inputs: list[str], out: Path | None, resume: bool, age_model: P
         spec = ModelSpec(age_model=age, eye_model=eyes, backend=backend, device=device, detect_max_side=detect_max_side,
                          batch_size=batch_size)
         opts = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker, fmt=out_format,
-                          shard_size=shard_size)
+                          shard_size=shard_size, layout=ray_layout)
         summary = run_ray(spec, paths, out, opts, resume=resume)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))

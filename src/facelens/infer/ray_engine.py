@@ -66,6 +66,10 @@ class RayOptions:
     files_per_batch: int = DEFAULT_FILES_PER_BATCH
     #: Prefetch threads inside each actor (decode + detect of the next photos while the models run).
     prepare_threads: int = 1
+    #: "fused": one actor pool does decode, detection, crops and models. "split": decode, detection and
+    #: crops in one pool, the models in another, crops passed through the object store; for GPU
+    #: clusters, where the models want few GPU actors and detection many CPU ones (docs/scale-out.md).
+    layout: str = "fused"
     flush_seconds: float = 60.0
     progress: bool = True
     #: Testing aid for the retry path: the first actor to process a batch creates this file and kills
@@ -172,6 +176,46 @@ class PredictWorker:
         return {"path": np.array(labels, dtype=object), "record": np.array(records, dtype=object)}
 
 
+class PrepareWorker:
+    """``layout="split"``, stage 1: decode, detect and cut the crops; the prepared photos go on pickled.
+
+    It loads the models too (on the CPU), only for what cropping reads from them: input sizes
+    and the face template.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.analyzer = build_analyzer(ModelSpec(**{**vars(spec), "device": "cpu"}))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import pickle
+
+        import numpy as np
+
+        labels = [str(x) for x in batch["path"]]
+        prepared = [pickle.dumps(self.analyzer._prepare(Path(str(f)), label), protocol=pickle.HIGHEST_PROTOCOL)
+                    for f, label in zip(batch["file"], labels, strict=True)]
+        return {"path": np.array(labels, dtype=object), "prepared": np.array(prepared, dtype=object)}
+
+
+class ModelWorker:
+    """``layout="split"``, stage 2: the age and eye models on the crops of stage 1, faces batched across photos."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.analyzer = build_analyzer(spec)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import pickle
+
+        import numpy as np
+
+        items = ((True, pickle.loads(b)) for b in batch["prepared"])
+        results = self.analyzer._batched(items, self.spec.batch_size, with_crops=False)
+        return {"path": np.array([str(x) for x in batch["path"]], dtype=object),
+                "record": np.array([json.dumps(r.to_dict()) for r in results], dtype=object)}
+
+
 def _quiet_ray_logs() -> None:
     """Keep Ray Data's per-run INFO lines and progress bars off the terminal: facelens prints its own summary."""
     from ray.data import DataContext
@@ -269,9 +313,22 @@ def run_ray(spec: ModelSpec, paths: list[Path], out: Path, opts: RayOptions, res
 
 
 def _map(ds, spec: ModelSpec, workers: int, per_batch: int, opts: RayOptions):
-    """The one actor-pool stage: ``workers`` PredictWorkers, each restarted and its batch re-run after a crash."""
+    """The actor-pool stage(s): ``workers`` actors per stage, each restarted and its batch re-run after a crash."""
     import ray.data
 
+    if opts.layout == "split":
+        # Each worker's CPU share is split between its two actors; a GPU share goes to the model actor.
+        half = opts.cpus_per_worker / 2
+        prepared = ds.map_batches(PrepareWorker, fn_constructor_kwargs={"spec": spec},
+                                  compute=ray.data.ActorPoolStrategy(size=workers), batch_size=per_batch,
+                                  batch_format="numpy", num_cpus=half, max_restarts=MAX_RETRIES,
+                                  max_task_retries=MAX_RETRIES)
+        return prepared.map_batches(ModelWorker, fn_constructor_kwargs={"spec": spec},
+                                    compute=ray.data.ActorPoolStrategy(size=workers), batch_size=per_batch,
+                                    batch_format="numpy", num_cpus=half, num_gpus=opts.gpus_per_worker or None,
+                                    max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+    if opts.layout != "fused":
+        raise FacelensError(f"layout must be fused or split, got {opts.layout!r}")
     return ds.map_batches(
         PredictWorker,
         fn_constructor_kwargs={"spec": spec, "prepare_threads": opts.prepare_threads,
