@@ -90,6 +90,40 @@ def time_ray(spec: ModelSpec, photos: list[Path], tmp: Path, workers: int, args)
     return dt
 
 
+def time_driver(tmp: Path, n: int = 20000) -> list[tuple[str, float, float]]:
+    """(format, records/s written, records/s read back for --resume) of the driver's shard writer alone.
+
+    Why: every record passes through the one driver process (JSON parse, dedupe, shard write), so
+    this rate is the ceiling of a cluster run however many workers it has.
+    """
+    import json
+
+    from facelens.infer.shards import ShardWriter
+
+    face = {"box": [10.0, 20.0, 100.0, 120.0], "score": 0.93,
+            "landmarks": {k: [50.0, 60.0] for k in ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")},
+            "age": {"value": 31.2, "low": 24.5, "high": 39.1, "interval": 0.8},
+            "sex": {"p_female": 0.81, "p_male": 0.19, "eyes": [{"side": s, "p_female": 0.8, "p_male": 0.2,
+                                                                 "box": [1.0, 2.0, 3.0, 4.0]} for s in ("left", "right")],
+                    "eyes_disagree": False, "caution": None}}
+    texts = [json.dumps({"schema": "facelens/1", "path": f"/data/photo_{i:08d}.jpg", "width": 200, "height": 200,
+                         "faces": [face], "error": None, "message": None}) for i in range(n)]
+    rows = []
+    for fmt in ("jsonl", "parquet"):
+        out = tmp / f"driver-{fmt}"
+        t0 = time.perf_counter()
+        w = ShardWriter.open(out, fmt, shard_size=1000)
+        for t in texts:
+            w.add(json.loads(t))
+        w.finish(n)
+        t_write = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assert len(ShardWriter.open(out, fmt, resume=True).done) == n
+        rows.append((fmt, n / t_write, n / (time.perf_counter() - t0)))
+        shutil.rmtree(out)
+    return rows
+
+
 def fit(n_small: int, t_small: float, n: int, t: float) -> tuple[float, float]:
     """(steady photos/s, fixed seconds) of the line through (n_small, t_small) and (n, t)."""
     per_photo = (t - t_small) / (n - n_small)
@@ -105,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files-per-batch", type=int, default=32, help="files per actor call (RayOptions.files_per_batch)")
     ap.add_argument("--prepare-threads", type=int, default=1, help="prefetch threads inside each Ray actor")
     ap.add_argument("--layout", choices=("fused", "split"), default="fused", help="Ray stages (RayOptions.layout)")
+    ap.add_argument("--driver-records", type=int, default=20000, help="records for the driver-only measurement (0: skip)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to measure")
     args = ap.parse_args(argv)
     if not 0 < args.n_small < args.n:
@@ -128,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                     dt = time_local(spec, subset, tmp) if engine == "local" else time_ray(spec, subset, tmp, w, args)
                     times.setdefault((engine, w, len(subset)), []).append(dt)
                     print(f"  {engine} workers={w or '-'} n={len(subset)}: {dt:.2f} s", file=sys.stderr)
+        driver = time_driver(tmp, args.driver_records) if args.driver_records else []
         import ray
 
         t0 = time.perf_counter()
@@ -160,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nTarget: Ray with 2 workers >= {TARGET_RATIO:.0%} of the local engine's wall photos/s: "
               f"{ratio:.0%} ({verdict}); with the runtime start-up added: "
               f"{args.n / (t2 + t_init) / base[0]:.0%}.")
+    if driver:
+        print(f"\nDriver alone ({args.driver_records} one-face records, shards of 1000; the ceiling of any cluster run):\n")
+        print("| format | records/s written (parse, dedupe, shard) | records/s read back (--resume) |")
+        print("|---|---|---|")
+        for fmt, w, r in driver:
+            print(f"| {fmt} | {w:,.0f} | {r:,.0f} |")
     return 0
 
 
