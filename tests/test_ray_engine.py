@@ -42,6 +42,7 @@ def ray_runtime():
     started, where = connect(None, workers=2)
     assert started and "loopback" in where
     assert ray.cluster_resources().get("CPU") == 2
+    assert all(n["NodeManagerAddress"] == "127.0.0.1" for n in ray.nodes())  # nothing listens beyond this machine
     yield
     ray.shutdown()
 

@@ -107,7 +107,8 @@ def predict(
     workers: Annotated[int | None, typer.Option(
         help="--engine ray: model actors (default: one per CPU, or per GPU share with --gpus-per-worker)")] = None,
     gpus_per_worker: Annotated[float, typer.Option(
-        help="--engine ray: GPUs per actor (e.g. 0.25 puts 4 on a GPU); models then run on CUDA (onnxruntime-gpu)")] = 0.0,
+        help="--engine ray: GPUs per model actor (0.25 puts 4 on a GPU); the models then run on each actor's GPU "
+             "(onnxruntime-gpu), whatever --device says; refused when the cluster has no GPU")] = 0.0,
     out_format: Annotated[str, typer.Option("--format", help="--engine ray: shard format, jsonl or parquet")] = "jsonl",
     shard_size: Annotated[int, typer.Option(help="--engine ray: records per shard file")] = 1000,
     ray_layout: Annotated[str, typer.Option(

@@ -251,8 +251,17 @@ def connect(address: str | None, workers: int | None) -> tuple[bool, str]:
             raise FacelensError(f"--ray-address {address}: cannot join the Ray cluster ({type(exc).__name__}: {exc})") from exc
         return True, f"the Ray cluster at {address}"
     cpus = workers or os.cpu_count() or 1
+    # Ray imported earlier in this process read the variable above already; its module constant says the same.
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              object_store_memory=256 * 1024**2, logging_level=logging.ERROR)
+    node_ip = ray.util.get_node_ip_address()
+    if not node_ip.startswith("127."):
+        ray.shutdown()
+        raise FacelensError(f"the local Ray runtime took the address {node_ip}, not the loopback one; "
+                            "set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before starting, or give --ray-address")
     return True, f"a local Ray runtime ({cpus} CPUs, loopback only)"
 
 
@@ -352,8 +361,9 @@ def _stream(ray, spec: ModelSpec, todo: list[Path], writer: ShardWriter, summary
     _quiet_ray_logs()
     workers = _default_workers(ray, opts)
     spec.onnx_threads = max(1, round(opts.cpus_per_worker))
-    if opts.gpus_per_worker > 0 and not spec.device.startswith("cuda"):
-        spec.device = "cuda"  # Ray gives each actor its GPU share through CUDA_VISIBLE_DEVICES: it is cuda:0 there
+    if opts.gpus_per_worker > 0:
+        # Ray gives each actor its GPU through CUDA_VISIBLE_DEVICES, so there it is always cuda:0 (whatever --device said).
+        spec.device = "cuda:0"
     items = [{"path": str(p), "file": str(p.absolute())} for p in todo]
     # A short run is cut so every worker gets a share; a long one in batches of files_per_batch.
     per_batch = max(1, min(opts.files_per_batch, -(-len(items) // workers)))
