@@ -354,6 +354,55 @@ def _map(ds, spec: ModelSpec, workers: int, per_batch: int, opts: RayOptions):
     )
 
 
+def _through_ray_client(ray) -> bool:
+    """True when this process is connected through Ray Client (``ray://``) rather than being a cluster driver."""
+    try:
+        return bool(ray.util.client.ray.is_connected())
+    except AttributeError:  # pragma: no cover - Ray layouts without the client module
+        return False
+
+
+def _record_batches(spec: ModelSpec, items: list[dict[str, str]], workers: int, opts: RayOptions):
+    """Build the dataset and yield each finished batch's records as a list of JSON texts (in finishing order)."""
+    import ray.data
+
+    _quiet_ray_logs()
+    # A short run is cut so every worker gets a share; a long one in batches of files_per_batch.
+    per_batch = max(1, min(opts.files_per_batch, -(-len(items) // workers)))
+    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_batch))
+    with warnings.catch_warnings():
+        # Ray 2.60 warns that extra remote args (max_restarts, max_task_retries) move to named parameters in 2.64;
+        # they are still honoured, and without them Ray Data retries a crashing batch forever.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
+        results = _map(ds, spec, workers, per_batch, opts)
+    for batch in results.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        yield [str(t) for t in batch["record"]]
+
+
+class ClusterDriver:
+    """Runs the dataset inside the cluster for a Ray Client process, one batch of records per ``next`` call.
+
+    Why an actor polled batch by batch: Ray Client supports neither running Ray Data's executor in the
+    client nor streaming generators; an actor keeps the iterator between calls.
+    """
+
+    def __init__(self, spec: ModelSpec, items: list[dict[str, str]], workers: int, opts: RayOptions) -> None:
+        self._batches = _record_batches(spec, items, workers, opts)
+
+    def next(self) -> list[str] | None:
+        """The next finished batch's records as JSON texts; None when every batch was returned."""
+        return next(self._batches, None)
+
+
+def _through_cluster_driver(ray, spec: ModelSpec, items: list[dict[str, str]], workers: int, opts: RayOptions):
+    driver = ray.remote(num_cpus=0, max_restarts=0)(ClusterDriver).remote(spec, items, workers, opts)
+    try:
+        while (batch := ray.get(driver.next.remote())) is not None:
+            yield batch
+    finally:
+        ray.kill(driver)
+
+
 def _stream(ray, spec: ModelSpec, todo: list[Path], writer: ShardWriter, summary: BatchSummary, opts: RayOptions) -> None:
     """Run the dataset and write every record as it arrives (the driver is the only writer)."""
     from tqdm import tqdm
@@ -365,18 +414,17 @@ def _stream(ray, spec: ModelSpec, todo: list[Path], writer: ShardWriter, summary
         # Ray gives each actor its GPU through CUDA_VISIBLE_DEVICES, so there it is always cuda:0 (whatever --device said).
         spec.device = "cuda:0"
     items = [{"path": str(p), "file": str(p.absolute())} for p in todo]
-    # A short run is cut so every worker gets a share; a long one in batches of files_per_batch.
-    per_batch = max(1, min(opts.files_per_batch, -(-len(items) // workers)))
-    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_batch))
-    with warnings.catch_warnings():
-        # Ray 2.60 warns that extra remote args (max_restarts, max_task_retries) move to named parameters in 2.64;
-        # they are still honoured, and without them Ray Data retries a crashing batch forever.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
-        results = _map(ds, spec, workers, per_batch, opts)
+    if _through_ray_client(ray):
+        # Ray Data 2.60 cannot execute a dataset from a Ray Client (ray://) process (its executor needs the
+        # core worker the client lacks), so the dataset runs in an actor on the cluster, which hands the
+        # records back here batch by batch; the shards are still written on this machine.
+        batches = _through_cluster_driver(ray, spec, items, workers, opts)
+    else:
+        batches = _record_batches(spec, items, workers, opts)
     with tqdm(total=len(todo), unit="photo", desc=f"predict (ray, {workers} workers)", disable=not opts.progress) as bar:
         try:
-            for batch in results.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                for text in batch["record"]:
+            for batch in batches:
+                for text in batch:
                     rec = json.loads(str(text))
                     if not writer.add(rec):
                         continue  # a retried batch sent this input again: it already has its record
