@@ -255,7 +255,9 @@ def connect(address: str | None, workers: int | None) -> tuple[bool, str]:
     import ray._private.ray_constants as ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # address="local": always a new runtime; without it Ray joins any cluster `ray start` left on this machine
+    # (/tmp/ray/ray_current_cluster), even a dead one.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              object_store_memory=256 * 1024**2, logging_level=logging.ERROR)
     node_ip = ray.util.get_node_ip_address()
     if not node_ip.startswith("127."):
