@@ -210,3 +210,17 @@ def test_the_local_engine_does_not_import_ray(photos, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "False"
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 3
+
+
+def test_the_cluster_driver_actor_path_gives_the_same_records(ray_runtime, photos, spec, local_records):
+    """The path a Ray Client (ray://) process takes: the dataset runs in an actor, polled batch by batch."""
+    from facelens.infer.ray_engine import _through_cluster_driver
+
+    paths = expand_inputs([str(photos)])
+    items = [{"path": str(p), "file": str(p.absolute())} for p in paths]
+    batches = list(_through_cluster_driver(ray, ModelSpec(**vars(spec)), items, 2, _opts()))
+    assert len(batches) > 1  # batch by batch, not one reply at the end
+    records = [json.loads(t) for b in batches for t in b]
+    assert sorted(r["path"] for r in records) == sorted(local_records)
+    for r in records:
+        assert_same_record(r, local_records[r["path"]])
