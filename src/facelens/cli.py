@@ -101,7 +101,7 @@ def predict(
     detect_max_side: DetectMaxSide = None,
     engine: Annotated[str, typer.Option(
         help="local (this process) or ray (a Ray cluster, or a local Ray runtime; --out is then a folder of shards; "
-             "pip install 'facelens[ray]')")] = "local",
+             "needs the ray extra of facelens, see docs/scale-out.md)")] = "local",
     ray_address: Annotated[str | None, typer.Option(
         help="--engine ray: the cluster to join, e.g. ray://head:10001 (default $RAY_ADDRESS, else a local runtime)")] = None,
     workers: Annotated[int | None, typer.Option(
