@@ -224,3 +224,35 @@ def test_the_cluster_driver_actor_path_gives_the_same_records(ray_runtime, photo
     assert sorted(r["path"] for r in records) == sorted(local_records)
     for r in records:
         assert_same_record(r, local_records[r["path"]])
+
+
+def test_workers_load_the_models_the_driver_sent(ray_runtime, photos, spec, local_records, tmp_path):
+    """A worker node need not have the model files: the driver ships their bytes (checked by deleting them first)."""
+    import shutil
+
+    from facelens.infer.ray_engine import _record_batches, ship_models
+
+    copies = {}
+    for task in ("age_model", "eye_model"):
+        src = Path(getattr(spec, task))
+        copies[task] = str(shutil.copy(src, tmp_path / src.name))
+    shipped = ship_models(ModelSpec(**{**vars(spec), **copies}))
+    assert set(shipped.shipped) == set(copies.values())
+    for path in copies.values():
+        Path(path).unlink()  # gone from every "node"'s disk
+    paths = expand_inputs([str(photos / "sub")])
+    items = [{"path": str(p), "file": str(p.absolute())} for p in paths]
+    records = [json.loads(t) for b in _record_batches(shipped, items, 2, _opts()) for t in b]
+    assert sorted(r["path"] for r in records) == sorted(map(str, paths))
+    for r in records:
+        assert_same_record(r, local_records[r["path"]])
+
+
+def test_a_broken_model_is_refused_before_ray_runs(photos, spec, tmp_path):
+    bad = tmp_path / "age.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match=f"{bad}: not a loadable ONNX model"):
+        run_ray(ModelSpec(**{**vars(spec), "age_model": str(bad)}), expand_inputs([str(photos)]), tmp_path / "o", _opts())
+    eyes_as_age = ModelSpec(**{**vars(spec), "age_model": spec.eye_model})
+    with pytest.raises(ModelLoadError, match="is a 'eyes' model, expected a 'age' model"):
+        run_ray(eyes_as_age, expand_inputs([str(photos)]), tmp_path / "o", _opts())

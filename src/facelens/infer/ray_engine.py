@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -88,7 +90,8 @@ class ModelSpec:
     detect_max_side: int | None = None
     batch_size: int = 32
     onnx_threads: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The ONNX model files' bytes by path (``ship_models``): the workers load these, not their own disk.
+    shipped: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 def resolve_models(age_model: Path | None, eye_model: Path | None, no_age: bool, no_eyes: bool) -> tuple[str | bool, str | bool]:
@@ -124,14 +127,47 @@ def _open_model(path: str | bool, task: str, spec: ModelSpec):
     """
     if path is False:
         return False
-    if spec.backend in ("auto", "onnx") and str(path).endswith(".onnx"):
+    if _is_onnx(path, spec):
         from facelens.infer.predictor import OnnxPredictor
 
-        pred = OnnxPredictor(Path(path), threads=spec.onnx_threads, spin=False, device=spec.device)
+        if path not in spec.shipped:
+            pred = OnnxPredictor(Path(path), threads=spec.onnx_threads, spin=False, device=spec.device)
+        else:  # the driver's copy, written where this process can load it, removed once loaded
+            folder = Path(tempfile.mkdtemp(prefix="facelens-models-"))
+            local = folder / Path(path).name
+            try:
+                local.write_bytes(spec.shipped[path])
+                pred = OnnxPredictor(local, threads=spec.onnx_threads, spin=False, device=spec.device)
+            except FacelensError as exc:  # name the file the user gave, not the temporary copy
+                raise type(exc)(str(exc).replace(str(local), f"{path} (sent by the driver)")) from exc
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
         if pred.meta.get("task") != task:
             raise ModelLoadError(f"{path}: is a {pred.meta.get('task')!r} model, expected a {task!r} model")
         return pred
     return path  # torch checkpoints and explicit backends: the Analyzer's own loading
+
+
+def _is_onnx(path: str | bool, spec: ModelSpec) -> bool:
+    return path is not False and spec.backend in ("auto", "onnx") and str(path).endswith(".onnx")
+
+
+def ship_models(spec: ModelSpec) -> ModelSpec:
+    """Check the ONNX models on the driver and attach their bytes to ``spec`` for the workers.
+
+    Why: a worker node has its own disk, where the driver's model paths (the shipped models beside
+    its facelens, or a file on a laptop) do not exist; the files are ~12 MB, cheap to send once per
+    actor. Loading them here first also turns a corrupt or wrong-task model into the usual one-line
+    error before any Ray process starts. Torch checkpoints (``--backend torch``) are not shipped:
+    they must be at the same path on every node.
+    """
+    check = ModelSpec(**{**vars(spec), "device": "cpu", "shipped": {}})
+    shipped = {}
+    for path, task in ((spec.age_model, "age"), (spec.eye_model, "eyes")):
+        if _is_onnx(path, spec):
+            _open_model(path, task, check)
+            shipped[path] = Path(path).read_bytes()
+    return ModelSpec(**{**vars(spec), "shipped": shipped})
 
 
 def build_analyzer(spec: ModelSpec):
@@ -303,6 +339,7 @@ def run_ray(spec: ModelSpec, paths: list[Path], out: Path, opts: RayOptions, res
     """
     if opts.files_per_batch < 1:
         raise FacelensError(f"files per batch must be >= 1, got {opts.files_per_batch}")
+    spec = ship_models(spec)
     writer = ShardWriter.open(out, opts.fmt, resume=resume, shard_size=opts.shard_size, flush_seconds=opts.flush_seconds)
     todo = [p for p in paths if str(p) not in writer.done]
     summary = BatchSummary(total=len(paths), skipped=len(paths) - len(todo), out=str(out),
