@@ -6,16 +6,21 @@ the models once and runs ``Analyzer.analyze_many`` (decode, detect, crop, both m
 batch of files, returning each photo's ``facelens/1`` record as JSON text. The driver dedupes
 by input path and writes the records as atomic shards (``facelens.infer.shards``).
 
-Why one fused stage rather than detection in tasks feeding a model actor pool: the crops of a
-photo are a few hundred KB that would go through the object store, and on small machines a
-second pool of processes fights the first for the cores; ``benchmarks/bench_ray.py`` measures
-it (docs/scale-out.md). Within an actor, one prefetch thread still overlaps decoding and
-detection with the model calls, as the local engine does with two.
+Why one fused stage by default rather than detection feeding a separate model pool: a face's
+crops (~75 KB) would go through the object store, and on small machines a second pool of
+processes fights the first for the cores; measured slower here (``layout="split"`` keeps that
+variant for GPU clusters; ``benchmarks/bench_ray.py``, docs/scale-out.md). Within an actor, one
+prefetch thread still overlaps decoding and detection with the model calls, as the local
+engine does with two.
 
-Why the workers open the files themselves (by absolute path) instead of receiving bytes read by
-the driver: the photos are the bulk of the data, so they must not all pass through one machine.
-On a cluster, inputs and models must therefore be at the same paths on every node (a shared
-volume or the container image, docs/scale-out.md); the output folder only on the driver.
+Why the workers open the photos themselves (by absolute path) instead of receiving bytes read
+by the driver: the photos are the bulk of the data, so they must not all pass through one
+machine; on a cluster they must be at the same paths on every node (a shared volume). The ONNX
+models, ~12 MB, are the opposite case: the driver checks them and sends their bytes
+(``ship_models``), so worker nodes need no model files. The output folder lives on the driver.
+
+Through Ray Client (``ray://``), whose process cannot run Ray Data's executor, the dataset runs
+in a ``ClusterDriver`` actor and the records come back batch by batch.
 
 Ray is imported only here, and only when this engine runs: the local engine never loads it.
 """
