@@ -88,7 +88,8 @@ def _analyzer(age_model: Path | None, eye_model: Path | None, backend: str, devi
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="photos, folders or glob patterns")],
     json_out: Annotated[bool, typer.Option("--json", help="JSON Lines, one object per input")] = False,
-    out: Annotated[Path | None, typer.Option(help="write results to a .jsonl or .csv file (streamed)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="write results to a .jsonl or .csv file (streamed); with --engine ray, a folder of shards")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted --out file: skip inputs already in it")] = False,
     age_model: Annotated[Path | None, typer.Option(help="age model (.onnx or .pt)")] = None,
     eye_model: Annotated[Path | None, typer.Option(help="eye model (.onnx or .pt)")] = None,
@@ -98,10 +99,36 @@ def predict(
     backend: Backend = "auto",
     device: Device = "cpu",
     detect_max_side: DetectMaxSide = None,
+    engine: Annotated[str, typer.Option(
+        help="local (this process) or ray (a Ray cluster, or a local Ray runtime; --out is then a folder of shards; "
+             "needs the ray extra of facelens, see docs/scale-out.md)")] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        help="--engine ray: the cluster to join, e.g. ray://head:10001 (default $RAY_ADDRESS, else a local runtime)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="--engine ray: model actors (default: one per CPU, or per GPU share with --gpus-per-worker)")] = None,
+    gpus_per_worker: Annotated[float, typer.Option(
+        help="--engine ray: GPUs per model actor (0.25 puts 4 on a GPU); the models then run on each actor's GPU "
+             "(onnxruntime-gpu), whatever --device says; refused when the cluster has no GPU")] = 0.0,
+    out_format: Annotated[str, typer.Option("--format", help="--engine ray: shard format, jsonl or parquet")] = "jsonl",
+    shard_size: Annotated[int, typer.Option(help="--engine ray: records per shard file")] = 1000,
+    ray_layout: Annotated[str, typer.Option(
+        help="--engine ray: fused (one actor pool does everything; fastest on CPUs) or split (detection and crops "
+             "in one pool, the models in another: GPU clusters)")] = "fused",
 ) -> None:
     """Detect every face in photos and estimate its age (80% interval) and sex from its eyes."""
     from facelens.infer.batch import expand_inputs, run_batch
 
+    if engine not in ("local", "ray"):
+        _fail(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray":
+        _predict_ray(inputs, out, resume, age_model, eye_model, no_age, no_eyes, batch_size, backend, device,
+                     detect_max_side, ray_address, workers, gpus_per_worker, out_format, shard_size, ray_layout)
+        return
+    ray_only = {"--ray-address": ray_address is not None, "--workers": workers is not None,
+                "--gpus-per-worker": gpus_per_worker != 0.0, "--format": out_format != "jsonl",
+                "--shard-size": shard_size != 1000, "--ray-layout": ray_layout != "fused"}
+    if any(ray_only.values()):
+        _fail(f"{', '.join(k for k, v in ray_only.items() if v)}: only with --engine ray")
     try:
         analyzer = _analyzer(age_model, eye_model, backend, device, no_age, no_eyes, detect_max_side)
         paths = expand_inputs(inputs)
@@ -123,6 +150,44 @@ def predict(
         typer.echo(json.dumps(r.to_dict()) if json_out else format_result_text(r))
     if paths and n_ok == 0:
         raise typer.Exit(1)
+
+
+def _predict_ray(inputs: list[str], out: Path | None, resume: bool, age_model: Path | None, eye_model: Path | None,
+                 no_age: bool, no_eyes: bool, batch_size: int, backend: str, device: str, detect_max_side: int | None,
+                 ray_address: str | None, workers: int | None, gpus_per_worker: float, out_format: str,
+                 shard_size: int, ray_layout: str) -> None:
+    """``predict --engine ray``: the same inputs and records as the local engine, written as shards (docs/scale-out.md)."""
+    from facelens.devices import check_device_name
+    from facelens.face.detect import check_detect_max_side
+    from facelens.infer.batch import expand_inputs
+    from facelens.infer.ray_engine import ModelSpec, RayOptions, require_ray, resolve_models, run_ray
+
+    if out is None:
+        _fail("--engine ray needs --out FOLDER (it writes shards there)")
+    if workers is not None and workers < 1:
+        _fail(f"--workers must be >= 1, got {workers}")
+    if ray_layout not in ("fused", "split"):
+        _fail(f"--ray-layout must be fused or split, got {ray_layout!r}")
+    try:
+        require_ray()
+        dev = check_device_name(device)
+        if dev.startswith("cuda") and gpus_per_worker <= 0:
+            _fail(f"--device {device} with --engine ray needs --gpus-per-worker (Ray gives GPUs only to actors that ask)")
+        check_detect_max_side(detect_max_side)
+        age, eyes = resolve_models(age_model, eye_model, no_age, no_eyes)
+        paths = expand_inputs(inputs)
+        spec = ModelSpec(age_model=age, eye_model=eyes, backend=backend, device=device, detect_max_side=detect_max_side,
+                         batch_size=batch_size)
+        opts = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker, fmt=out_format,
+                          shard_size=shard_size, layout=ray_layout)
+        summary = run_ray(spec, paths, out, opts, resume=resume)
+    except (FacelensError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(summary.text(), err=True)
+    if summary.interrupted:
+        typer.echo(f"to continue where it stopped, run:\n  {resume_command(sys.argv[1:])}", err=True)
+        raise typer.Exit(130)
+    raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
 
 
 @app.command("predict-eyes")

@@ -1,0 +1,255 @@
+"""A folder of result shards: the output of ``facelens predict --engine ray --out DIR``.
+
+Layout (``DIR``)::
+
+    part-00000.jsonl      facelens/1 records, one per input (or part-00000.parquet with --format parquet)
+    part-00001.jsonl      ...
+    _errors.csv           path,error of every failed input in the finished shards
+    _SUCCESS              JSON manifest, written last: the run finished and every input has a record
+
+The names of the two extra files start with ``_``, which Spark, pyarrow, pandas and Ray skip
+when reading a folder, so ``pandas.read_parquet(DIR)`` or ``ray.data.read_json(DIR)`` read the
+records alone.
+
+Why shards and not one appended file (as the local engine writes): many workers finish batches
+in any order, and a shard that is written to a temporary sibling and renamed into place is
+either complete or absent, on any file system that has an atomic rename. So a killed run never
+leaves a torn record, ``--resume`` only has to read the finished shards, and a reader can trust
+every ``part-*`` file it sees. The price is that a kill loses the records of the shard being
+filled (at most ``shard_size`` records or ``flush_seconds`` of work).
+
+Only the driver process writes here (workers send their records back to it), so the folder
+does not have to be visible from the workers and two writers never race inside one run.
+Nothing in this module imports Ray; Parquet needs pyarrow, imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facelens.errors import FacelensError
+from facelens.fileio import write_bytes_atomic, write_text_atomic
+from facelens.schema import SCHEMA_VERSION
+
+FORMATS = ("jsonl", "parquet")
+SUCCESS_FILE = "_SUCCESS"
+ERRORS_FILE = "_errors.csv"
+_SHARD_RE = re.compile(r"^part-(\d{5,})\.(jsonl|parquet)$")
+#: Face landmarks in the order ``Detection.landmarks()`` gives them (a fixed set: the Parquet schema names them).
+LANDMARK_KEYS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")
+
+
+def parquet_schema():
+    """The ``facelens/1`` record as an explicit Arrow schema.
+
+    Why explicit: inferring it from each shard's records gives a different schema per shard
+    (a shard with no faces has ``faces: list<null>``, one without errors ``error: null``),
+    which readers then refuse to concatenate. Field names and nesting are those of
+    ``ImageResult.to_dict()``, so a row read back with ``to_pylist()`` equals the JSON record.
+    """
+    import pyarrow as pa
+
+    f64, vec = pa.float64(), pa.list_(pa.float64())
+    age = pa.struct([("value", f64), ("low", f64), ("high", f64), ("interval", f64)])
+    eye = pa.struct([("side", pa.string()), ("p_female", f64), ("p_male", f64), ("box", vec)])
+    sex = pa.struct([("p_female", f64), ("p_male", f64), ("eyes", pa.list_(eye)), ("eyes_disagree", pa.bool_()),
+                     ("caution", pa.string())])
+    face = pa.struct([("box", vec), ("score", f64), ("landmarks", pa.struct([(k, vec) for k in LANDMARK_KEYS])),
+                      ("age", age), ("sex", sex)])
+    return pa.schema([("schema", pa.string()), ("path", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+                      ("faces", pa.list_(face)), ("error", pa.string()), ("message", pa.string())])
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as exc:
+        raise FacelensError("--format parquet needs pyarrow: pip install 'facelens[ray]'") from exc
+
+
+def file_mode() -> int:
+    """0666 less the umask, as ``open()`` would create: shards are for other tools and users to read, like the
+    local engine's output file (the atomic writer's temporary files start as 0600)."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def finished_shards(out: Path) -> list[Path]:
+    """The complete shards in ``out``, in shard order (temporary files start with a dot and are not listed)."""
+    if not out.is_dir():
+        return []
+    return sorted((p for p in out.iterdir() if _SHARD_RE.match(p.name)), key=lambda p: int(_SHARD_RE.match(p.name)[1]))
+
+
+def read_shard(path: Path) -> list[dict[str, Any]]:
+    """All records of one finished shard, as ``facelens/1`` dicts."""
+    try:
+        if path.suffix == ".parquet":
+            _require_pyarrow()
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:  # ValueError covers JSONDecodeError and pyarrow's ArrowInvalid
+        raise FacelensError(f"{path}: cannot read this result shard ({exc}); move it away and run again with --resume") from exc
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """Every record in the finished shards of ``out`` (for readers and tests; a real reader may use pyarrow or pandas)."""
+    return [r for shard in finished_shards(out) for r in read_shard(shard)]
+
+
+def _csv_line(row: list[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(row)
+    return buf.getvalue()
+
+
+@dataclass
+class ShardStats:
+    """What the finished shards hold (counted once per distinct input path)."""
+
+    records: int = 0
+    ok: int = 0
+    no_face: int = 0
+    failed: int = 0
+    faces: int = 0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.records += 1
+        if rec.get("error"):
+            self.failed += 1
+        else:
+            self.ok += 1
+            self.no_face += not rec.get("faces")
+        self.faces += len(rec.get("faces") or [])
+
+
+@dataclass
+class ShardWriter:
+    """Collects records and commits them as numbered shards, each written atomically.
+
+    ``add`` drops a record whose path is already in a finished shard or in the shard being
+    filled: that is what keeps every input exactly once when Ray re-runs a batch after a worker
+    died (the retry sends the same paths again) and when ``--resume`` lists inputs already done.
+    """
+
+    out: Path
+    fmt: str = "jsonl"
+    shard_size: int = 1000
+    #: Commit the shard being filled after this long, even if not full, so a kill loses little work.
+    flush_seconds: float = 60.0
+    done: set[str] = field(default_factory=set)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    stats: ShardStats = field(default_factory=ShardStats)
+    shards: list[str] = field(default_factory=list)
+    duplicates_dropped: int = 0
+    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _started: float = field(default_factory=time.monotonic)
+    _next_index: int = 0
+
+    @classmethod
+    def open(cls, out: Path, fmt: str = "jsonl", resume: bool = False, shard_size: int = 1000,
+             flush_seconds: float = 60.0) -> ShardWriter:
+        """Prepare ``out`` for writing: a new folder, or (``resume``) the finished shards of an earlier run.
+
+        A folder that already holds anything needs ``resume``, so an earlier run's results are
+        never mixed with or overwritten by a different run by accident.
+        """
+        if fmt not in FORMATS:
+            raise FacelensError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if shard_size < 1:
+            raise FacelensError(f"--shard-size must be >= 1, got {shard_size}")
+        if fmt == "parquet":
+            _require_pyarrow()
+        if out.exists() and not out.is_dir():
+            raise FacelensError(f"{out}: is a file; --engine ray writes a folder of shards, so choose a folder for --out")
+        if out.is_dir() and any(out.iterdir()) and not resume:
+            raise FacelensError(f"{out}: already exists and is not empty; pass --resume to continue it or choose another --out")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / SUCCESS_FILE).unlink(missing_ok=True)  # from now on the folder is not a finished run
+            for stale in out.glob(".part-*.tmp"):  # a shard being written when an earlier run was killed
+                stale.unlink()
+        except OSError as exc:
+            raise FacelensError(f"{exc.filename or out}: cannot write the results ({exc.strerror or exc}); "
+                                "choose another --out") from exc
+        w = cls(out=out, fmt=fmt, shard_size=shard_size, flush_seconds=flush_seconds)
+        for shard in finished_shards(out):
+            if shard.suffix != f".{fmt}":
+                raise FacelensError(f"{shard}: this folder holds {shard.suffix[1:]} shards; resume it with "
+                                    f"--format {shard.suffix[1:]}")
+            for rec in read_shard(shard):
+                w._account(rec)
+            w.shards.append(shard.name)
+            w._next_index = int(_SHARD_RE.match(shard.name)[1]) + 1
+        return w
+
+    def _account(self, rec: dict[str, Any]) -> bool:
+        path = rec.get("path")
+        if path in self.done:
+            self.duplicates_dropped += 1
+            return False
+        self.done.add(path)
+        self.stats.add(rec)
+        if rec.get("error"):
+            self.errors.append((path, " ".join(str(rec["error"]).split())))
+        return True
+
+    def add(self, rec: dict[str, Any]) -> bool:
+        """Queue one record; False (and dropped) when its path already has one. Commits a full shard."""
+        if not self._account(rec):
+            return False
+        if not self._pending:
+            self._started = time.monotonic()
+        self._pending.append(rec)
+        if len(self._pending) >= self.shard_size or time.monotonic() - self._started >= self.flush_seconds:
+            self.commit()
+        return True
+
+    def commit(self) -> Path | None:
+        """Write the queued records as the next shard (temporary file, then rename), then the errors file."""
+        if not self._pending:
+            return None
+        path = self.out / f"part-{self._next_index:05d}.{self.fmt}"
+        try:
+            if self.fmt == "parquet":
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                buf = pa.BufferOutputStream()
+                pq.write_table(pa.Table.from_pylist(self._pending, schema=parquet_schema()), buf)
+                write_bytes_atomic(path, buf.getvalue().to_pybytes(), file_mode())
+            else:
+                write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self._pending), file_mode())
+            if self.errors:  # the failures of the finished shards, rewritten whole: never ahead of or behind them
+                write_text_atomic(self.out / ERRORS_FILE,
+                                  "".join([_csv_line(["path", "error"]), *(_csv_line([p, e]) for p, e in self.errors)]), file_mode())
+        except OSError as exc:
+            raise FacelensError(f"{exc.filename or path}: cannot write the results ({exc.strerror or exc}); "
+                                "choose another --out") from exc
+        self.shards.append(path.name)
+        self._next_index += 1
+        self._pending = []
+        return path
+
+    def finish(self, inputs: int, extra: dict[str, Any] | None = None) -> Path:
+        """Commit the last shard, then write ``_SUCCESS`` (the manifest): only a completed run has one."""
+        self.commit()
+        manifest = {"schema": SCHEMA_VERSION, "format": self.fmt, "inputs": inputs, "records": self.stats.records,
+                    "ok": self.stats.ok, "no_face": self.stats.no_face, "failed": self.stats.failed,
+                    "faces": self.stats.faces, "shards": self.shards, "errors_file": ERRORS_FILE if self.errors else None,
+                    **(extra or {})}
+        if not self.errors:
+            (self.out / ERRORS_FILE).unlink(missing_ok=True)
+        return write_text_atomic(self.out / SUCCESS_FILE, json.dumps(manifest, indent=2) + "\n", file_mode())
