@@ -287,3 +287,27 @@ def test_concurrent_requests(client, astronaut_jpeg):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(one, range(8)))
     assert results == [(200, 1)] * 8
+
+
+def test_openapi_documents_the_answer_shapes_from_the_typed_contract() -> None:
+    """/docs shows the result schema (faces, age interval, P(female), eyes), not an empty object."""
+    from fastapi.testclient import TestClient
+
+    from facelens.serve.app import create_app
+
+    spec = TestClient(create_app(analyzer=object())).get("/openapi.json").json()
+    ok = spec["paths"]["/v1/analyze"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    refs = {r["$ref"].rsplit("/", 1)[-1] for r in ok["anyOf"]}
+    assert refs == {"AnalyzeResponse", "AnalyzeListResponse"}
+    schemas = spec["components"]["schemas"]
+    face = schemas["ServedFace"]["properties"]
+    assert {"box", "score", "landmarks", "age", "sex", "crops"} <= set(face)
+    assert {"value", "low", "high", "interval"} <= set(schemas["AgeEstimate"]["properties"])
+    assert {"p_female", "p_male", "eyes", "eyes_disagree", "caution"} <= set(schemas["SexEstimate-Output"]["properties"]
+                                                                             if "SexEstimate-Output" in schemas
+                                                                             else schemas["SexEstimate"]["properties"])
+    for code in ("400", "413", "415", "422"):
+        bad = spec["paths"]["/v1/analyze"]["post"]["responses"][code]["content"]["application/json"]["schema"]
+        assert bad["$ref"].endswith("/ErrorResponse")
+    assert spec["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/HealthResponse")

@@ -51,6 +51,13 @@ from facelens.errors import FacelensError, ImageLoadError
 from facelens.images import MemoryBudget, decode_memory_estimate, decode_opened, open_image
 from facelens.serve import multi, render
 from facelens.serve.protocol import HardenedH11Protocol, ServiceLimits, json_error_bytes
+from facelens.serve.responses import (
+    AnalyzeListResponse,
+    AnalyzeResponse,
+    ErrorResponse,
+    HealthResponse,
+    ModelsResponse,
+)
 
 log = logging.getLogger("facelens.serve")
 
@@ -380,7 +387,7 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
             raise ApiError(503, "models_unavailable", state.load_error or "models are still loading")
         return state.analyzer
 
-    @app.get("/healthz", tags=["service"])
+    @app.get("/healthz", tags=["service"], response_model=HealthResponse)
     async def healthz() -> dict[str, Any]:
         """Liveness and readiness: ``models_loaded`` is false until the models are in memory."""
         loaded = state.analyzer is not None
@@ -388,7 +395,8 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
                 "models": models_summary(state.analyzer) if loaded else {}, "error": state.load_error,
                 "version": FACELENS_VERSION, "max_upload_bytes": app.state.max_upload_bytes}
 
-    @app.get("/v1/models", tags=["analysis"])
+    @app.get("/v1/models", tags=["analysis"], response_model=ModelsResponse,
+             responses={503: {"model": ErrorResponse, "description": "models unavailable"}})
     async def models() -> dict[str, Any]:
         """Every loaded model: name, task, architecture, version, input size, test metrics."""
         return {"models": _analyzer().models_info()}
@@ -396,6 +404,8 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     @app.post(
         "/v1/analyze",
         tags=["analysis"],
+        response_model=AnalyzeResponse | AnalyzeListResponse,
+        response_model_exclude_unset=True,  # annotated_jpeg / crops only when asked for
         openapi_extra={
             "requestBody": {
                 "content": {
@@ -405,20 +415,20 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
                 "required": True,
             }
         },
-        responses={400: {"description": "empty body, no 'file' field, or more photos than allowed"},
-                   408: {"description": "upload too slow"},
-                   413: {"description": "upload too large (a photo, or a several-photos request in all)"},
-                   415: {"description": "not an image"},
-                   422: {"description": "damaged, too large or too small image"},
-                   503: {"description": "busy (no slot within the processing cap) or models unavailable"},
-                   504: {"description": "analysis ran past the processing cap"}},
+        responses={400: {"model": ErrorResponse, "description": "empty body, no 'file' field, or more photos than allowed"},
+                   408: {"model": ErrorResponse, "description": "upload too slow"},
+                   413: {"model": ErrorResponse, "description": "upload too large (a photo, or a several-photos request in all)"},
+                   415: {"model": ErrorResponse, "description": "not an image"},
+                   422: {"model": ErrorResponse, "description": "damaged, too large or too small image"},
+                   503: {"model": ErrorResponse, "description": "busy (no slot within the processing cap) or models unavailable"},
+                   504: {"model": ErrorResponse, "description": "analysis ran past the processing cap"}},
     )
     async def analyze(
         request: Request,
         annotate: Annotated[bool, Query(description="add 'annotated_jpeg' (base64) with boxes and labels")] = False,
         crops: Annotated[bool, Query(description="add per face base64 PNGs of the face and eye crops the models saw")
                          ] = False,
-    ) -> JSONResponse:
+    ) -> dict[str, Any]:
         """Detect every face; estimate age (value and 80% interval) and P(female)/P(male) from both eyes.
 
         Send the photo as multipart field ``file`` or as a raw ``image/*`` body. A photo with no
@@ -436,13 +446,13 @@ def create_app(analyzer: Any = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
             form = await multi.read_form(request, lambda lim, file_lim: _limited_stream(request, lim, file_lim, limits),
                                          limit, max_photos, max_total)
             if form.list_form:
-                return JSONResponse(await multi.answer_list(form, analyzer, run_one, limit))
+                return await multi.answer_list(form, analyzer, run_one, limit)
             data, name = await multi.read_single(form, limit)
         else:
             data, name = await read_upload(request, limit, limits)
         if not data:
             raise ApiError(400, "empty", "the upload is empty (0 bytes)")
-        return JSONResponse(await run_one(data, name))
+        return await run_one(data, name)
 
     async def _run_capped(analyzer: Any, data: bytes, name: str, annotate: bool, crops: bool) -> dict[str, Any]:
         """Queue for a slot and analyse, within ``request_timeout``: 503 if no slot came, 504 if the work overran."""
