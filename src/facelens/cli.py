@@ -287,8 +287,8 @@ def train_eyes(
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
     augment: _AUGMENT = "basic", balance: _BALANCE = "none",
     eye_crop: Annotated[str, typer.Option(help="how eyes are cut from the faces of face datasets: tight (eye and brow, "
-                                               "like the Kaggle crops; default) or wide (one eye distance across: "
-                                               "brow, lid fold and the skin around them)")] = "tight",
+                                               "like the Kaggle crops; default), wide (one eye distance across: "
+                                               "brow, lid fold and the skin around them) or SIDE,DY")] = "tight",
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
     _train("eyes", **locals())

@@ -166,6 +166,20 @@ EYE_GEOMETRIES = {"tight": TIGHT_EYE_GEOMETRY, "wide": WIDE_EYE_GEOMETRY}
 DEFAULT_EYE_GEOMETRY = TIGHT_EYE_GEOMETRY
 
 
+def parse_eye_geometry(text: str) -> EyeCropGeometry:
+    """A named geometry (``tight``, ``wide``) or ``SIDE,DY`` (e.g. ``1.3,-0.05``) for experiments."""
+    if text in EYE_GEOMETRIES:
+        return EYE_GEOMETRIES[text]
+    try:
+        side, dy = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--eye-crop must be one of {', '.join(EYE_GEOMETRIES)} or SIDE,DY (e.g. 1.3,-0.05), "
+                         f"got {text!r}") from None
+    if not (0.2 <= side <= 3.0 and -0.5 <= dy <= 0.5):
+        raise ValueError(f"--eye-crop {text}: side must be in [0.2, 3] eye distances and dy in [-0.5, 0.5]")
+    return EyeCropGeometry(side=side, dy=dy)
+
+
 def eye_crop_transform(
     eye: np.ndarray, other_eye: np.ndarray, size: int, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
     mouth: np.ndarray | None = None,

@@ -35,10 +35,10 @@ from facelens.errors import DatasetError
 from facelens.face.align import (
     AGE_TEMPLATE,
     DEFAULT_EYE_GEOMETRY,
-    EYE_GEOMETRIES,
     FACE_TEMPLATES,
     EyeCropGeometry,
     FaceTemplate,
+    parse_eye_geometry,
 )
 from facelens.fileio import write_bytes_atomic, write_json_atomic
 from facelens.models.factory import check_frozen_blocks, create_model, default_input_size, head_of
@@ -76,7 +76,7 @@ class TrainRequest:
     workers: int | None = None
     threads: int | None = None  # CPU threads for torch (default: all cores)
     face_crop: str = "tight"  # age: face template (face.align.FACE_TEMPLATES)
-    eye_crop: str = "tight"  # eyes: how eyes are cut from faces (face.align.EYE_GEOMETRIES)
+    eye_crop: str = "tight"  # eyes: how eyes are cut from faces (face.align.parse_eye_geometry)
     augment: str = "basic"  # train.augment.AUGMENT_PRESETS; "photo" adds source-style degradations
     balance: str = "none"  # "source": sample so every source has an equal share of each label bin
 
@@ -98,8 +98,7 @@ class TrainRequest:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.face_crop not in FACE_TEMPLATES:
             raise ValueError(f"--face-crop must be one of {', '.join(FACE_TEMPLATES)}, got {self.face_crop!r}")
-        if self.eye_crop not in EYE_GEOMETRIES:
-            raise ValueError(f"--eye-crop must be one of {', '.join(EYE_GEOMETRIES)}, got {self.eye_crop!r}")
+        parse_eye_geometry(self.eye_crop)
         if self.augment not in AUGMENT_PRESETS:
             raise ValueError(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}")
         if self.balance not in BALANCE_CHOICES:
@@ -447,7 +446,7 @@ def run_training(req: TrainRequest, log=print) -> dict:
         use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
                                       for s in ("train", "val", "test")]))
         template = FACE_TEMPLATES[req.face_crop]
-        eye_geometry = EYE_GEOMETRIES[req.eye_crop]
+        eye_geometry = parse_eye_geometry(req.eye_crop)
         cs, pos = prep.crops(use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px", template=template,
                              eye_geometry=eye_geometry)
         if cs.failures:
