@@ -154,15 +154,78 @@ def predict_eyes(
         raise typer.Exit(1)
 
 
-#: Training options that must be at least 1 (None means "not set" where allowed).
-def _train(task: str, data: list[str], out: Path, arch: list[str] | None, **options) -> None:
+def _train(ctx: typer.Context, task: str, data: list[str], out: Path, arch: list[str] | None,
+           nproc_per_node: int | None = None, **options) -> None:
     from facelens.train.runner import TrainRequest, run_training
 
     req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **options)
+    if nproc_per_node is not None and nproc_per_node != 1:
+        try:
+            req.check()  # refused once here, not once per process
+        except (FacelensError, ValueError) as exc:
+            _fail(str(exc))
+        _launch_torchrun(ctx, task, nproc_per_node, req.threads)
     try:
         run_training(req, log=lambda m: typer.echo(m, err=True))
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
+
+
+def given_options(ctx, skip: set[str]) -> list[str]:
+    """The options of the current command that were given (not defaulted), as command-line words.
+
+    Why rebuilt from the parsed values rather than copied from ``sys.argv``: the launch must work
+    however the command was invoked (console script, ``python -m``, a test runner).
+    """
+    words: list[str] = []
+    for param in ctx.command.params:
+        if param.name in skip or not param.opts:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            if value:
+                words.append(param.opts[0])
+            elif param.secondary_opts:
+                words.append(param.secondary_opts[0])
+        elif getattr(param, "multiple", False):
+            for v in value or ():
+                words += [param.opts[0], str(v)]
+        elif value is not None:
+            words += [param.opts[0], str(value)]
+    return words
+
+
+def _launch_torchrun(ctx: typer.Context, task: str, nproc: int, threads: int | None) -> None:
+    """``--nproc-per-node N``: run this same training as N data-parallel processes on this machine
+    (``python -m torch.distributed.run --standalone``), each with an even share of the CPU threads."""
+    import os
+    import subprocess
+
+    from facelens.train.distributed import env_from, threads_per_process, torchrun_command
+
+    if nproc < 1:
+        _fail(f"--nproc-per-node must be at least 1, got {nproc}")
+    try:
+        inside = env_from(os.environ)
+    except ValueError:
+        inside = True
+    if inside:
+        _fail("--nproc-per-node starts torchrun, but this process already runs under torchrun (RANK is set): "
+              "drop --nproc-per-node")
+    per_process = threads_per_process(threads, os.cpu_count(), nproc)
+    args = ["train", task, *given_options(ctx, {"nproc_per_node", "threads"}), "--threads", str(per_process)]
+    cmd = torchrun_command(sys.executable, nproc, args)
+    typer.echo(f"launching {nproc} training processes, {per_process} CPU thread(s) each: {shlex.join(cmd)}", err=True)
+    proc = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": str(per_process)})
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers: wait for it
+        proc.wait()
+        code = 130
+    raise typer.Exit(code)
 
 
 _DATA = Annotated[list[str], typer.Option("--data", help="dataset folder or CSV manifest (repeatable)")]
@@ -184,11 +247,15 @@ _RESUME = Annotated[bool, typer.Option("--resume", help="continue from RUN_DIR/<
 _PRETRAINED = Annotated[bool, typer.Option("--pretrained/--no-pretrained",
                                            help="start from ImageNet weights; --no-pretrained starts from random ones")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
+_NPROC = Annotated[int | None, typer.Option(
+    help="train data-parallel in N processes on this machine (re-launches itself under torchrun; --batch-size "
+         "is per process, --threads is split between them); for several machines use torchrun, see "
+         "docs/distributed-training.md")]
 
 
 @train_app.command("age")
 def train_age(
-    data: _DATA, out: _OUT, arch: _ARCH = None,
+    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None,
     epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = "auto",
     conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
@@ -200,15 +267,15 @@ def train_age(
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
     face_crop: Annotated[str, typer.Option(help="tight (forehead to chin, as a UTKFace chip holds; default) or loose "
                                                 "(the first models' crop, with hair and background)")] = "tight",
-    augment: _AUGMENT = "photo", balance: _BALANCE = "source",
+    augment: _AUGMENT = "photo", balance: _BALANCE = "source", nproc_per_node: _NPROC = None,
 ) -> None:
     """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
-    _train("age", **locals())  # every option maps 1:1 onto a TrainRequest field
+    _train(task="age", **locals())  # every option maps 1:1 onto a TrainRequest field
 
 
 @train_app.command("eyes")
 def train_eyes(
-    data: _DATA, out: _OUT, arch: _ARCH = None,
+    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None,
     epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto (= blocks of consecutive file numbers), blocks, random, content")] = "auto",
     female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = None,
@@ -220,10 +287,10 @@ def train_eyes(
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
-    augment: _AUGMENT = "basic", balance: _BALANCE = "none",
+    augment: _AUGMENT = "basic", balance: _BALANCE = "none", nproc_per_node: _NPROC = None,
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
-    _train("eyes", **locals())
+    _train(task="eyes", **locals())
 
 
 @app.command("cross-source")
