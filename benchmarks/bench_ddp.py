@@ -10,7 +10,7 @@ What a step is: exactly ``fit``'s (``to_input``, the augmentation, ``optimizer_s
 wrapped by ``train.distributed.wrap``), on this rank's shard of the shared seeded order
 (``rank_epoch_order``), MobileNetV2 age head, random init. Each configuration runs in fresh
 processes (2 warm-up steps, then the median of ``--steps``); the 2-process ones under
-``python -m torch.distributed.run --standalone``.
+``python -m torch.distributed.run --standalone``. The configurations run ``--rounds`` times in rotation.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_ddp.py                 # 1x2, 1x1, 2x1 threads
     PYTHONPATH=src .venv/bin/python benchmarks/bench_ddp.py --size 64 --batch-size 16 --steps 6
@@ -93,12 +93,10 @@ def run_config(nproc: int, threads: int, batch: int, args: argparse.Namespace, c
         cmd = [sys.executable, *worker_args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *worker_args]
-    load = os.getloadavg()[0]
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": str(threads)}, capture_output=True)
     out = json.loads(result.read_text())
     step = max(out["per_rank"])  # the job moves at its slowest rank's pace
-    return {"nproc": nproc, "threads": threads, "batch": batch, "step": step, "per_rank": out["per_rank"],
-            "images_s": nproc * batch / step, "load_before": load}
+    return {"nproc": nproc, "threads": threads, "batch": batch, "step": step, "per_rank": out["per_rank"]}
 
 
 def main() -> None:
@@ -108,6 +106,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96, help="input size (px)")
     ap.add_argument("--batch-size", type=int, default=32, help="per process")
     ap.add_argument("--steps", type=int, default=8, help="timed steps per configuration (after 2 warm-ups)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="run every configuration this many times, in rotation, and report the median round "
+                         "(a shared machine's load drifts: rotation spreads it over all configurations)")
     ap.add_argument("--augment", default="photo", choices=["basic", "photo"])
     ap.add_argument("--configs", nargs="+", default=["1x2", "1x1", "2x1", "2x1/2"],
                     help="PROCESSESxTHREADS, '/2' = half the batch per process (the 1-process global batch)")
@@ -119,24 +120,33 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    specs = []
+    for spec in args.configs:
+        nproc, threads = (int(v) for v in spec.removesuffix("/2").split("x"))
+        specs.append((nproc, threads, args.batch_size // 2 if spec.endswith("/2") else args.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
         crops = Path(tmp) / "crops.npz"
         n = prepare_crops(args.data, args.images, args.size, crops)
-        print(f"mobilenetv2 age, {n} real face crops of {args.data.parent.name}/{args.data.name}, {args.size} px, augment {args.augment}, "
-              f"gloo on CPU, {os.cpu_count()} cores; median of {args.steps} steps after 2 warm-ups\n")
-        print("| processes x threads | batch per process (global) | s / step per process (each rank) | images / s (job) "
-              "| vs 1 x 2 | load avg before |")
-        print("|---|---|---|---|---|---|")
-        base = None
-        for spec in args.configs:
-            half = spec.endswith("/2")
-            nproc, threads = (int(v) for v in spec.removesuffix("/2").split("x"))
-            batch = args.batch_size // 2 if half else args.batch_size
-            r = run_config(nproc, threads, batch, args, crops, Path(tmp))
-            base = base or r["images_s"]
-            ranks = ", ".join(f"{s:.3f}" for s in r["per_rank"])
-            print(f"| {nproc} x {threads} | {batch} ({nproc * batch}) | {r['step']:.3f} ({ranks}) | {r['images_s']:.1f} "
-                  f"| {r['images_s'] / base:.2f}x | {r['load_before']:.1f} |", flush=True)
+        load0 = os.getloadavg()
+        runs: dict[tuple, list[dict]] = {s: [] for s in specs}
+        for _ in range(args.rounds):
+            for spec in specs:
+                runs[spec].append(run_config(*spec, args, crops, Path(tmp)))
+        load1 = os.getloadavg()
+    print(f"mobilenetv2 age, {n} real face crops of {args.data.parent.name}/{args.data.name}, {args.size} px, "
+          f"augment {args.augment}, gloo on CPU, {os.cpu_count()} cores; median of {args.steps} steps after 2 warm-ups, "
+          f"median of {args.rounds} rounds; load average {load0[0]:.1f} before, {load1[0]:.1f} after\n")
+    print("| processes x threads | batch per process (global) | s / step per process (slowest rank) | all rounds "
+          "| images / s (job) | vs 1 process, first row |")
+    print("|---|---|---|---|---|---|")
+    base = None
+    for (nproc, threads, batch), rs in runs.items():
+        step = statistics.median(r["step"] for r in rs)
+        images_s = nproc * batch / step
+        base = base or images_s
+        rounds = ", ".join(f"{r['step']:.2f}" for r in rs)
+        print(f"| {nproc} x {threads} | {batch} ({nproc * batch}) | {step:.3f} | {rounds} | {images_s:.1f} "
+              f"| {images_s / base:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

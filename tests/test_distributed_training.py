@@ -260,3 +260,12 @@ def test_two_gloo_processes_train_disjoint_shards_in_lockstep_and_resume(tmp_pat
     trained = [x["model"] for x in _records(tmp_path / "shards2")[0] if x.get("event") == "trained"]
     before = [x["model"] for x in _records(tmp_path / "shards1")[0] if x.get("event") == "trained"]
     assert trained != before  # epoch 2 moved the weights
+
+
+def test_reproduce_command_of_a_data_parallel_run_names_its_process_count() -> None:
+    from facelens.train.runner import reproduce_commands
+
+    cfg = {"task": "eyes", "data": ["d"], "out": "runs/x", "archs": ["mobilenetv2"], "epochs": 1, "batch_size": 8,
+           "lr": 0.001, "seed": 0, "split_resolved": "blocks"}
+    assert "--nproc-per-node" not in reproduce_commands(cfg, "mobilenetv2")[0]
+    assert reproduce_commands(cfg | {"distributed": {"world_size": 4}}, "mobilenetv2")[0].endswith("--nproc-per-node 4")

@@ -627,6 +627,9 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
     if cfg["task"] == "age":
         cmd += f" --face-crop {cfg.get('face_crop', 'loose')}"
     cmd += f" --augment {cfg.get('augment', 'basic')} --balance {cfg.get('balance', 'none')}"
+    world = (cfg.get("distributed") or {}).get("world_size", 1)
+    if world > 1:  # the same global batch and shards on one machine (a multi-machine run included)
+        cmd += f" --nproc-per-node {world}"
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:
