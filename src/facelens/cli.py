@@ -169,6 +169,25 @@ def _train(ctx: typer.Context, task: str, data: list[str], out: Path, arch: list
         run_training(req, log=lambda m: typer.echo(m, err=True))
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
+    except RuntimeError as exc:
+        if not _peer_lost(exc):
+            raise
+        import os
+
+        _fail(f"rank {os.environ.get('RANK')}: lost contact with another process of the job (it failed or was "
+              "stopped); that process's own error names the cause", 1)
+
+
+def _peer_lost(exc: RuntimeError) -> bool:
+    """True for the error a torchrun worker gets when another rank died mid-collective (a follow-on failure,
+    whose 40-line traceback would bury the first process's one-line error)."""
+    import os
+
+    import torch.distributed as dist
+
+    if os.environ.get("RANK", "") in ("", "0"):
+        return False
+    return isinstance(exc, dist.DistError) or "closed by peer" in str(exc) or "Connection reset by peer" in str(exc)
 
 
 def given_options(ctx, skip: set[str]) -> list[str]:
