@@ -181,6 +181,9 @@ def test_nproc_per_node_is_refused_inside_torchrun_and_below_one(tmp_path: Path,
         monkeypatch.setenv(var, value)
     res = CliRunner().invoke(app, [*base, "--nproc-per-node", "2"])
     assert res.exit_code == 2 and "already runs under torchrun" in res.output
+    res = CliRunner().invoke(app, ["cross-source", "--data", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "cross-source does not run under torchrun" in res.output
+    assert not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------------------------ two real processes

@@ -325,8 +325,13 @@ def cross_source(
     """Leave-one-source-out for an age recipe: train it on every source and without each one, then score
     both on each source's test split (MAE ratio, bias by age band). Defaults to a short recipe (~5 min
     a run on 2 cores); re-running resumes."""
+    import os
+
     from facelens.evaluate.cross_source import leave_one_source_out
     from facelens.train.runner import TrainRequest
+
+    if os.environ.get("RANK", "") != "":  # its runs and table would be written by every process at once
+        _fail("cross-source does not run under torchrun; start it as a single process (each of its runs is short)")
 
     req = TrainRequest(task="age", data=data, out=str(out), epochs=epochs, input_size=input_size, patience=epochs,
                        max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed, ema_decay=ema_decay,
