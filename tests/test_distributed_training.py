@@ -272,3 +272,57 @@ def test_reproduce_command_of_a_data_parallel_run_names_its_process_count() -> N
            "lr": 0.001, "seed": 0, "split_resolved": "blocks"}
     assert "--nproc-per-node" not in reproduce_commands(cfg, "mobilenetv2")[0]
     assert reproduce_commands(cfg | {"distributed": {"world_size": 4}}, "mobilenetv2")[0].endswith("--nproc-per-node 4")
+
+
+_COLLECTIVES = """
+import json, os
+import numpy as np, torch
+from facelens.errors import DistributedError
+from facelens.train import distributed as ddp
+
+ddp.init_process_group(ddp.env_from(os.environ), "cpu")
+r, w = ddp.rank(), ddp.world_size()
+rows = np.arange(14, dtype=np.float32).reshape(7, 2)
+out = {"gathered": ddp.gather_rows(rows[r::w], 7).tolist(), "broadcast": ddp.broadcast_float(10.0 + r),
+       "mean": ddp.mean_over_ranks(float(r)), "main": ddp.is_main()}
+bn = torch.nn.BatchNorm2d(2)
+bn.running_mean.fill_(r + 1.0)
+ddp.sync_buffers(bn)
+conv = torch.nn.Conv2d(2, 2, 3).to(memory_format=torch.channels_last)  # not contiguous: the copy-back path
+torch.nn.init.constant_(conv.weight, float(r + 5))
+ddp.broadcast_state(conv)
+out.update(bn=bn.running_mean.tolist(), conv=conv.weight.flatten().tolist())
+try:
+    ddp.check_same_on_all_ranks(r == 0, "a test flag")
+    out["disagree"] = None
+except DistributedError as exc:
+    out["disagree"] = str(exc)
+ddp.check_same_on_all_ranks(True, "a shared flag")
+ddp.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_collectives_of_a_real_two_rank_gloo_group(tmp_path: Path) -> None:
+    src = str(Path(facelens.__file__).resolve().parents[1])
+    port = str(_free_port())
+    procs = []
+    for r in (0, 1):
+        env = os.environ | {"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2",
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+        procs.append(subprocess.Popen([sys.executable, "-c", _COLLECTIVES], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr[-2000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    rows = np.arange(14, dtype=np.float32).reshape(7, 2).tolist()
+    for r, out in enumerate(outs):
+        assert out["main"] == (r == 0)
+        assert out["gathered"] == rows  # each rank's strided share, reassembled in order on every rank
+        assert out["broadcast"] == 10.0 and out["mean"] == 0.5
+        assert out["bn"] == [1.0, 1.0]  # rank 0's BatchNorm statistics everywhere
+        assert set(out["conv"]) == {5.0}
+        assert "disagree about a test flag" in out["disagree"]  # raised on every rank, naming what differs
