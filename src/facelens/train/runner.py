@@ -473,19 +473,20 @@ def _write_split_files(out: Path, prep: PreparedData) -> None:
     write_bytes_atomic(out / "split.csv", buf.getvalue().encode())
 
 
-def _shared_crops(prep: PreparedData, use: np.ndarray, kind: str, size: int, req: TrainRequest, template: FaceTemplate,
-                  env: ddp.DistEnv | None) -> tuple[CropSet, np.ndarray]:
-    """``prep.crops``, built once per machine: under torchrun the first process of each machine
-    (LOCAL_RANK 0) fills the crop cache while the others wait at a barrier, then they read it.
+def _shared_crops(prep: PreparedData, env: ddp.DistEnv | None, indices: np.ndarray, kind: str, size: int,
+                  **options) -> tuple[CropSet, np.ndarray]:
+    """``prep.crops(indices, kind, size, **options)``, built once per machine: under torchrun the first
+    process of each machine (LOCAL_RANK 0) fills the crop cache while the others wait at a barrier,
+    then they read it.
 
     Why: the cache writes are atomic but not coordinated; several processes building the same
     set would detect every face several times over on cores the others need.
     """
     first = env is None or env.local_rank == 0
     if first:
-        built = prep.crops(use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px", template=template)
+        built = prep.crops(indices, kind, size, **options)
     ddp.barrier()
-    return built if first else prep.crops(use, kind, size, workers=1, desc=None, template=template)
+    return built if first else prep.crops(indices, kind, size, **(options | {"workers": 1, "desc": None}))
 
 
 def _train_archs(req: TrainRequest, prep: PreparedData, strategy: str, out: Path, device: torch.device,
@@ -500,7 +501,8 @@ def _train_archs(req: TrainRequest, prep: PreparedData, strategy: str, out: Path
         use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
                                       for s in ("train", "val", "test")]))
         template = FACE_TEMPLATES[req.face_crop]
-        cs, pos = _shared_crops(prep, use, kind, size, req, template, env)
+        cs, pos = _shared_crops(prep, env, use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px",
+                                template=template)
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
         split_of = prep.splits[pos]
