@@ -274,7 +274,7 @@ _NPROC = Annotated[int | None, typer.Option(
 
 @train_app.command("age")
 def train_age(
-    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None,
+    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None, nproc_per_node: _NPROC = None,
     epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = "auto",
     conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
@@ -286,7 +286,7 @@ def train_age(
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
     face_crop: Annotated[str, typer.Option(help="tight (forehead to chin, as a UTKFace chip holds; default) or loose "
                                                 "(the first models' crop, with hair and background)")] = "tight",
-    augment: _AUGMENT = "photo", balance: _BALANCE = "source", nproc_per_node: _NPROC = None,
+    augment: _AUGMENT = "photo", balance: _BALANCE = "source",
 ) -> None:
     """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
     _train(task="age", **locals())  # every option maps 1:1 onto a TrainRequest field
@@ -294,7 +294,7 @@ def train_age(
 
 @train_app.command("eyes")
 def train_eyes(
-    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None,
+    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None, nproc_per_node: _NPROC = None,
     epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto (= blocks of consecutive file numbers), blocks, random, content")] = "auto",
     female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = None,
@@ -306,7 +306,7 @@ def train_eyes(
     max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
     max_steps_per_epoch: int | None = None, workers: int | None = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
-    augment: _AUGMENT = "basic", balance: _BALANCE = "none", nproc_per_node: _NPROC = None,
+    augment: _AUGMENT = "basic", balance: _BALANCE = "none",
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
     _train(task="eyes", **locals())
