@@ -326,3 +326,14 @@ def test_collectives_of_a_real_two_rank_gloo_group(tmp_path: Path) -> None:
         assert out["bn"] == [1.0, 1.0]  # rank 0's BatchNorm statistics everywhere
         assert set(out["conv"]) == {5.0}
         assert "disagree about a test flag" in out["disagree"]  # raised on every rank, naming what differs
+
+
+def test_only_a_follow_on_failure_of_another_rank_is_shortened(monkeypatch) -> None:
+    from facelens.cli import _peer_lost
+
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:386")
+    monkeypatch.setenv("RANK", "1")
+    assert _peer_lost(gloo)
+    assert not _peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))  # a real bug keeps its traceback
+    monkeypatch.setenv("RANK", "0")
+    assert not _peer_lost(gloo)  # rank 0 reports everything in full
