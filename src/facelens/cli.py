@@ -219,15 +219,97 @@ def predict_eyes(
         raise typer.Exit(1)
 
 
-#: Training options that must be at least 1 (None means "not set" where allowed).
-def _train(task: str, data: list[str], out: Path, arch: list[str] | None, **options) -> None:
+def _train(ctx: typer.Context, task: str, data: list[str], out: Path, arch: list[str] | None,
+           nproc_per_node: int | None = None, **options) -> None:
     from facelens.train.runner import TrainRequest, run_training
 
     req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **options)
+    if nproc_per_node is not None and nproc_per_node != 1:
+        try:
+            req.check()  # refused once here, not once per process
+        except (FacelensError, ValueError) as exc:
+            _fail(str(exc))
+        _launch_torchrun(ctx, task, nproc_per_node, req.threads)
     try:
         run_training(req, log=lambda m: typer.echo(m, err=True))
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
+    except RuntimeError as exc:
+        if not _peer_lost(exc):
+            raise
+        import os
+
+        _fail(f"rank {os.environ.get('RANK')}: lost contact with another process of the job (it failed or was "
+              "stopped); that process's own error names the cause", 1)
+
+
+def _peer_lost(exc: RuntimeError) -> bool:
+    """True for the error a torchrun worker gets when another rank died mid-collective (a follow-on failure,
+    whose 40-line traceback would bury the first process's one-line error)."""
+    import os
+
+    import torch.distributed as dist
+
+    if os.environ.get("RANK", "") in ("", "0"):
+        return False
+    return isinstance(exc, dist.DistError) or "closed by peer" in str(exc) or "Connection reset by peer" in str(exc)
+
+
+def given_options(ctx, skip: set[str]) -> list[str]:
+    """The options of the current command that were given (not defaulted), as command-line words.
+
+    Why rebuilt from the parsed values rather than copied from ``sys.argv``: the launch must work
+    however the command was invoked (console script, ``python -m``, a test runner).
+    """
+    words: list[str] = []
+    for param in ctx.command.params:
+        if param.name in skip or not param.opts:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            if value:
+                words.append(param.opts[0])
+            elif param.secondary_opts:
+                words.append(param.secondary_opts[0])
+        elif getattr(param, "multiple", False):
+            for v in value or ():
+                words += [param.opts[0], str(v)]
+        elif value is not None:
+            words += [param.opts[0], str(value)]
+    return words
+
+
+def _launch_torchrun(ctx: typer.Context, task: str, nproc: int, threads: int | None) -> None:
+    """``--nproc-per-node N``: run this same training as N data-parallel processes on this machine
+    (``python -m torch.distributed.run --standalone``), each with an even share of the CPU threads."""
+    import os
+    import subprocess
+
+    from facelens.train.distributed import env_from, threads_per_process, torchrun_command
+
+    if nproc < 1:
+        _fail(f"--nproc-per-node must be at least 1, got {nproc}")
+    try:
+        inside = env_from(os.environ)
+    except ValueError:
+        inside = True
+    if inside:
+        _fail("--nproc-per-node starts torchrun, but this process already runs under torchrun (RANK is set): "
+              "drop --nproc-per-node")
+    per_process = threads_per_process(threads, os.cpu_count(), nproc)
+    args = ["train", task, *given_options(ctx, {"nproc_per_node", "threads"}), "--threads", str(per_process)]
+    cmd = torchrun_command(sys.executable, nproc, args)
+    typer.echo(f"launching {nproc} training processes, {per_process} CPU thread(s) each: {shlex.join(cmd)}", err=True)
+    proc = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": str(per_process)})
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers: wait for it
+        proc.wait()
+        code = 130
+    raise typer.Exit(code)
 
 
 _DATA = Annotated[list[str], typer.Option("--data", help="dataset folder or CSV manifest (repeatable)")]
@@ -249,11 +331,15 @@ _RESUME = Annotated[bool, typer.Option("--resume", help="continue from RUN_DIR/<
 _PRETRAINED = Annotated[bool, typer.Option("--pretrained/--no-pretrained",
                                            help="start from ImageNet weights; --no-pretrained starts from random ones")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
+_NPROC = Annotated[int | None, typer.Option(
+    help="train data-parallel in N processes on this machine (re-launches itself under torchrun; --batch-size "
+         "is per process, --threads is split between them); for several machines use torchrun, see "
+         "docs/distributed-training.md")]
 
 
 @train_app.command("age")
 def train_age(
-    data: _DATA, out: _OUT, arch: _ARCH = None,
+    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None, nproc_per_node: _NPROC = None,
     epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = "auto",
     conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
@@ -268,12 +354,12 @@ def train_age(
     augment: _AUGMENT = "photo", balance: _BALANCE = "source",
 ) -> None:
     """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
-    _train("age", **locals())  # every option maps 1:1 onto a TrainRequest field
+    _train(task="age", **locals())  # every option maps 1:1 onto a TrainRequest field
 
 
 @train_app.command("eyes")
 def train_eyes(
-    data: _DATA, out: _OUT, arch: _ARCH = None,
+    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None, nproc_per_node: _NPROC = None,
     epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
     split: Annotated[str, typer.Option(help="auto (= blocks of consecutive file numbers), blocks, random, content")] = "auto",
     female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = None,
@@ -291,7 +377,7 @@ def train_eyes(
                                                "brow, lid fold and the skin around them) or SIDE,DY")] = "tight",
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
-    _train("eyes", **locals())
+    _train(task="eyes", **locals())
 
 
 @app.command("cross-source")
@@ -307,8 +393,13 @@ def cross_source(
     """Leave-one-source-out for an age recipe: train it on every source and without each one, then score
     both on each source's test split (MAE ratio, bias by age band). Defaults to a short recipe (~5 min
     a run on 2 cores); re-running resumes."""
+    import os
+
     from facelens.evaluate.cross_source import leave_one_source_out
     from facelens.train.runner import TrainRequest
+
+    if os.environ.get("RANK", "") != "":  # its runs and table would be written by every process at once
+        _fail("cross-source does not run under torchrun; start it as a single process (each of its runs is short)")
 
     req = TrainRequest(task="age", data=data, out=str(out), epochs=epochs, input_size=input_size, patience=epochs,
                        max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed, ema_decay=ema_decay,

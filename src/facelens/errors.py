@@ -35,3 +35,7 @@ class ModelLoadError(FacelensError):
 
 class DeviceError(FacelensError):
     """A ``--device`` name is unknown, or the GPU it asks for cannot be used here."""
+
+
+class DistributedError(FacelensError):
+    """The processes of a torchrun job cannot work together (e.g. they do not see the same run folder)."""

@@ -4,6 +4,10 @@ Crops arrive as uint8 arrays (already aligned by the prediction pipeline), so an
 pure tensor work. Checkpoints are written atomically at every epoch end and every
 ``checkpoint_every`` steps; the batch order of an epoch is a pure function of (seed, epoch),
 so a resumed run continues with exactly the batches it had not yet seen.
+
+Under torchrun (``train.distributed``) the same loop runs data-parallel: the model is wrapped in
+DistributedDataParallel, each rank takes its strided share of the shared epoch order, validation
+is sharded and gathered, and rank 0 alone writes checkpoints and draws progress bars.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from facelens.agebins import AGE_MIN, NUM_AGE_BINS
+from facelens.train import distributed as ddp
 from facelens.train.augment import AugmentConfig, augment_batch
 from facelens.train.checkpoint import load_checkpoint, save_checkpoint
-from facelens.train.sampling import epoch_order
 
 
 @dataclass
@@ -162,6 +166,20 @@ def validation_score(head: str, outputs: np.ndarray, y: np.ndarray, groups: np.n
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
+#: Added to the augmentation seed per rank, so ranks do not apply the same random flips and crops.
+AUGMENT_RANK_STRIDE = 7_919_000_017
+
+
+def validate(model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, head: str, device: torch.device,
+             val_groups: np.ndarray | None = None) -> float:
+    """``validation_score`` of ``model``; under torchrun each rank predicts every ``world``-th image and
+    the outputs are gathered, so every rank scores the same full set and rank 0's score is broadcast
+    (the best-epoch and early-stopping decisions cannot differ between ranks)."""
+    rank, world = ddp.rank(), ddp.world_size()
+    outputs = ddp.gather_rows(predict_outputs(model, val_x[rank::world], device), len(val_x))
+    return ddp.broadcast_float(validation_score(head, outputs, val_y, val_groups))
+
+
 def fit(
     model: nn.Module,
     train_x: np.ndarray,
@@ -184,19 +202,19 @@ def fit(
     mean of the per-source scores, so the largest source does not decide alone which epoch is kept.
     """
     check_precision(cfg.precision, device)
+    rank, world, main = ddp.rank(), ddp.world_size(), ddp.is_main()
     ckpt_dir = run_dir / "checkpoints"
     model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = math.ceil(len(train_x) / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
+    steps = ddp.steps_per_epoch(len(train_x), cfg.batch_size, world, cfg.max_steps_per_epoch)  # per rank
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
     ema = make_ema(model, cfg.ema_decay)
     scored = ema.module if ema is not None else model  # the weights validated, kept and shipped
     state = {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "seconds": 0.0}
     last = ckpt_dir / "last.pt"
+    ddp.check_same_on_all_ranks(resume and last.exists(), f"whether {last} exists")
     if resume and last.exists():
-        ck = load_checkpoint(last)
+        ck = load_checkpoint(last)  # every rank reads the same file (weights_only=True)
         if ("ema" in ck) != (ema is not None):  # refuse before touching the model
             was = "with" if "ema" in ck else "without"
             raise ValueError(f"{last} was written {was} --ema-decay; resume with the options of the original run")
@@ -216,6 +234,9 @@ def fit(
                     sched.step()
             log(f"note: schedule re-planned for {cfg.epochs} epochs (checkpoint was planned for {saved_total} steps)")
         log(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}/{steps}")
+        if ck.get("world_size", 1) != world and state["step"]:
+            log(f"note: {last} was written by {ck.get('world_size', 1)} process(es), resumed with {world}: "
+                "the rest of this epoch is sharded anew")
         if state.get("stopped") and state["bad_epochs"] < cfg.patience:
             state["stopped"] = False  # a larger --patience on resume lifts an earlier early stop
             log(f"early stop lifted: {state['bad_epochs']} epochs without improvement < --patience {cfg.patience}")
@@ -223,10 +244,18 @@ def fit(
         log(f"note: {last} exists but --resume was not given; starting afresh")
     ty = torch.as_tensor(train_y, dtype=torch.float32)
     gen = torch.Generator().manual_seed(cfg.seed)
+    train_model = ddp.wrap(model, device)  # DDP (averages gradients across ranks) under torchrun, else model
+    if world > 1:  # dropout masks (global RNG) and GPU augmentation differ between ranks, as their batches do
+        torch.manual_seed(cfg.seed * 1_000_003 + rank)
+    shard_log = ddp.ShardLog()
 
     def save(best: bool = False) -> None:
+        if not main:  # rank 0 holds the same weights and writes for everyone
+            return
         ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
               "state": state, "config": asdict(cfg)}
+        if world > 1:
+            ck["world_size"] = world
         if ema is not None:
             ck["ema"] = ema.state_dict()
         save_checkpoint(last, ck)
@@ -236,18 +265,19 @@ def fit(
     while state["epoch"] < cfg.epochs and not state.get("stopped"):
         epoch = state["epoch"]
         t0 = time.time()
-        order = epoch_order(len(train_x), steps, cfg.batch_size, cfg.seed, epoch, train_weights)
-        model.train()
+        order = ddp.rank_epoch_order(len(train_x), steps, cfg.batch_size, cfg.seed, epoch, train_weights, rank, world)
+        train_model.train()
         bar = tqdm(range(state["step"], steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   initial=state["step"], total=steps)
+                   initial=state["step"], total=steps, disable=not main)
         running = 0.0
         first_step = state["step"]
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
+            shard_log.step(epoch, step, idx)
+            gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step + rank * AUGMENT_RANK_STRIDE)
             x = augment_batch(to_input(train_x[idx], device), cfg.augment, None if device.type != "cpu" else gen)
             y = ty[idx].to(device)
-            loss = optimizer_step(model, opt, x, y, cfg, device)
+            loss = optimizer_step(train_model, opt, x, y, cfg, device)
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
@@ -259,7 +289,13 @@ def fit(
                 t0 = time.time()
                 save()
         bar.close()
-        score = validation_score(cfg.head, predict_outputs(scored, val_x, device), val_y, val_groups)
+        shard_log.weights("trained", epoch, parameters_only=True, model=model)  # before any sync: DDP's doing alone
+        ddp.sync_buffers(model)  # BatchNorm statistics: rank 0's everywhere (parameters are equal already)
+        if ema is not None:
+            ddp.sync_buffers(ema)
+        shard_log.weights("epoch_end", epoch, model=model, ema=ema)
+        running = ddp.mean_over_ranks(running)
+        score = validate(scored, val_x, val_y, cfg.head, device, val_groups)
         state["seconds"] += time.time() - t0
         improved = score < state["best"] - 1e-4
         state["history"].append({"epoch": epoch + 1, "val": score, "loss": running, "seconds": state["seconds"]})
@@ -275,8 +311,10 @@ def fit(
             log(f"early stopping: no improvement for {cfg.patience} epochs")
             state["stopped"] = True
             save()
-    best = load_checkpoint(ckpt_dir / "best.pt")
-    model.load_state_dict(best["model"])
+    if main:
+        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+    ddp.broadcast_state(model)  # the other ranks need not see rank 0's run folder
+    shard_log.weights("final", state["epoch"] - 1, model=model)
     return {"best_val": state["best"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "train_seconds": round(state["seconds"], 1), "history": state["history"], "precision": cfg.precision,
             "weight_decay": cfg.weight_decay}

@@ -9,6 +9,10 @@ A run folder holds everything needed to audit or resume it:
     RUN_DIR/split.csv        every kept file and its split
     RUN_DIR/<arch>/          checkpoints/, model.pt, metrics.json
     RUN_DIR/comparison.json  test metrics of every arch side by side
+
+Under torchrun (``train.distributed``, docs/distributed-training.md) every process runs this same
+function: rank 0 prepares the data and shares it, builds the crop cache while the others wait,
+writes the run folder and tests the model; the others only train their shards.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from facelens.face.align import (
 )
 from facelens.fileio import write_bytes_atomic, write_json_atomic
 from facelens.models.factory import check_frozen_blocks, create_model, default_input_size, head_of
+from facelens.train import distributed as ddp
 from facelens.train.augment import AUGMENT_PRESETS
 from facelens.train.loop import FitConfig, FlipAverage, check_precision, fit, predict_outputs
 from facelens.train.sampling import balanced_weights
@@ -409,21 +414,68 @@ def _by_source(y: np.ndarray, p: np.ndarray, groups: dict[str, list]) -> dict:
 
 
 def run_training(req: TrainRequest, log=print) -> dict:
-    t_start = time.time()
+    """Train every architecture of ``req``; data-parallel when started by torchrun (RANK/WORLD_SIZE set).
+
+    Returns the test metrics per architecture (empty on ranks other than 0, which test nothing).
+    """
     req.check()
     for arch in req.archs:
         check_frozen_blocks(arch, req.task, req.frozen_blocks, req.pretrained)
-    device = resolve_device(req.device)
+    env = ddp.env_from(os.environ)
+    if env is None:
+        return _run_training(req, log, resolve_device(req.device), None)
+    device = ddp.init_process_group(env, req.device)
+    try:
+        return _run_training(req, log if env.is_main else _quiet, device, env)
+    finally:
+        ddp.shutdown()
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: they train the same epochs rank 0 reports."""
+
+
+def _run_training(req: TrainRequest, log, device: torch.device, env: ddp.DistEnv | None) -> dict:
+    t_start = time.time()
+    main = env is None or env.is_main
     check_precision(req.precision, device)
     out = Path(req.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":
-        torch.set_num_threads(req.threads or max(1, os.cpu_count() or 1))
+        torch.set_num_threads(req.threads or ddp.threads_per_process(None, os.cpu_count(), env.local_world_size if env else 1))
     strategy = resolve_strategy(req.task, req.split)
-    write_json_atomic(out / "config.json", asdict(req) | {"split_resolved": strategy, "facelens": __version__,
-                                                          "torch": torch.__version__, "device_resolved": str(device)})
-    prep = prepare_records(req.task, req.data, strategy, req.seed, req.fractions, req.conflict_policy,
-                           req.female_class, req.male_class, log)
+    config = asdict(req) | {"split_resolved": strategy, "facelens": __version__, "torch": torch.__version__,
+                            "device_resolved": str(device)}
+    if env is not None:
+        config["distributed"] = {"world_size": env.world_size, "backend": torch.distributed.get_backend(),
+                                 "batch_size_per_process": req.batch_size,
+                                 "global_batch_size": req.batch_size * env.world_size,
+                                 "threads_per_process": torch.get_num_threads() if device.type == "cpu" else None}
+    if main:
+        write_json_atomic(out / "config.json", config)
+        # Rank 0 reads, hashes and splits the data once; the others receive the result (identical by construction).
+        prep = prepare_records(req.task, req.data, strategy, req.seed, req.fractions, req.conflict_policy,
+                               req.female_class, req.male_class, log)
+    prep = ddp.broadcast_object(prep if main else None)
+    if main:
+        _write_split_files(out, prep)
+    counts = {s: int((prep.splits == s).sum()) for s in ("train", "val", "test")}
+    log(f"split ({strategy}, seed {req.seed}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for s, n in counts.items():
+        if n == 0:
+            raise DatasetError(f"the {s} split is empty ({len(prep.records)} images): add data or change --fractions")
+    results = _train_archs(req, prep, strategy, out, device, env, log)
+    if not main:
+        return {}
+    # Archs trained later into the same run folder (same split) join the comparison.
+    previous = json.loads((out / "comparison.json").read_text()).get("models", {}) if (out / "comparison.json").exists() else {}
+    write_json_atomic(out / "comparison.json", {"task": req.task, "seconds_last_invocation": round(time.time() - t_start, 1),
+                                                "models": previous | results})
+    return results
+
+
+def _write_split_files(out: Path, prep: PreparedData) -> None:
     write_json_atomic(out / "hygiene.json", prep.hygiene)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -431,12 +483,27 @@ def run_training(req: TrainRequest, log=print) -> dict:
     for r, s, d in zip(prep.records, prep.splits, prep.digests, strict=True):
         w.writerow([r.path, r.label, s, d])
     write_bytes_atomic(out / "split.csv", buf.getvalue().encode())
-    counts = {s: int((prep.splits == s).sum()) for s in ("train", "val", "test")}
-    log(f"split ({strategy}, seed {req.seed}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for s, n in counts.items():
-        if n == 0:
-            raise DatasetError(f"the {s} split is empty ({len(prep.records)} images): add data or change --fractions")
 
+
+def _shared_crops(prep: PreparedData, env: ddp.DistEnv | None, indices: np.ndarray, kind: str, size: int,
+                  **options) -> tuple[CropSet, np.ndarray]:
+    """``prep.crops(indices, kind, size, **options)``, built once per machine: under torchrun the first
+    process of each machine (LOCAL_RANK 0) fills the crop cache while the others wait at a barrier,
+    then they read it.
+
+    Why: the cache writes are atomic but not coordinated; several processes building the same
+    set would detect every face several times over on cores the others need.
+    """
+    first = env is None or env.local_rank == 0
+    if first:
+        built = prep.crops(indices, kind, size, **options)
+    ddp.barrier()
+    return built if first else prep.crops(indices, kind, size, **(options | {"workers": 1, "desc": None}))
+
+
+def _train_archs(req: TrainRequest, prep: PreparedData, strategy: str, out: Path, device: torch.device,
+                 env: ddp.DistEnv | None, log) -> dict:
+    main = env is None or env.is_main
     kind = "face" if req.task == "age" else "eye"
     results = {}
     for arch in req.archs:
@@ -447,17 +514,19 @@ def run_training(req: TrainRequest, log=print) -> dict:
                                       for s in ("train", "val", "test")]))
         template = FACE_TEMPLATES[req.face_crop]
         eye_geometry = parse_eye_geometry(req.eye_crop)
-        cs, pos = prep.crops(use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px", template=template,
-                             eye_geometry=eye_geometry)
+        cs, pos = _shared_crops(prep, env, use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px",
+                                template=template, eye_geometry=eye_geometry)
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
         split_of = prep.splits[pos]
         idx = {s: np.flatnonzero(split_of == s) for s in ("train", "val", "test")}
         arch_dir = out / arch
-        arch_dir.mkdir(exist_ok=True)
-        write_json_atomic(arch_dir / "crop_failures.json", cs.failures)
+        if main:
+            arch_dir.mkdir(exist_ok=True)
+            write_json_atomic(arch_dir / "crop_failures.json", cs.failures)
         log(f"[{arch}] {head} head, {size}px input, train {len(idx['train'])} / val {len(idx['val'])} / "
-            f"test {len(idx['test'])} on {device}")
+            f"test {len(idx['test'])} on {device}"
+            + (f" x {env.world_size} processes (global batch {req.batch_size * env.world_size})" if env else ""))
         torch.manual_seed(req.seed)
         model = create_model(arch, req.task, pretrained=req.pretrained, frozen_blocks=req.frozen_blocks)
         if req.frozen_blocks:
@@ -477,6 +546,8 @@ def run_training(req: TrainRequest, log=print) -> dict:
         summary = fit(model, cs.crops[idx["train"]], y[idx["train"]], cs.crops[idx["val"]], y[idx["val"]], cfg,
                       arch_dir, device, resume=req.resume, log=log, train_weights=weights,
                       val_groups=src[idx["val"]] if many and req.balance == "source" else None)
+        if not main:  # rank 0 calibrates, tests and writes the model; this rank's part is done
+            continue
         tta = FlipAverage(model).eval()
         val_out = predict_outputs(tta, cs.crops[idx["val"]], device)
         meta = {
@@ -501,7 +572,9 @@ def run_training(req: TrainRequest, log=print) -> dict:
             "training": summary | {"epochs_max": req.epochs, "batch_size": req.batch_size, "lr": req.lr,
                                    "device": str(device), "cpu": platform.processor() or platform.machine(),
                                    "threads": torch.get_num_threads(), "augment": req.augment,
-                                   "balance": req.balance},
+                                   "balance": req.balance}
+                                  | ({"world_size": env.world_size, "global_batch_size": req.batch_size * env.world_size}
+                                     if env else {}),
         } | calibrate(head, val_out, y[idx["val"]], record_groups(req.task, prep, cs.crops[idx["val"]], pos[idx["val"]]).get(FACE_ID))
         test_out = predict_outputs(tta, cs.crops[idx["test"]], device, desc="test")
         groups = record_groups(req.task, prep, cs.crops[idx["test"]], pos[idx["test"]])
@@ -515,10 +588,6 @@ def run_training(req: TrainRequest, log=print) -> dict:
                  paths=np.array([str(prep.records[i].path) for i in pos[idx["test"]]]))
         results[arch] = metrics
         log(f"[{arch}] test: " + headline(req.task, metrics))
-    # Archs trained later into the same run folder (same split) join the comparison.
-    previous = json.loads((out / "comparison.json").read_text()).get("models", {}) if (out / "comparison.json").exists() else {}
-    write_json_atomic(out / "comparison.json", {"task": req.task, "seconds_last_invocation": round(time.time() - t_start, 1),
-                                                "models": previous | results})
     return results
 
 
@@ -576,6 +645,9 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
     else:
         cmd += f" --eye-crop {cfg.get('eye_crop', 'tight')}"
     cmd += f" --augment {cfg.get('augment', 'basic')} --balance {cfg.get('balance', 'none')}"
+    world = (cfg.get("distributed") or {}).get("world_size", 1)
+    if world > 1:  # the same global batch and shards on one machine (a multi-machine run included)
+        cmd += f" --nproc-per-node {world}"
     cmds = [cmd]
     model = f"{rel(cfg['out'])}/{arch}/model.pt"
     if shipped_as:
