@@ -139,11 +139,7 @@ def predict(
             summary = run_batch(analyzer, paths, out, resume=resume, batch_size=batch_size)
         except FacelensError as exc:
             _fail(str(exc))
-        typer.echo(summary.text(), err=True)
-        if summary.interrupted:
-            typer.echo(f"to continue where it stopped, run:\n  {resume_command(sys.argv[1:])}", err=True)
-            raise typer.Exit(130)
-        raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
+        _finish_batch(summary)
     n_ok = 0
     for r in analyzer.analyze_many(paths, names=[str(p) for p in paths], batch_size=batch_size):
         n_ok += r.error is None
@@ -183,11 +179,7 @@ def _predict_ray(inputs: list[str], out: Path | None, resume: bool, age_model: P
         summary = run_ray(spec, paths, out, opts, resume=resume)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
-    typer.echo(summary.text(), err=True)
-    if summary.interrupted:
-        typer.echo(f"to continue where it stopped, run:\n  {resume_command(sys.argv[1:])}", err=True)
-        raise typer.Exit(130)
-    raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
+    _finish_batch(summary)
 
 
 @app.command("predict-eyes")
@@ -217,6 +209,15 @@ def predict_eyes(
                        + (f" (warning: {r.warning})" if r.warning else ""))
     if results and all(r.error for r in results):
         raise typer.Exit(1)
+
+
+def _finish_batch(summary) -> None:
+    """Print a batch run's summary and exit: 130 with the --resume command when interrupted, 1 when nothing worked."""
+    typer.echo(summary.text(), err=True)
+    if summary.interrupted:
+        typer.echo(f"to continue where it stopped, run:\n  {resume_command(sys.argv[1:])}", err=True)
+        raise typer.Exit(130)
+    raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
 
 
 def _train(ctx: typer.Context, task: str, data: list[str], out: Path, arch: list[str] | None,
