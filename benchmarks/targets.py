@@ -32,6 +32,14 @@ def _row(name: str, value: float | None, target: str, ok: bool) -> str:
     return f"| {name} | {shown} | {target} | {'met' if ok else 'MISSED'} |"
 
 
+def _floor(r: dict) -> str:
+    """The ECE a perfectly calibrated model would show at this n, and whether the observed one exceeds it
+    (``evaluate.metrics.ece_noise_floor``): a target below the floor cannot be checked on this many faces."""
+    if r.get("ece_floor") is None:
+        return "noise floor n/a"
+    return f"noise floor {r['ece_floor']:.3f}, p = {r['ece_p_value']:.2f}"
+
+
 def _minutes(model: Path) -> float | None:
     meta_path = Path(model).with_suffix(".json")
     if not meta_path.exists():
@@ -92,11 +100,12 @@ def eyes(quiet, model: Path | None = None) -> list[str]:
             rows.append(_row(f"eyes: {name} aged 13+, accuracy (n = {r['n']})", r["accuracy"], ">= 0.92", r["accuracy"] >= 0.92))
         for band, r in fm["by_group"]["age_band"].items():
             limit = 0.05 if band in ("0-2", "3-12") else 0.03
-            rows.append(_row(f"eyes: {name} {band}, ECE (accuracy {r['accuracy']:.3f}, n = {r['n']})", r["ece"],
-                             f"<= {limit}", r["ece"] <= limit))
+            rows.append(_row(f"eyes: {name} {band}, ECE (accuracy {r['accuracy']:.3f}, n = {r['n']}; {_floor(r)})",
+                             r["ece"], f"<= {limit}", r["ece"] <= limit))
         if "0-12" in split:
             r = split["0-12"]
-            rows.append(_row(f"eyes: {name} aged 0-12, ECE (n = {r['n']})", r["ece"], "<= 0.05", r["ece"] <= 0.05))
+            rows.append(_row(f"eyes: {name} aged 0-12, ECE (n = {r['n']}; {_floor(r)})", r["ece"], "<= 0.05",
+                             r["ece"] <= 0.05))
     minutes = _minutes(model)
     if minutes is not None:
         rows.append(_row("eyes: training time (min, fit only)", minutes, "<= 30", minutes <= 30))

@@ -285,3 +285,30 @@ def test_paired_comparisons_use_only_images_both_models_scored_and_split_by_sour
     assert out["by_source"]["f2050"]["difference"] == pytest.approx(2.0)
     disjoint = (np.array([5]), np.array([1.0]))
     assert "c" not in paired_comparisons({"a": ref, "b": other, "c": disjoint}, sources)  # skipped, no crash
+
+
+def test_ece_noise_floor_tells_sampling_noise_from_miscalibration():
+    """A calibrated model on 100 images shows a sizeable ECE from noise alone (the floor) and is not flagged;
+    the same probabilities with labels that contradict them are flagged (p-value 0)."""
+    from facelens.evaluate.metrics import ece_noise_floor
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.05, 0.95, 100)
+    y = rng.random(100) < p
+    calibrated = ece_noise_floor(y, p)
+    assert 0.04 < calibrated["floor"] < 0.15  # noise alone, far above a 0.03 target
+    assert calibrated["p_value"] > 0.05
+    contradicted = ece_noise_floor(p < 0.5, p)
+    assert contradicted["p_value"] == 0.0
+    big = rng.uniform(0.05, 0.95, 20_000)
+    assert ece_noise_floor(rng.random(20_000) < big, big)["floor"] < 0.01  # the floor shrinks with n
+
+
+def test_ece_noise_floor_is_reported_per_group():
+    from facelens.evaluate.metrics import binary_metrics
+
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.05, 0.95, 300)
+    m = binary_metrics(rng.random(300) < p, p, groups={"band": ["a"] * 100 + ["b"] * 200})
+    assert m["ece_floor"] < m["by_group"]["band"]["a"]["ece_floor"]  # fewer images, higher floor
+    assert set(m["by_group"]["band"]["b"]) >= {"ece", "ece_floor", "ece_p_value"}

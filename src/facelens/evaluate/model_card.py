@@ -238,11 +238,13 @@ def _evaluation(task: str, metrics: Mapping) -> str:
         rows_by_src = {"all": faces} | (faces.get("by_source") or {})
         bands = list(dict.fromkeys(b for r in rows_by_src.values() for b in (r.get("by_group") or {}).get("age_band", {})))
         out.append("### Whole faces (both eyes combined, as `predict` answers): accuracy, ECE by source and age band"
-                   "\n\nEach cell: accuracy (ECE), n faces.\n\n"
+                   "\n\nEach cell: accuracy (ECE), n faces. ECE is biased upwards on few faces: the last "
+                   "table gives the ECE a perfectly calibrated model would show at each n.\n\n"
                    + _md_table(["source", "all ages", *bands],
                                [[src, _band_cell(r, "accuracy", "ece", "{:.3f}"),
                                  *(_band_cell((r.get("by_group") or {}).get("age_band", {}).get(b), "accuracy", "ece", "{:.3f}")
                                    for b in bands)] for src, r in rows_by_src.items()]))
+        out.append(_ece_floor_table(rows_by_src, bands))
     if task == "eyes" and metrics.get("confusion"):
         c = metrics["confusion"]
         out.append("### Confusion matrix (positive = female)\n\n"
@@ -260,6 +262,21 @@ def _evaluation(task: str, metrics: Mapping) -> str:
         out.append(f"### Source: {src}\n\n" + _md_table(["metric", "value"],
                                                          [(lab, sm[k]) for k, _, lab in _metric_defs(task) if k in sm]))
     return "\n\n".join(out)
+
+
+def _ece_floor_table(rows_by_src: dict[str, dict], bands: list[str]) -> str:
+    """Observed ECE against its noise floor, per source and band (``evaluate.metrics.ece_noise_floor``)."""
+    def cell(r: dict | None) -> str:
+        if not r or r.get("ece_floor") is None:
+            return "-"
+        return f"{r['ece']:.3f} vs {r['ece_floor']:.3f} (p {r['ece_p_value']:.2f})"
+
+    return ("#### ECE against its noise floor\n\nEach cell: observed ECE vs the mean ECE of a perfectly calibrated "
+            "model with the same probabilities and n (consistency resampling, 1,000 draws), and p, the share of "
+            "those draws at least as large as observed: p < 0.05 marks miscalibration that noise does not explain."
+            "\n\n" + _md_table(["source", "all ages", *bands],
+                               [[src, cell(r), *(cell((r.get("by_group") or {}).get("age_band", {}).get(b)) for b in bands)]
+                                for src, r in rows_by_src.items()]))
 
 
 def _band_cell(row: Mapping | None, main: str, second: str, fmt: str) -> str:
