@@ -110,8 +110,8 @@ def test_tiny_eye_training_and_predict_eyes(tmp_path: Path, shared_data: Path) -
 
 
 def _sample(task: str, shared_data: Path, n: int, data: list[Path]):
+    from facelens.data.prepare import prepare_records
     from facelens.data.splits import DEFAULT_FRACTIONS
-    from facelens.train.runner import prepare_records
 
     strategy = "content" if task == "age" else "blocks"
     prep = prepare_records(task, [str(d) for d in data], strategy, 0, DEFAULT_FRACTIONS, log=lambda m: None)

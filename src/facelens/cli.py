@@ -156,7 +156,7 @@ def _predict_ray(inputs: list[str], out: Path | None, resume: bool, age_model: P
     from facelens.devices import check_device_name
     from facelens.face.detect import check_detect_max_side
     from facelens.infer.batch import expand_inputs
-    from facelens.infer.ray_engine import ModelSpec, RayOptions, require_ray, resolve_models, run_ray
+    from facelens.ray_engine import ModelSpec, RayOptions, require_ray, resolve_models, run_ray
 
     if out is None:
         _fail("--engine ray needs --out FOLDER (it writes shards there)")
@@ -222,7 +222,8 @@ def _finish_batch(summary) -> None:
 
 def _train(ctx: typer.Context, task: str, data: list[str], out: Path, arch: list[str] | None,
            nproc_per_node: int | None = None, **options) -> None:
-    from facelens.train.runner import TrainRequest, run_training
+    from facelens.train.config import TrainRequest
+    from facelens.train.runner import run_training
 
     req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **options)
     if nproc_per_node is not None and nproc_per_node != 1:
@@ -396,8 +397,8 @@ def cross_source(
     a run on 2 cores); re-running resumes."""
     import os
 
-    from facelens.evaluate.cross_source import leave_one_source_out
-    from facelens.train.runner import TrainRequest
+    from facelens.train.config import TrainRequest
+    from facelens.train.cross_source import leave_one_source_out
 
     if os.environ.get("RANK", "") != "":  # its runs and table would be written by every process at once
         _fail("cross-source does not run under torchrun; start it as a single process (each of its runs is short)")
@@ -467,7 +468,7 @@ def export(
         "--data", help="the model's training data (repeatable): re-fit calibration on val, re-measure on test")] = None,
 ) -> None:
     """Export to ONNX and check parity with PyTorch; optionally a faster variant (--no-tta, --int8)."""
-    from facelens.infer.export import export_onnx
+    from facelens.train.export import export_onnx
 
     try:
         res = export_onnx(model, out, tta=tta, int8=int8, data=data, log=lambda m: typer.echo(m, err=True))
@@ -490,7 +491,8 @@ def model_card(
 ) -> None:
     """Write a model card (YAML header + sections) from the run's own saved metadata and metrics."""
     from facelens.evaluate.model_card import write_model_card
-    from facelens.train.runner import headline, reproduce_commands
+    from facelens.evaluate.scoring import headline
+    from facelens.train.commands import reproduce_commands
 
     cfg_path = run / "config.json"
     if not cfg_path.is_file():

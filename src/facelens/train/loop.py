@@ -27,9 +27,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from facelens.agebins import AGE_MIN, NUM_AGE_BINS
+from facelens.models.checkpoint import load_checkpoint
+from facelens.models.wrappers import to_input
 from facelens.train import distributed as ddp
 from facelens.train.augment import AugmentConfig, augment_batch
-from facelens.train.checkpoint import load_checkpoint, save_checkpoint
+from facelens.train.checkpoint import save_checkpoint
 
 
 @dataclass
@@ -47,28 +49,6 @@ class FitConfig:
     precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (see autocast_context)
     max_steps_per_epoch: int | None = None  # for smoke tests
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-class FlipAverage(nn.Module):
-    """Test-time augmentation baked into the model: mean of the outputs for x and mirrored x.
-
-    Wrapping (rather than doing it in the caller) keeps PyTorch, ONNX and evaluation identical.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        out = self.model(torch.cat([x, torch.flip(x, dims=[3])], 0))
-        return (out[:n] + out[n:]) / 2
-
-
-def to_input(batch_u8: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> float NCHW 0..255 in channels-last memory (faster convs on CPU)."""
-    t = torch.as_tensor(batch_u8).to(device)
-    return t.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
 
 
 def soft_age_targets(ages: torch.Tensor, sigma: float) -> torch.Tensor:
