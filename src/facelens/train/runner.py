@@ -4,7 +4,7 @@ Every architecture asked for (``--arch mobilenetv2 --arch seed-cnn``) is trained
 split in the same run, so the comparison with the student baselines is like for like.
 A run folder holds everything needed to audit or resume it:
 
-    RUN_DIR/config.json      the exact request
+    RUN_DIR/config.json      the exact request (``facelens train --config`` repeats the run)
     RUN_DIR/hygiene.json     what was dropped and why
     RUN_DIR/split.csv        every kept file and its split
     RUN_DIR/<arch>/          checkpoints/, model.pt, metrics.json
@@ -13,6 +13,11 @@ A run folder holds everything needed to audit or resume it:
 Under torchrun (``train.distributed``, docs/distributed-training.md) every process runs this same
 function: rank 0 prepares the data and shares it, builds the crop cache while the others wait,
 writes the run folder and tests the model; the others only train their shards.
+
+This module only orchestrates a run; the pieces live where the layering puts them (tests/test_layering.py):
+the request and its defaults in ``train.config``, reading and splitting the data in ``data.prepare``,
+the epochs in ``train.loop``, calibration and test metrics in ``evaluate.scoring``, the metric
+groups in ``evaluate.groups``, the reproduce commands in ``train.commands``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -149,89 +154,128 @@ def _shared_crops(prep: PreparedData, env: ddp.DistEnv | None, indices: np.ndarr
 
 def _train_archs(req: TrainRequest, prep: PreparedData, strategy: str, out: Path, device: torch.device,
                  env: ddp.DistEnv | None, log) -> dict:
-    main = env is None or env.is_main
-    kind = "face" if req.task == "age" else "eye"
+    """Train, calibrate and test every architecture of ``req`` on the same split; test metrics per arch (rank 0)."""
     results = {}
     for arch in req.archs:
-        head = head_of(arch, req.task)
-        size = req.input_size or default_input_size(arch, req.task)
-        # --max-images caps each split *before* cropping, so quick trials skip detection on the rest.
-        use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
-                                      for s in ("train", "val", "test")]))
-        template = FACE_TEMPLATES[req.face_crop]
-        eye_geometry = parse_eye_geometry(req.eye_crop)
-        cs, pos = _shared_crops(prep, env, use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px",
-                                template=template, eye_geometry=eye_geometry)
-        if cs.failures:
-            log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
-        split_of = prep.splits[pos]
-        idx = {s: np.flatnonzero(split_of == s) for s in ("train", "val", "test")}
-        arch_dir = out / arch
-        if main:
-            arch_dir.mkdir(exist_ok=True)
-            write_json_atomic(arch_dir / "crop_failures.json", cs.failures)
-        log(f"[{arch}] {head} head, {size}px input, train {len(idx['train'])} / val {len(idx['val'])} / "
-            f"test {len(idx['test'])} on {device}"
-            + (f" x {env.world_size} processes (global batch {req.batch_size * env.world_size})" if env else ""))
-        torch.manual_seed(req.seed)
-        model = create_model(arch, req.task, pretrained=req.pretrained, frozen_blocks=req.frozen_blocks)
-        if req.frozen_blocks:
-            n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-            log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
-        cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
-                        patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay,
-                        weight_decay=req.weight_decay, precision=req.precision, augment=AUGMENT_PRESETS[req.augment])
-        y = prep.targets[pos]
-        src = np.asarray(prep.sources)[pos]
-        many = len(set(src.tolist())) > 1
-        weights = None
-        if req.balance == "source" and many:
-            weights = balanced_weights(src[idx["train"]], y[idx["train"]], bin_width=5.0 if req.task == "age" else 0.0)
-            log(f"[{arch}] sampling balanced by source within each {'5-year age bin' if req.task == 'age' else 'class'} "
-                f"(weights {weights.min():.2f}-{weights.max():.2f}); validation: mean of the per-source scores")
-        summary = fit(model, cs.crops[idx["train"]], y[idx["train"]], cs.crops[idx["val"]], y[idx["val"]], cfg,
-                      arch_dir, device, resume=req.resume, log=log, train_weights=weights,
-                      val_groups=src[idx["val"]] if many and req.balance == "source" else None)
-        if not main:  # rank 0 calibrates, tests and writes the model; this rank's part is done
-            continue
-        tta = FlipAverage(model).eval()
-        val_out = predict_outputs(tta, cs.crops[idx["val"]], device)
-        meta = {
-            "name": f"facelens-{req.task}-{arch}",
-            "facelens_version": __version__,
-            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "task": req.task,
-            "arch": arch,
-            "head": head,
-            "input_size": size,
-            "pipeline": PIPELINE_VERSION,
-            "crop": asdict(template) if req.task == "age" else None,
-            "eye_crop": asdict(eye_geometry) if req.task == "eyes" else None,
-            "positive_class": "female" if req.task == "eyes" else None,
-            "class_map": prep.class_map,
-            "tta": "flip-average",
-            "split": {"strategy": strategy, "seed": req.seed, "fractions": list(req.fractions),
-                      "block_size": EYE_BLOCK_SIZE if strategy == "blocks" else None},
-            "data": req.data,
-            "layouts": prep.layouts,
-            "counts": {k: len(v) for k, v in idx.items()},
-            "training": summary | {"epochs_max": req.epochs, "batch_size": req.batch_size, "lr": req.lr,
-                                   "device": str(device), "cpu": platform.processor() or platform.machine(),
-                                   "threads": torch.get_num_threads(), "augment": req.augment,
-                                   "balance": req.balance}
-                                  | ({"world_size": env.world_size, "global_batch_size": req.batch_size * env.world_size}
-                                     if env else {}),
-        } | calibrate(head, val_out, y[idx["val"]], record_groups(req.task, prep, cs.crops[idx["val"]], pos[idx["val"]]).get(FACE_ID))
-        test_out = predict_outputs(tta, cs.crops[idx["test"]], device, desc="test")
-        groups = record_groups(req.task, prep, cs.crops[idx["test"]], pos[idx["test"]])
-        metrics = compute_metrics(req.task, test_out, y[idx["test"]], meta, groups)
-        meta["metrics"] = {"split": "test", **metrics}
-        saved = {"meta": meta, "state_dict": model.state_dict()}
-        atomic_write_with(arch_dir / "model.pt", lambda tmp, saved=saved: torch.save(saved, tmp))
-        write_json_atomic(arch_dir / "metrics.json", meta["metrics"])
-        write_json_atomic(arch_dir / "meta.json", meta)
-        np.savez(arch_dir / "test_predictions.npz", outputs=test_out, y=y[idx["test"]],
-                 paths=np.array([str(prep.records[i].path) for i in pos[idx["test"]]]))
-        results[arch] = metrics
-        log(f"[{arch}] test: " + headline(req.task, metrics))
+        metrics = _train_arch(req, arch, prep, strategy, out, device, env, log)
+        if metrics is not None:
+            results[arch] = metrics
     return results
+
+
+@dataclass
+class ArchData:
+    """One architecture's crops of the run's split: the crops, their record positions, targets and sources."""
+
+    crops: np.ndarray
+    positions: np.ndarray
+    idx: dict[str, np.ndarray]  # split -> rows of ``crops``
+    y: np.ndarray
+    sources: np.ndarray
+
+
+def _arch_data(req: TrainRequest, arch: str, prep: PreparedData, out: Path, env: ddp.DistEnv | None, log,
+               size: int) -> ArchData:
+    """Crops at the architecture's input size (``--max-images`` applied first), failures written beside the model."""
+    kind = "face" if req.task == "age" else "eye"
+    # --max-images caps each split *before* cropping, so quick trials skip detection on the rest.
+    use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
+                                  for s in ("train", "val", "test")]))
+    cs, pos = _shared_crops(prep, env, use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px",
+                            template=FACE_TEMPLATES[req.face_crop], eye_geometry=parse_eye_geometry(req.eye_crop))
+    if cs.failures:
+        log(f"{len(cs.failures)} images gave no crop (listed in {arch}/crop_failures.json), e.g. {cs.failures[:3]}")
+    if env is None or env.is_main:
+        (out / arch).mkdir(exist_ok=True)
+        write_json_atomic(out / arch / "crop_failures.json", cs.failures)
+    split_of = prep.splits[pos]
+    idx = {s: np.flatnonzero(split_of == s) for s in ("train", "val", "test")}
+    return ArchData(cs.crops, pos, idx, prep.targets[pos], np.asarray(prep.sources)[pos])
+
+
+def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str, out: Path, device: torch.device,
+                env: ddp.DistEnv | None, log) -> dict | None:
+    """Fit one architecture; on rank 0 also calibrate, test and save it. Its test metrics, or None on other ranks."""
+    head = head_of(arch, req.task)
+    size = req.input_size or default_input_size(arch, req.task)
+    d = _arch_data(req, arch, prep, out, env, log, size)
+    idx = d.idx
+    log(f"[{arch}] {head} head, {size}px input, train {len(idx['train'])} / val {len(idx['val'])} / "
+        f"test {len(idx['test'])} on {device}"
+        + (f" x {env.world_size} processes (global batch {req.batch_size * env.world_size})" if env else ""))
+    torch.manual_seed(req.seed)
+    model = create_model(arch, req.task, pretrained=req.pretrained, frozen_blocks=req.frozen_blocks)
+    if req.frozen_blocks:
+        n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
+    cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
+                    patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay,
+                    weight_decay=req.weight_decay, precision=req.precision, augment=AUGMENT_PRESETS[req.augment])
+    many = len(set(d.sources.tolist())) > 1
+    weights = None
+    if req.balance == "source" and many:
+        weights = balanced_weights(d.sources[idx["train"]], d.y[idx["train"]], bin_width=5.0 if req.task == "age" else 0.0)
+        log(f"[{arch}] sampling balanced by source within each {'5-year age bin' if req.task == 'age' else 'class'} "
+            f"(weights {weights.min():.2f}-{weights.max():.2f}); validation: mean of the per-source scores")
+    summary = fit(model, d.crops[idx["train"]], d.y[idx["train"]], d.crops[idx["val"]], d.y[idx["val"]], cfg,
+                  out / arch, device, resume=req.resume, log=log, train_weights=weights,
+                  val_groups=d.sources[idx["val"]] if many and req.balance == "source" else None)
+    if env is not None and not env.is_main:  # rank 0 calibrates, tests and writes the model; this rank's part is done
+        return None
+    meta = _model_meta(req, arch, head, size, strategy, prep, d, summary, device, env)
+    metrics = _calibrate_test_and_save(req, model, meta, prep, d, out / arch, device)
+    log(f"[{arch}] test: " + headline(req.task, metrics))
+    return metrics
+
+
+def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: str, prep: PreparedData, d: ArchData,
+                summary: dict, device: torch.device, env: ddp.DistEnv | None) -> dict:
+    """The metadata a trained model carries: what it is, the crop it expects, its split and how it was trained."""
+    return {
+        "name": f"facelens-{req.task}-{arch}",
+        "facelens_version": __version__,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "task": req.task,
+        "arch": arch,
+        "head": head,
+        "input_size": size,
+        "pipeline": PIPELINE_VERSION,
+        "crop": asdict(FACE_TEMPLATES[req.face_crop]) if req.task == "age" else None,
+        "eye_crop": asdict(parse_eye_geometry(req.eye_crop)) if req.task == "eyes" else None,
+        "positive_class": "female" if req.task == "eyes" else None,
+        "class_map": prep.class_map,
+        "tta": "flip-average",
+        "split": {"strategy": strategy, "seed": req.seed, "fractions": list(req.fractions),
+                  "block_size": EYE_BLOCK_SIZE if strategy == "blocks" else None},
+        "data": req.data,
+        "layouts": prep.layouts,
+        "counts": {k: len(v) for k, v in d.idx.items()},
+        "training": summary | {"epochs_max": req.epochs, "batch_size": req.batch_size, "lr": req.lr,
+                               "device": str(device), "cpu": platform.processor() or platform.machine(),
+                               "threads": torch.get_num_threads(), "augment": req.augment,
+                               "balance": req.balance}
+                              | ({"world_size": env.world_size, "global_batch_size": req.batch_size * env.world_size}
+                                 if env else {}),
+    }
+
+
+def _calibrate_test_and_save(req: TrainRequest, model: torch.nn.Module, meta: dict, prep: PreparedData, d: ArchData,
+                             arch_dir: Path, device: torch.device) -> dict:
+    """Calibrate on val, measure on test (both with the flip-average TTA the model ships with), write
+    model.pt, metrics.json, meta.json and the test predictions; returns the test metrics."""
+    idx = d.idx
+    tta = FlipAverage(model).eval()
+    val_out = predict_outputs(tta, d.crops[idx["val"]], device)
+    val_faces = record_groups(req.task, prep, d.crops[idx["val"]], d.positions[idx["val"]]).get(FACE_ID)
+    meta |= calibrate(meta["head"], val_out, d.y[idx["val"]], val_faces)
+    test_out = predict_outputs(tta, d.crops[idx["test"]], device, desc="test")
+    groups = record_groups(req.task, prep, d.crops[idx["test"]], d.positions[idx["test"]])
+    metrics = compute_metrics(req.task, test_out, d.y[idx["test"]], meta, groups)
+    meta["metrics"] = {"split": "test", **metrics}
+    saved = {"meta": meta, "state_dict": model.state_dict()}
+    atomic_write_with(arch_dir / "model.pt", lambda tmp: torch.save(saved, tmp))
+    write_json_atomic(arch_dir / "metrics.json", meta["metrics"])
+    write_json_atomic(arch_dir / "meta.json", meta)
+    np.savez(arch_dir / "test_predictions.npz", outputs=test_out, y=d.y[idx["test"]],
+             paths=np.array([str(prep.records[i].path) for i in d.positions[idx["test"]]]))
+    return metrics
