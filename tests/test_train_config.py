@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 
 from facelens.cli import app, train_request
 from facelens.fileio import write_json_atomic
-from facelens.train.config import RECORDED_KEYS, TASK_DEFAULTS, TrainRequest, request_from_config
+from facelens.train.config import (
+    RECORDED_KEYS,
+    TASK_DEFAULTS,
+    TrainRequest,
+    cross_source_recipe,
+    request_from_config,
+)
 
 FIELDS = {f.name for f in fields(TrainRequest)}
 #: CLI options of ``train age|eyes`` that are not fields of the request.
@@ -40,6 +46,14 @@ def test_every_cli_default_is_the_requests_default(task: str) -> None:
     built = train_request(task, {k: v for k, v in params.items() if k not in LAUNCH_ONLY} | {"data": ["d"], "out": "o"},
                           given=set())
     assert built == replace(defaults, data=["d"], out="o")
+
+
+def test_cross_source_defaults_are_its_recipes() -> None:
+    recipe = cross_source_recipe()
+    params = {p.name: p.default for p in typer.main.get_command(app).commands["cross-source"].params}
+    for name, value in params.items():
+        if name not in ("data", "out"):
+            assert value == getattr(recipe, name), f"cross-source --{name}: CLI {value!r} != recipe {getattr(recipe, name)!r}"
 
 
 def test_task_defaults_fill_only_what_was_not_given() -> None:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from facelens.errors import FacelensError
-from facelens.train.config import TrainRequest, request_from_config
+from facelens.train.config import TrainRequest, cross_source_recipe, request_from_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Age from face photos and sex from the eye region, as calibrated estimates.")
@@ -378,6 +378,7 @@ _TRAIN_OUT = Annotated[Path | None, typer.Option(
 #: Every option default of ``train age`` / ``train eyes`` comes from here (``facelens.train.config``).
 AGE = TrainRequest.defaults("age")
 EYES = TrainRequest.defaults("eyes")
+SHORT = cross_source_recipe()  # ``cross-source``
 
 
 @train_app.callback(invoke_without_command=True)
@@ -450,27 +451,29 @@ def train_eyes(
 def cross_source(
     data: _DATA,
     out: Annotated[Path, typer.Option("--out", help="protocol folder: one training run per left-out source, the table")],
-    epochs: int = 3, input_size: int = 96, max_steps_per_epoch: int | None = 150, batch_size: int = 64, seed: int = 0,
-    ema_decay: _EMA = 0.99, precision: _PRECISION = "bf16", frozen_blocks: _FROZEN = 0,
-    face_crop: Annotated[str, typer.Option(help="tight or loose (see train age --help)")] = "tight",
-    augment: _AUGMENT = "photo", balance: _BALANCE = "source",
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
+    epochs: int = SHORT.epochs, input_size: int = SHORT.input_size,
+    max_steps_per_epoch: int | None = SHORT.max_steps_per_epoch, batch_size: int = SHORT.batch_size,
+    seed: int = SHORT.seed, ema_decay: _EMA = SHORT.ema_decay, precision: _PRECISION = SHORT.precision,
+    frozen_blocks: _FROZEN = SHORT.frozen_blocks,
+    face_crop: Annotated[str, typer.Option(help="tight or loose (see train age --help)")] = SHORT.face_crop,
+    augment: _AUGMENT = SHORT.augment, balance: _BALANCE = SHORT.balance,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = SHORT.threads,
 ) -> None:
     """Leave-one-source-out for an age recipe: train it on every source and without each one, then score
     both on each source's test split (MAE ratio, bias by age band). Defaults to a short recipe (~5 min
     a run on 2 cores); re-running resumes."""
     import os
+    from dataclasses import replace
 
-    from facelens.train.config import TrainRequest
     from facelens.train.cross_source import leave_one_source_out
 
     if os.environ.get("RANK", "") != "":  # its runs and table would be written by every process at once
         _fail("cross-source does not run under torchrun; start it as a single process (each of its runs is short)")
 
-    req = TrainRequest(task="age", data=data, out=str(out), epochs=epochs, input_size=input_size, patience=epochs,
-                       max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed, ema_decay=ema_decay,
-                       precision=precision, frozen_blocks=frozen_blocks, face_crop=face_crop, augment=augment,
-                       balance=balance, threads=threads)
+    req = replace(SHORT, data=data, out=str(out), epochs=epochs, input_size=input_size, patience=epochs,
+                  max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed, ema_decay=ema_decay,
+                  precision=precision, frozen_blocks=frozen_blocks, face_crop=face_crop, augment=augment,
+                  balance=balance, threads=threads)
     try:
         req.check()
         leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo)

@@ -118,6 +118,14 @@ class TrainRequest:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         devices.check_device_name(self.device)
 
+def cross_source_recipe() -> TrainRequest:
+    """The short age recipe ``facelens cross-source`` defaults to (~5 min a run on 2 cores; its
+    options' defaults come from here): every run of the protocol trains it, so a short recipe is
+    fine as long as the in-source twin uses it too (``train.cross_source``)."""
+    return TrainRequest(task="age", data=[], out="", epochs=3, input_size=96, max_steps_per_epoch=150,
+                        ema_decay=0.99, precision="bf16", patience=3)
+
+
 def _value_error(where: str, name: str, value: Any, kind: str) -> ValueError:
     return ValueError(f"{where}: {name!r} must be {kind}, got {value!r}")
 
