@@ -10,6 +10,9 @@ the layers), and each ``facelens.*`` import is checked against the layer order b
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,13 @@ def test_the_checker_finds_imports_at_any_depth_and_relative_ones(module: str, s
 def test_every_module_has_a_layer() -> None:
     for path in (SRC / "facelens").rglob("*.py"):
         layer_of(module_name(path))  # KeyError names a module that was added without a layer
+
+
+def test_prediction_and_evaluation_load_no_training_code() -> None:
+    """The static check, seen at run time: importing the predictor, the API and ``facelens evaluate``
+    leaves every ``facelens.train`` module unloaded."""
+    code = ("import sys, facelens.api, facelens.infer.predictor, facelens.evaluate.pipeline; "
+            "print(sorted(m for m in sys.modules if m.startswith('facelens.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert out.stdout.strip() == "[]", out.stdout
