@@ -52,9 +52,10 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from facelens.models.factory import create_model
+    from facelens.models.wrappers import to_input
     from facelens.train import distributed as ddp
-    from facelens.train.augment import AUGMENT_PRESETS
-    from facelens.train.loop import FitConfig, augment_batch, optimizer_step, to_input
+    from facelens.train.augment import AUGMENT_PRESETS, augment_batch
+    from facelens.train.loop import FitConfig, optimizer_step
 
     env = ddp.env_from(os.environ)
     device = ddp.init_process_group(env, "cpu") if env else torch.device("cpu")

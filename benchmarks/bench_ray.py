@@ -36,7 +36,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from facelens.images import IMAGE_SUFFIXES  # noqa: E402
 from facelens.infer.batch import run_batch  # noqa: E402
-from facelens.infer.ray_engine import ModelSpec, RayOptions, connect, resolve_models, run_ray  # noqa: E402
+from facelens.ray_engine import ModelSpec, RayOptions, connect, resolve_models, run_ray  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface"
 TARGET_RATIO = 0.85

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facelens.api import default_model_path
+from facelens.data.prepare import prepare_records
 from facelens.data.splits import DEFAULT_FRACTIONS
 from facelens.evaluate.metrics import binary_metrics
 from facelens.face.align import DEFAULT_EYE_GEOMETRY, EyeCropGeometry, cut_eye
@@ -33,7 +34,6 @@ from facelens.face.detect import detect_faces
 from facelens.images import load_image
 from facelens.infer.postprocess import combine_eye_probabilities, decode_eyes
 from facelens.infer.predictor import load_predictor
-from facelens.train.runner import prepare_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from facelens.api import default_model_path
+from facelens.data.prepare import prepare_records
 from facelens.evaluate.metrics import age_metrics
 from facelens.infer.postprocess import age_from_bins, distribution_quantile, softmax
 from facelens.infer.predictor import load_predictor
-from facelens.train.runner import prepare_records
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -19,7 +19,8 @@ import torch
 
 from facelens.agebins import AGE_MIN
 from facelens.models.factory import create_model, freeze_early_blocks
-from facelens.train.loop import FitConfig, check_precision, optimizer_step, to_input
+from facelens.models.wrappers import to_input
+from facelens.train.loop import FitConfig, check_precision, optimizer_step
 from facelens.train.runner import resolve_device
 
 

@@ -37,7 +37,7 @@ def models_env(tmp_path_factory) -> dict[str, str]:
         return env
     from test_export import tiny_checkpoint  # tests/ is on sys.path under pytest's default import mode
 
-    from facelens.infer.export import export_onnx
+    from facelens.train.export import export_onnx
 
     d = tmp_path_factory.mktemp("models")
     export_onnx(tiny_checkpoint(d / "eyes-mobilenetv2.pt"), d / "eyes-mobilenetv2.onnx", parity_samples=2)

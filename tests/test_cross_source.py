@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from facelens.data.prepare import source_name
 from facelens.evaluate.context import UTKFACE_CHIP, context_summary, tight_chip
 from facelens.evaluate.metrics import age_band_label, age_metrics, source_band_rows
 from facelens.face.align import LOOSE_AGE_TEMPLATE, TIGHT_AGE_TEMPLATE, FaceTemplate, apply_transform, similarity_transform
 from facelens.train.augment import PHOTO_AUGMENT, AugmentConfig, _frame_ends, augment_batch
-from facelens.train.runner import TrainRequest, reproduce_commands, run_training, source_name
+from facelens.train.commands import reproduce_commands
+from facelens.train.config import TrainRequest
+from facelens.train.runner import run_training
 from facelens.train.sampling import balanced_weights, epoch_order
 
 
@@ -144,7 +147,7 @@ def test_reproduce_command_names_crop_augmentation_and_balance() -> None:
 @pytest.mark.data
 @pytest.mark.slow
 def test_leave_one_source_out_trains_twin_and_left_out_runs_and_resumes(tmp_path: Path, shared_data: Path) -> None:
-    from facelens.evaluate.cross_source import leave_one_source_out
+    from facelens.train.cross_source import leave_one_source_out
 
     # Two small sources in folder-per-age layout, copied into tmp from the real sets (never into the repo).
     ages = {"20-50": sorted((shared_data / "faces-20-50" / "train").glob("*/*.jpg"))[::200][:30]}

@@ -74,7 +74,8 @@ def test_a_silent_onnx_fallback_to_the_cpu_is_refused_unless_auto() -> None:
 
 
 def test_training_resolves_devices_by_the_same_rule(monkeypatch) -> None:
-    from facelens.train.runner import TrainRequest, resolve_device
+    from facelens.train.config import TrainRequest
+    from facelens.train.runner import resolve_device
 
     _fake(monkeypatch, gpus=0, ort_cuda=False)
     assert resolve_device("auto").type == "cpu"

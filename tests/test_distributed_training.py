@@ -266,7 +266,7 @@ def test_two_gloo_processes_train_disjoint_shards_in_lockstep_and_resume(tmp_pat
 
 
 def test_reproduce_command_of_a_data_parallel_run_names_its_process_count() -> None:
-    from facelens.train.runner import reproduce_commands
+    from facelens.train.commands import reproduce_commands
 
     cfg = {"task": "eyes", "data": ["d"], "out": "runs/x", "archs": ["mobilenetv2"], "epochs": 1, "batch_size": 8,
            "lr": 0.001, "seed": 0, "split_resolved": "blocks"}

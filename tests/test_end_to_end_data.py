@@ -48,6 +48,17 @@ def test_tiny_age_training_writes_a_complete_run(tiny_age_run: Path) -> None:
     assert (tiny_age_run / "mobilenetv2" / "checkpoints" / "last.pt").is_file()
 
 
+def test_the_runs_config_json_reads_back_as_the_request_it_ran(tiny_age_run: Path) -> None:
+    from dataclasses import asdict
+
+    from facelens.train.config import RECORDED_KEYS, request_from_config
+
+    written = json.loads((tiny_age_run / "config.json").read_text())
+    req = request_from_config(tiny_age_run / "config.json")  # what ``facelens train --config`` would run
+    assert req.epochs == 1 and req.max_images == 48 and req.archs == ["mobilenetv2", "seed-cnn"]
+    assert json.loads(json.dumps(asdict(req))) == {k: v for k, v in written.items() if k not in RECORDED_KEYS}
+
+
 def test_tiny_age_model_exports_predicts_and_evaluates(tiny_age_run: Path, tmp_path: Path, shared_data: Path) -> None:
     onnx = tmp_path / "age.onnx"
     out = facelens("export", "--model", str(tiny_age_run / "mobilenetv2" / "model.pt"), "--out", str(onnx)).stdout
@@ -110,8 +121,8 @@ def test_tiny_eye_training_and_predict_eyes(tmp_path: Path, shared_data: Path) -
 
 
 def _sample(task: str, shared_data: Path, n: int, data: list[Path]):
+    from facelens.data.prepare import prepare_records
     from facelens.data.splits import DEFAULT_FRACTIONS
-    from facelens.train.runner import prepare_records
 
     strategy = "content" if task == "age" else "blocks"
     prep = prepare_records(task, [str(d) for d in data], strategy, 0, DEFAULT_FRACTIONS, log=lambda m: None)

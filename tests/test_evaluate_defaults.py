@@ -39,7 +39,7 @@ def test_only_train_and_all_are_in_sample(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory) -> tuple[Path, Path]:
     """A folder of 'shipped' models holding a tiny eye model trained (by its metadata) on a tiny dataset."""
-    from facelens.infer.export import export_onnx
+    from facelens.train.export import export_onnx
 
     d = tmp_path_factory.mktemp("ship")
     data = eye_folder_dataset(d / "eyes", per_class=12)

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from facelens.cli import app
 from facelens.errors import ModelLoadError
-from facelens.infer.export import export_onnx
 from facelens.infer.predictor import OnnxPredictor, TorchPredictor, load_predictor
 from facelens.models.factory import create_model, default_input_size
+from facelens.train.export import export_onnx
 
 
 def tiny_checkpoint(path: Path, task: str = "eyes", seed: int = 0) -> Path:

@@ -8,19 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facelens.data.prepare import expand_faces_to_eyes, prepare_records, sex_of_face, split_key
 from facelens.data.readers import Record, read_dataset
+from facelens.evaluate.groups import FACE_ID
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label
+from facelens.evaluate.scoring import calibrate, compute_metrics, per_face
 from facelens.infer.postprocess import decode_face_logits, sigmoid
-from facelens.train.runner import (
-    FACE_ID,
-    calibrate,
-    compute_metrics,
-    expand_faces_to_eyes,
-    per_face,
-    prepare_records,
-    sex_of_face,
-    split_key,
-)
 
 
 def test_a_utkface_folder_read_for_the_eye_task_is_a_face_set_labelled_by_sex(tmp_path: Path, write_jpeg) -> None:

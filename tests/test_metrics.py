@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
+from facelens.data.noise import duplicate_label_noise
 from facelens.evaluate.metrics import (
     age_metrics,
     binary_metrics,
     cs_curve,
     decade_label,
-    duplicate_label_noise,
     expected_calibration_error,
     noise_limits,
     paired_difference,

@@ -12,7 +12,8 @@ from facelens.api import models_dir
 from facelens.cli import app
 from facelens.errors import ModelLoadError
 from facelens.infer.predictor import load_predictor
-from facelens.train.checkpoint import load_checkpoint, save_checkpoint
+from facelens.models.checkpoint import load_checkpoint
+from facelens.train.checkpoint import save_checkpoint
 
 
 class _WritesMarker:

@@ -20,15 +20,15 @@ import cv2
 import numpy as np
 import pytest
 
-# Before Ray is imported: a private runtime binds to 127.0.0.1 only (facelens.infer.ray_engine.connect).
+# Before Ray is imported: a private runtime binds to 127.0.0.1 only (facelens.ray_engine.connect).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray")
 
 from facelens.errors import DeviceError, FacelensError, ModelLoadError  # noqa: E402
 from facelens.infer.batch import expand_inputs, run_batch  # noqa: E402
-from facelens.infer.ray_engine import ModelSpec, RayOptions, build_analyzer, connect, resolve_models, run_ray  # noqa: E402
 from facelens.infer.shards import ERRORS_FILE, SUCCESS_FILE, finished_shards, read_records  # noqa: E402
+from facelens.ray_engine import ModelSpec, RayOptions, build_analyzer, connect, resolve_models, run_ray  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Ray Data 2.60 warns about its own deprecated settings whenever it copies its context to a worker.
@@ -214,7 +214,7 @@ def test_the_local_engine_does_not_import_ray(photos, tmp_path):
 
 def test_the_cluster_driver_actor_path_gives_the_same_records(ray_runtime, photos, spec, local_records):
     """The path a Ray Client (ray://) process takes: the dataset runs in an actor, polled batch by batch."""
-    from facelens.infer.ray_engine import _through_cluster_driver
+    from facelens.ray_engine import _through_cluster_driver
 
     paths = expand_inputs([str(photos)])
     items = [{"path": str(p), "file": str(p.absolute())} for p in paths]
@@ -230,7 +230,7 @@ def test_workers_load_the_models_the_driver_sent(ray_runtime, photos, spec, loca
     """A worker node need not have the model files: the driver ships their bytes (checked by deleting them first)."""
     import shutil
 
-    from facelens.infer.ray_engine import _record_batches, ship_models
+    from facelens.ray_engine import _record_batches, ship_models
 
     copies = {}
     for task in ("age_model", "eye_model"):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from facelens.agebins import NUM_AGE_BINS
-from facelens.train.checkpoint import load_checkpoint
+from facelens.models.checkpoint import load_checkpoint
 from facelens.train.loop import FitConfig, fit, make_ema
 
 
@@ -100,7 +100,7 @@ RUN_CFG = {"task": "age", "data": ["../shared/data/utkface"], "out": "runs/age",
 
 
 def test_reproduce_command_names_the_models_input_size_even_when_the_run_left_it_unset() -> None:
-    from facelens.train.runner import reproduce_commands
+    from facelens.train.commands import reproduce_commands
 
     # An old run trained at the then-default 112 px must not be "reproduced" at today's default.
     train, evaluate = reproduce_commands(RUN_CFG, "mobilenetv2", shipped_meta={"input_size": 112})
@@ -113,7 +113,7 @@ def test_reproduce_command_names_the_models_input_size_even_when_the_run_left_it
 
 
 def test_reproduce_command_names_frozen_blocks_even_for_runs_older_than_the_option() -> None:
-    from facelens.train.runner import reproduce_commands
+    from facelens.train.commands import reproduce_commands
 
     assert "--frozen-blocks 4" in reproduce_commands(RUN_CFG | {"frozen_blocks": 4}, "mobilenetv2")[0]
     assert "--frozen-blocks 0" in reproduce_commands(RUN_CFG, "mobilenetv2")[0]
@@ -163,7 +163,8 @@ def test_frozen_blocks_reject_bad_counts_and_backbones_without_stages() -> None:
 
 
 def test_training_refuses_frozen_blocks_without_pretrained_weights(tmp_path: Path) -> None:
-    from facelens.train.runner import TrainRequest, run_training
+    from facelens.train.config import TrainRequest
+    from facelens.train.runner import run_training
 
     req = TrainRequest(task="age", data=[str(tmp_path)], out=str(tmp_path / "run"), pretrained=False, frozen_blocks=4)
     with pytest.raises(ValueError, match="--no-pretrained turned off"):
@@ -205,8 +206,9 @@ def test_bf16_training_step_runs_and_stays_close_to_fp32(tmp_path: Path) -> None
 
 
 def test_bad_precision_and_negative_weight_decay_are_refused_before_the_run_folder(tmp_path: Path) -> None:
+    from facelens.train.config import TrainRequest
     from facelens.train.loop import check_precision
-    from facelens.train.runner import TrainRequest, run_training
+    from facelens.train.runner import run_training
 
     with pytest.raises(ValueError, match="--precision must be one of fp32, bf16"):
         check_precision("fp16", torch.device("cpu"))
@@ -218,7 +220,7 @@ def test_bad_precision_and_negative_weight_decay_are_refused_before_the_run_fold
 
 
 def test_reproduce_command_names_weight_decay_and_precision() -> None:
-    from facelens.train.runner import reproduce_commands
+    from facelens.train.commands import reproduce_commands
 
     cmd = reproduce_commands(RUN_CFG | {"weight_decay": 0.05, "precision": "bf16"}, "mobilenetv2")[0]
     assert "--weight-decay 0.05 --precision bf16" in cmd

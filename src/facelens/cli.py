@@ -11,15 +11,16 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from facelens.errors import FacelensError
+from facelens.train.config import TrainRequest, cross_source_recipe, request_from_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Age from face photos and sex from the eye region, as calibrated estimates.")
-train_app = typer.Typer(no_args_is_help=True, help="Train a model (age or eyes) on your data.")
+train_app = typer.Typer(no_args_is_help=True)
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate models on a dataset split.")
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
@@ -156,7 +157,7 @@ def _predict_ray(inputs: list[str], out: Path | None, resume: bool, age_model: P
     from facelens.devices import check_device_name
     from facelens.face.detect import check_detect_max_side
     from facelens.infer.batch import expand_inputs
-    from facelens.infer.ray_engine import ModelSpec, RayOptions, require_ray, resolve_models, run_ray
+    from facelens.ray_engine import ModelSpec, RayOptions, require_ray, resolve_models, run_ray
 
     if out is None:
         _fail("--engine ray needs --out FOLDER (it writes shards there)")
@@ -220,17 +221,43 @@ def _finish_batch(summary) -> None:
     raise typer.Exit(0 if summary.processed == 0 or summary.ok > 0 or summary.skipped else 1)
 
 
-def _train(ctx: typer.Context, task: str, data: list[str], out: Path, arch: list[str] | None,
-           nproc_per_node: int | None = None, **options) -> None:
-    from facelens.train.runner import TrainRequest, run_training
+def train_request(task: str, options: dict[str, Any], given: set[str], config: Path | None = None) -> TrainRequest:
+    """The request of ``facelens train TASK``: the options' values (``--arch`` -> ``archs``), or with
+    ``config`` that run folder's config.json, where only the options in ``given`` (those typed on the
+    command line, not defaulted) override the file."""
+    fields = {("archs" if k == "arch" else k): v for k, v in options.items()}
+    fields["out"] = None if fields.get("out") is None else str(fields["out"])
+    if "arch" in given:
+        given = given - {"arch"} | {"archs"}
+    if config is not None:
+        return request_from_config(config, {k: v for k, v in fields.items() if k in given}, task=task)
+    missing = [f"--{k}" for k in ("data", "out") if not fields.get(k)]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} needed (or --config RUN_DIR/config.json to repeat a run)")
+    fields["archs"] = fields.get("archs") or TrainRequest.defaults(task).archs
+    return TrainRequest(task=task, **fields)
 
-    req = TrainRequest(task=task, data=data, out=str(out), archs=arch or ["mobilenetv2"], **options)
+
+def _given(ctx: typer.Context) -> set[str]:
+    """Names of the options typed on the command line (not left at their defaults)."""
+    return {name for name in ctx.params if (src := ctx.get_parameter_source(name)) is not None and src.name != "DEFAULT"}
+
+
+def _train(ctx: typer.Context, task: str, nproc_per_node: int | None = None, config: Path | None = None,
+           **options) -> None:
+    from facelens.train.runner import run_training
+
+    config = config or (ctx.parent.params.get("config") if ctx.parent is not None else None)
+    try:
+        req = train_request(task, options, _given(ctx), config)
+    except (FacelensError, ValueError) as exc:
+        _fail(str(exc))
     if nproc_per_node is not None and nproc_per_node != 1:
         try:
             req.check()  # refused once here, not once per process
         except (FacelensError, ValueError) as exc:
             _fail(str(exc))
-        _launch_torchrun(ctx, task, nproc_per_node, req.threads)
+        _launch_torchrun(ctx, task, nproc_per_node, req.threads, config)
     try:
         run_training(req, log=lambda m: typer.echo(m, err=True))
     except (FacelensError, ValueError) as exc:
@@ -283,7 +310,7 @@ def given_options(ctx, skip: set[str]) -> list[str]:
     return words
 
 
-def _launch_torchrun(ctx: typer.Context, task: str, nproc: int, threads: int | None) -> None:
+def _launch_torchrun(ctx: typer.Context, task: str, nproc: int, threads: int | None, config: Path | None = None) -> None:
     """``--nproc-per-node N``: run this same training as N data-parallel processes on this machine
     (``python -m torch.distributed.run --standalone``), each with an even share of the CPU threads."""
     import os
@@ -301,7 +328,9 @@ def _launch_torchrun(ctx: typer.Context, task: str, nproc: int, threads: int | N
         _fail("--nproc-per-node starts torchrun, but this process already runs under torchrun (RANK is set): "
               "drop --nproc-per-node")
     per_process = threads_per_process(threads, os.cpu_count(), nproc)
-    args = ["train", task, *given_options(ctx, {"nproc_per_node", "threads"}), "--threads", str(per_process)]
+    args = ["train", task, *given_options(ctx, {"nproc_per_node", "threads", "config"}), "--threads", str(per_process)]
+    if config is not None:  # given here or before the task (``facelens train --config C age``)
+        args += ["--config", str(config)]
     cmd = torchrun_command(sys.executable, nproc, args)
     typer.echo(f"launching {nproc} training processes, {per_process} CPU thread(s) each: {shlex.join(cmd)}", err=True)
     proc = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": str(per_process)})
@@ -338,21 +367,55 @@ _NPROC = Annotated[int | None, typer.Option(
          "docs/distributed-training.md")]
 
 
+_CONFIG = Annotated[Path | None, typer.Option(
+    "--config", help="repeat a run: read its options from RUN_DIR/config.json (every run writes one); options "
+                     "given on the command line override the file's")]
+_TRAIN_DATA = Annotated[list[str] | None, typer.Option(
+    "--data", help="dataset folder or CSV manifest (repeatable); required unless --config gives it")]
+_TRAIN_OUT = Annotated[Path | None, typer.Option(
+    "--out", help="run folder (config, checkpoints, models, metrics); required unless --config gives it")]
+
+#: Every option default of ``train age`` / ``train eyes`` comes from here (``facelens.train.config``).
+AGE = TrainRequest.defaults("age")
+EYES = TrainRequest.defaults("eyes")
+SHORT = cross_source_recipe()  # ``cross-source``
+
+
+@train_app.callback(invoke_without_command=True)
+def train_main(ctx: typer.Context, config: _CONFIG = None) -> None:
+    """Train a model (age or eyes) on your data; facelens train --config RUN_DIR/config.json repeats a run."""
+    if ctx.invoked_subcommand is not None:
+        return  # the task command reads --config from here (``facelens train --config C age --epochs 3``)
+    if config is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
+    from facelens.train.runner import run_training
+
+    try:
+        req = request_from_config(config)
+        run_training(req, log=lambda m: typer.echo(m, err=True))
+    except (FacelensError, ValueError) as exc:
+        _fail(str(exc))
+
+
 @train_app.command("age")
 def train_age(
-    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None, nproc_per_node: _NPROC = None,
-    epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-    split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = "auto",
-    conflict_policy: Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")] = "drop",
-    resume: _RESUME = False,
-    device: Device = "auto", pretrained: _PRETRAINED = True, input_size: int | None = None, patience: int = 3,
-    ema_decay: _EMA = 0.998, frozen_blocks: _FROZEN = 0, weight_decay: _WD = 1e-4, precision: _PRECISION = "fp32",
-    max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
-    max_steps_per_epoch: int | None = None, workers: int | None = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
+    ctx: typer.Context, data: _TRAIN_DATA = None, out: _TRAIN_OUT = None, arch: _ARCH = None,
+    nproc_per_node: _NPROC = None, config: _CONFIG = None,
+    epochs: int = AGE.epochs, batch_size: int = AGE.batch_size, lr: float = AGE.lr, seed: int = AGE.seed,
+    split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = AGE.split,
+    conflict_policy: Annotated[str, typer.Option(
+        help="duplicates with different labels: drop, keep-first, keep-all")] = AGE.conflict_policy,
+    resume: _RESUME = AGE.resume,
+    device: Device = AGE.device, pretrained: _PRETRAINED = AGE.pretrained, input_size: int | None = AGE.input_size,
+    patience: int = AGE.patience, ema_decay: _EMA = AGE.ema_decay, frozen_blocks: _FROZEN = AGE.frozen_blocks,
+    weight_decay: _WD = AGE.weight_decay, precision: _PRECISION = AGE.precision,
+    max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = AGE.max_images,
+    max_steps_per_epoch: int | None = AGE.max_steps_per_epoch, workers: int | None = AGE.workers,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = AGE.threads,
     face_crop: Annotated[str, typer.Option(help="tight (forehead to chin, as a UTKFace chip holds; default) or loose "
-                                                "(the first models' crop, with hair and background)")] = "tight",
-    augment: _AUGMENT = "photo", balance: _BALANCE = "source",
+                                                "(the first models' crop, with hair and background)")] = AGE.face_crop,
+    augment: _AUGMENT = AGE.augment, balance: _BALANCE = AGE.balance,
 ) -> None:
     """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
     _train(task="age", **locals())  # every option maps 1:1 onto a TrainRequest field
@@ -360,22 +423,25 @@ def train_age(
 
 @train_app.command("eyes")
 def train_eyes(
-    ctx: typer.Context, data: _DATA, out: _OUT, arch: _ARCH = None, nproc_per_node: _NPROC = None,
-    epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-    split: Annotated[str, typer.Option(help="auto (= blocks of consecutive file numbers), blocks, random, content")] = "auto",
-    female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = None,
-    male_class: Annotated[str | None, typer.Option(help="class folder/label meaning male")] = None,
-    conflict_policy: str = "drop",
-    resume: _RESUME = False,
-    device: Device = "auto", pretrained: _PRETRAINED = True, input_size: int | None = None, patience: int = 3,
-    ema_decay: _EMA = 0.0, frozen_blocks: _FROZEN = 0, weight_decay: _WD = 1e-4, precision: _PRECISION = "fp32",
-    max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = None,
-    max_steps_per_epoch: int | None = None, workers: int | None = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
-    augment: _AUGMENT = "basic", balance: _BALANCE = "none",
+    ctx: typer.Context, data: _TRAIN_DATA = None, out: _TRAIN_OUT = None, arch: _ARCH = None,
+    nproc_per_node: _NPROC = None, config: _CONFIG = None,
+    epochs: int = EYES.epochs, batch_size: int = EYES.batch_size, lr: float = EYES.lr, seed: int = EYES.seed,
+    split: Annotated[str, typer.Option(
+        help="auto (= blocks of consecutive file numbers), blocks, random, content")] = EYES.split,
+    female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = EYES.female_class,
+    male_class: Annotated[str | None, typer.Option(help="class folder/label meaning male")] = EYES.male_class,
+    conflict_policy: str = EYES.conflict_policy,
+    resume: _RESUME = EYES.resume,
+    device: Device = EYES.device, pretrained: _PRETRAINED = EYES.pretrained, input_size: int | None = EYES.input_size,
+    patience: int = EYES.patience, ema_decay: _EMA = EYES.ema_decay, frozen_blocks: _FROZEN = EYES.frozen_blocks,
+    weight_decay: _WD = EYES.weight_decay, precision: _PRECISION = EYES.precision,
+    max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = EYES.max_images,
+    max_steps_per_epoch: int | None = EYES.max_steps_per_epoch, workers: int | None = EYES.workers,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = EYES.threads,
+    augment: _AUGMENT = EYES.augment, balance: _BALANCE = EYES.balance,
     eye_crop: Annotated[str, typer.Option(help="how eyes are cut from the faces of face datasets: tight (eye and brow, "
                                                "like the Kaggle crops; default), wide (one eye distance across: "
-                                               "brow, lid fold and the skin around them) or SIDE,DY")] = "tight",
+                                               "brow, lid fold and the skin around them) or SIDE,DY")] = EYES.eye_crop,
 ) -> None:
     """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
     _train(task="eyes", **locals())
@@ -385,27 +451,29 @@ def train_eyes(
 def cross_source(
     data: _DATA,
     out: Annotated[Path, typer.Option("--out", help="protocol folder: one training run per left-out source, the table")],
-    epochs: int = 3, input_size: int = 96, max_steps_per_epoch: int | None = 150, batch_size: int = 64, seed: int = 0,
-    ema_decay: _EMA = 0.99, precision: _PRECISION = "bf16", frozen_blocks: _FROZEN = 0,
-    face_crop: Annotated[str, typer.Option(help="tight or loose (see train age --help)")] = "tight",
-    augment: _AUGMENT = "photo", balance: _BALANCE = "source",
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = None,
+    epochs: int = SHORT.epochs, input_size: int = SHORT.input_size,
+    max_steps_per_epoch: int | None = SHORT.max_steps_per_epoch, batch_size: int = SHORT.batch_size,
+    seed: int = SHORT.seed, ema_decay: _EMA = SHORT.ema_decay, precision: _PRECISION = SHORT.precision,
+    frozen_blocks: _FROZEN = SHORT.frozen_blocks,
+    face_crop: Annotated[str, typer.Option(help="tight or loose (see train age --help)")] = SHORT.face_crop,
+    augment: _AUGMENT = SHORT.augment, balance: _BALANCE = SHORT.balance,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = SHORT.threads,
 ) -> None:
     """Leave-one-source-out for an age recipe: train it on every source and without each one, then score
     both on each source's test split (MAE ratio, bias by age band). Defaults to a short recipe (~5 min
     a run on 2 cores); re-running resumes."""
     import os
+    from dataclasses import replace
 
-    from facelens.evaluate.cross_source import leave_one_source_out
-    from facelens.train.runner import TrainRequest
+    from facelens.train.cross_source import leave_one_source_out
 
     if os.environ.get("RANK", "") != "":  # its runs and table would be written by every process at once
         _fail("cross-source does not run under torchrun; start it as a single process (each of its runs is short)")
 
-    req = TrainRequest(task="age", data=data, out=str(out), epochs=epochs, input_size=input_size, patience=epochs,
-                       max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed, ema_decay=ema_decay,
-                       precision=precision, frozen_blocks=frozen_blocks, face_crop=face_crop, augment=augment,
-                       balance=balance, threads=threads)
+    req = replace(SHORT, data=data, out=str(out), epochs=epochs, input_size=input_size, patience=epochs,
+                  max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed, ema_decay=ema_decay,
+                  precision=precision, frozen_blocks=frozen_blocks, face_crop=face_crop, augment=augment,
+                  balance=balance, threads=threads)
     try:
         req.check()
         leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo)
@@ -467,7 +535,7 @@ def export(
         "--data", help="the model's training data (repeatable): re-fit calibration on val, re-measure on test")] = None,
 ) -> None:
     """Export to ONNX and check parity with PyTorch; optionally a faster variant (--no-tta, --int8)."""
-    from facelens.infer.export import export_onnx
+    from facelens.train.export import export_onnx
 
     try:
         res = export_onnx(model, out, tta=tta, int8=int8, data=data, log=lambda m: typer.echo(m, err=True))
@@ -490,7 +558,8 @@ def model_card(
 ) -> None:
     """Write a model card (YAML header + sections) from the run's own saved metadata and metrics."""
     from facelens.evaluate.model_card import write_model_card
-    from facelens.train.runner import headline, reproduce_commands
+    from facelens.evaluate.scoring import headline
+    from facelens.train.commands import reproduce_commands
 
     cfg_path = run / "config.json"
     if not cfg_path.is_file():

@@ -14,8 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facelens.data.noise import duplicate_label_noise
 from facelens.data.readers import AGE_RANGE, Record
-from facelens.evaluate.metrics import duplicate_label_noise
 
 CONFLICT_POLICIES = ("drop", "keep-first", "keep-all")
 

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from facelens.data.prepare import prepare_records
 from facelens.errors import DatasetError
 from facelens.evaluate.context import context_lines, context_pairs, context_summary
+from facelens.evaluate.groups import record_groups
 from facelens.evaluate.metrics import paired_difference, source_band_rows
 from facelens.evaluate.overlap import in_sample_warning
+from facelens.evaluate.scoring import compute_metrics, headline
 from facelens.fileio import write_json_atomic
 from facelens.infer.postprocess import decode_age, decode_eyes
 from facelens.infer.predictor import load_predictor
-from facelens.train.runner import compute_metrics, headline, prepare_records, record_groups
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 

@@ -48,9 +48,9 @@ class TorchPredictor(Predictor):
     def __init__(self, path: Path, device: str = "cpu") -> None:
         import torch
 
+        from facelens.models.checkpoint import load_checkpoint
         from facelens.models.factory import create_model
-        from facelens.train.checkpoint import load_checkpoint
-        from facelens.train.loop import FlipAverage
+        from facelens.models.wrappers import FlipAverage
 
         self.device = resolve_device(device, "torch")  # refused before the (slow) load
         ck = load_checkpoint(path)  # weights only: a model file cannot run code (ModelLoadError names it)
@@ -66,7 +66,7 @@ class TorchPredictor(Predictor):
         self._torch = torch
 
     def _run(self, crops: np.ndarray) -> np.ndarray:
-        from facelens.train.loop import to_input
+        from facelens.models.wrappers import to_input
 
         with self._torch.inference_mode():
             return self.model(to_input(crops, self._torch.device(self.device))).float().cpu().numpy()

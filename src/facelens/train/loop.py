@@ -27,9 +27,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from facelens.agebins import AGE_MIN, NUM_AGE_BINS
+from facelens.models.checkpoint import load_checkpoint
+from facelens.models.wrappers import to_input
 from facelens.train import distributed as ddp
 from facelens.train.augment import AugmentConfig, augment_batch
-from facelens.train.checkpoint import load_checkpoint, save_checkpoint
+from facelens.train.checkpoint import save_checkpoint
 
 
 @dataclass
@@ -47,28 +49,6 @@ class FitConfig:
     precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (see autocast_context)
     max_steps_per_epoch: int | None = None  # for smoke tests
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-class FlipAverage(nn.Module):
-    """Test-time augmentation baked into the model: mean of the outputs for x and mirrored x.
-
-    Wrapping (rather than doing it in the caller) keeps PyTorch, ONNX and evaluation identical.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        out = self.model(torch.cat([x, torch.flip(x, dims=[3])], 0))
-        return (out[:n] + out[n:]) / 2
-
-
-def to_input(batch_u8: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> float NCHW 0..255 in channels-last memory (faster convs on CPU)."""
-    t = torch.as_tensor(batch_u8).to(device)
-    return t.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
 
 
 def soft_age_targets(ages: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -180,6 +160,156 @@ def validate(model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, head: str, 
     return ddp.broadcast_float(validation_score(head, outputs, val_y, val_groups))
 
 
+@dataclass
+class FitRun:
+    """What the epochs of one ``fit`` share: the model, its optimizer, schedule and moving average,
+    and the progress ``state`` that checkpoints carry (epoch, step, best score, history)."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    cfg: FitConfig
+    ckpt_dir: Path
+    steps: int  # optimizer steps per epoch, per rank
+    rank: int
+    world: int
+    main: bool
+    state: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1,
+                                                 "bad_epochs": 0, "history": [], "seconds": 0.0})
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights validated, kept and shipped: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def last(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+
+def start_run(model: nn.Module, n_train: int, cfg: FitConfig, run_dir: Path, device: torch.device) -> FitRun:
+    """Model on ``device``, AdamW, the one-cycle schedule over every step of every epoch, the moving average."""
+    rank, world, main = ddp.rank(), ddp.world_size(), ddp.is_main()
+    model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = ddp.steps_per_epoch(n_train, cfg.batch_size, world, cfg.max_steps_per_epoch)  # per rank
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    return FitRun(model, opt, sched, make_ema(model, cfg.ema_decay), cfg, run_dir / "checkpoints", steps, rank, world, main)
+
+
+def resume_run(run: FitRun, log: Callable[[str], None]) -> None:
+    """Continue ``run`` from its ``last.pt``: weights, optimizer, moving average, progress, and the
+    schedule (re-planned when ``--epochs`` changed)."""
+    cfg, steps, last = run.cfg, run.steps, run.last
+    ck = load_checkpoint(last)  # every rank reads the same file (weights_only=True)
+    if ("ema" in ck) != (run.ema is not None):  # refuse before touching the model
+        was = "with" if "ema" in ck else "without"
+        raise ValueError(f"{last} was written {was} --ema-decay; resume with the options of the original run")
+    run.model.load_state_dict(ck["model"])
+    run.opt.load_state_dict(ck["optimizer"])
+    run.state = state = ck["state"]
+    if run.ema is not None:
+        run.ema.load_state_dict(ck["ema"])
+    saved_total = ck["scheduler"].get("total_steps")
+    if saved_total == cfg.epochs * steps:
+        run.sched.load_state_dict(ck["scheduler"])
+    else:  # --epochs changed on resume: keep the progress, re-plan the rest of the LR schedule
+        done = state["epoch"] * steps + state["step"]
+        with warnings.catch_warnings():  # a replay: the optimizer did step, in the run being resumed
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            for _ in range(min(done, cfg.epochs * steps - 1)):
+                run.sched.step()
+        log(f"note: schedule re-planned for {cfg.epochs} epochs (checkpoint was planned for {saved_total} steps)")
+    log(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}/{steps}")
+    if ck.get("world_size", 1) != run.world and state["step"]:
+        log(f"note: {last} was written by {ck.get('world_size', 1)} process(es), resumed with {run.world}: "
+            "the rest of this epoch is sharded anew")
+    if state.get("stopped") and state["bad_epochs"] < cfg.patience:
+        state["stopped"] = False  # a larger --patience on resume lifts an earlier early stop
+        log(f"early stop lifted: {state['bad_epochs']} epochs without improvement < --patience {cfg.patience}")
+
+
+def save_run(run: FitRun, best: bool = False) -> None:
+    """Write ``last.pt`` (everything a resume needs) and, with ``best``, ``best.pt`` (the scored weights)."""
+    if not run.main:  # rank 0 holds the same weights and writes for everyone
+        return
+    ck = {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+          "state": run.state, "config": asdict(run.cfg)}
+    if run.world > 1:
+        ck["world_size"] = run.world
+    if run.ema is not None:
+        ck["ema"] = run.ema.state_dict()
+    save_checkpoint(run.last, ck)
+    if best:
+        save_checkpoint(run.ckpt_dir / "best.pt", {"model": run.scored.state_dict(), "state": run.state})
+
+
+def train_one_epoch(run: FitRun, train_model: nn.Module, train_x: np.ndarray, ty: torch.Tensor, device: torch.device,
+                    gen: torch.Generator, train_weights: np.ndarray | None, shard_log: ddp.ShardLog) -> tuple[float, float]:
+    """The remaining steps of the current epoch (a resumed epoch starts at its saved step), with a
+    checkpoint every ``cfg.checkpoint_every`` steps; returns the smoothed loss and the time from which
+    the epoch's seconds are not yet counted in ``state``."""
+    cfg, state, steps, rank = run.cfg, run.state, run.steps, run.rank
+    epoch = state["epoch"]
+    t0 = time.time()
+    order = ddp.rank_epoch_order(len(train_x), steps, cfg.batch_size, cfg.seed, epoch, train_weights, rank, run.world)
+    train_model.train()
+    bar = tqdm(range(state["step"], steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+               initial=state["step"], total=steps, disable=not run.main)
+    running = 0.0
+    first_step = state["step"]
+    for step in bar:
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        shard_log.step(epoch, step, idx)
+        gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step + rank * AUGMENT_RANK_STRIDE)
+        x = augment_batch(to_input(train_x[idx], device), cfg.augment, None if device.type != "cpu" else gen)
+        y = ty[idx].to(device)
+        loss = optimizer_step(train_model, run.opt, x, y, cfg, device)
+        run.sched.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        running = 0.9 * running + 0.1 * loss.item() if step > first_step else loss.item()
+        bar.set_postfix(loss=f"{running:.3f}", lr=f"{run.sched.get_last_lr()[0]:.1e}")
+        state["step"] = step + 1
+        if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
+            state["seconds"] += time.time() - t0
+            t0 = time.time()
+            save_run(run)
+    bar.close()
+    return running, t0
+
+
+def sync_epoch_end(run: FitRun, shard_log: ddp.ShardLog) -> None:
+    """Make every rank hold rank 0's BatchNorm statistics (parameters are equal already) before validating."""
+    epoch = run.state["epoch"]
+    shard_log.weights("trained", epoch, parameters_only=True, model=run.model)  # before any sync: DDP's doing alone
+    ddp.sync_buffers(run.model)
+    if run.ema is not None:
+        ddp.sync_buffers(run.ema)
+    shard_log.weights("epoch_end", epoch, model=run.model, ema=run.ema)
+
+
+def record_epoch(run: FitRun, score: float, running: float, log: Callable[[str], None]) -> None:
+    """Book the epoch's validation score: best epoch, early stopping, history; then checkpoint."""
+    cfg, state = run.cfg, run.state
+    epoch = state["epoch"]
+    improved = score < state["best"] - 1e-4
+    state["history"].append({"epoch": epoch + 1, "val": score, "loss": running, "seconds": state["seconds"]})
+    if improved:
+        state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state.update(epoch=epoch + 1, step=0)
+    log(f"epoch {epoch + 1}: train loss {running:.4f}, val {'MAE' if 'age' in cfg.head or cfg.head == 'regression' else 'log loss'} "
+        f"{score:.4f}{' (best)' if improved else ''}, {state['seconds'] / 60:.1f} min so far")
+    save_run(run, best=improved)
+    if state["bad_epochs"] >= cfg.patience:
+        log(f"early stopping: no improvement for {cfg.patience} epochs")
+        state["stopped"] = True
+        save_run(run)
+
+
 def fit(
     model: nn.Module,
     train_x: np.ndarray,
@@ -200,120 +330,35 @@ def fit(
     ``train_weights``: sample images with these weights (``train.sampling.balanced_weights``)
     instead of once each per epoch. ``val_groups`` (a source per validation image): validate on the
     mean of the per-source scores, so the largest source does not decide alone which epoch is kept.
+
+    One function per concern below (as torchvision's reference ``train.py``): ``start_run``,
+    ``resume_run``, ``train_one_epoch``, ``validate``, ``record_epoch`` and ``save_run``.
     """
     check_precision(cfg.precision, device)
-    rank, world, main = ddp.rank(), ddp.world_size(), ddp.is_main()
-    ckpt_dir = run_dir / "checkpoints"
-    model.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = ddp.steps_per_epoch(len(train_x), cfg.batch_size, world, cfg.max_steps_per_epoch)  # per rank
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
-    ema = make_ema(model, cfg.ema_decay)
-    scored = ema.module if ema is not None else model  # the weights validated, kept and shipped
-    state = {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "seconds": 0.0}
-    last = ckpt_dir / "last.pt"
+    run = start_run(model, len(train_x), cfg, run_dir, device)
+    last = run.last
     ddp.check_same_on_all_ranks(resume and last.exists(), f"whether {last} exists")
     if resume and last.exists():
-        ck = load_checkpoint(last)  # every rank reads the same file (weights_only=True)
-        if ("ema" in ck) != (ema is not None):  # refuse before touching the model
-            was = "with" if "ema" in ck else "without"
-            raise ValueError(f"{last} was written {was} --ema-decay; resume with the options of the original run")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-        if ema is not None:
-            ema.load_state_dict(ck["ema"])
-        saved_total = ck["scheduler"].get("total_steps")
-        if saved_total == cfg.epochs * steps:
-            sched.load_state_dict(ck["scheduler"])
-        else:  # --epochs changed on resume: keep the progress, re-plan the rest of the LR schedule
-            done = state["epoch"] * steps + state["step"]
-            with warnings.catch_warnings():  # a replay: the optimizer did step, in the run being resumed
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                for _ in range(min(done, cfg.epochs * steps - 1)):
-                    sched.step()
-            log(f"note: schedule re-planned for {cfg.epochs} epochs (checkpoint was planned for {saved_total} steps)")
-        log(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}/{steps}")
-        if ck.get("world_size", 1) != world and state["step"]:
-            log(f"note: {last} was written by {ck.get('world_size', 1)} process(es), resumed with {world}: "
-                "the rest of this epoch is sharded anew")
-        if state.get("stopped") and state["bad_epochs"] < cfg.patience:
-            state["stopped"] = False  # a larger --patience on resume lifts an earlier early stop
-            log(f"early stop lifted: {state['bad_epochs']} epochs without improvement < --patience {cfg.patience}")
+        resume_run(run, log)
     elif last.exists():
         log(f"note: {last} exists but --resume was not given; starting afresh")
     ty = torch.as_tensor(train_y, dtype=torch.float32)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_model = ddp.wrap(model, device)  # DDP (averages gradients across ranks) under torchrun, else model
-    if world > 1:  # dropout masks (global RNG) and GPU augmentation differ between ranks, as their batches do
-        torch.manual_seed(cfg.seed * 1_000_003 + rank)
+    if run.world > 1:  # dropout masks (global RNG) and GPU augmentation differ between ranks, as their batches do
+        torch.manual_seed(cfg.seed * 1_000_003 + run.rank)
     shard_log = ddp.ShardLog()
-
-    def save(best: bool = False) -> None:
-        if not main:  # rank 0 holds the same weights and writes for everyone
-            return
-        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-              "state": state, "config": asdict(cfg)}
-        if world > 1:
-            ck["world_size"] = world
-        if ema is not None:
-            ck["ema"] = ema.state_dict()
-        save_checkpoint(last, ck)
-        if best:
-            save_checkpoint(ckpt_dir / "best.pt", {"model": scored.state_dict(), "state": state})
-
-    while state["epoch"] < cfg.epochs and not state.get("stopped"):
-        epoch = state["epoch"]
-        t0 = time.time()
-        order = ddp.rank_epoch_order(len(train_x), steps, cfg.batch_size, cfg.seed, epoch, train_weights, rank, world)
-        train_model.train()
-        bar = tqdm(range(state["step"], steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   initial=state["step"], total=steps, disable=not main)
-        running = 0.0
-        first_step = state["step"]
-        for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            shard_log.step(epoch, step, idx)
-            gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step + rank * AUGMENT_RANK_STRIDE)
-            x = augment_batch(to_input(train_x[idx], device), cfg.augment, None if device.type != "cpu" else gen)
-            y = ty[idx].to(device)
-            loss = optimizer_step(train_model, opt, x, y, cfg, device)
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            running = 0.9 * running + 0.1 * loss.item() if step > first_step else loss.item()
-            bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
-            state["step"] = step + 1
-            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
-                state["seconds"] += time.time() - t0
-                t0 = time.time()
-                save()
-        bar.close()
-        shard_log.weights("trained", epoch, parameters_only=True, model=model)  # before any sync: DDP's doing alone
-        ddp.sync_buffers(model)  # BatchNorm statistics: rank 0's everywhere (parameters are equal already)
-        if ema is not None:
-            ddp.sync_buffers(ema)
-        shard_log.weights("epoch_end", epoch, model=model, ema=ema)
+    while run.state["epoch"] < cfg.epochs and not run.state.get("stopped"):
+        running, t0 = train_one_epoch(run, train_model, train_x, ty, device, gen, train_weights, shard_log)
+        sync_epoch_end(run, shard_log)
         running = ddp.mean_over_ranks(running)
-        score = validate(scored, val_x, val_y, cfg.head, device, val_groups)
-        state["seconds"] += time.time() - t0
-        improved = score < state["best"] - 1e-4
-        state["history"].append({"epoch": epoch + 1, "val": score, "loss": running, "seconds": state["seconds"]})
-        if improved:
-            state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state.update(epoch=epoch + 1, step=0)
-        log(f"epoch {epoch + 1}: train loss {running:.4f}, val {'MAE' if 'age' in cfg.head or cfg.head == 'regression' else 'log loss'} "
-            f"{score:.4f}{' (best)' if improved else ''}, {state['seconds'] / 60:.1f} min so far")
-        save(best=improved)
-        if state["bad_epochs"] >= cfg.patience:
-            log(f"early stopping: no improvement for {cfg.patience} epochs")
-            state["stopped"] = True
-            save()
-    if main:
-        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+        score = validate(run.scored, val_x, val_y, cfg.head, device, val_groups)
+        run.state["seconds"] += time.time() - t0
+        record_epoch(run, score, running, log)
+    if run.main:
+        model.load_state_dict(load_checkpoint(run.ckpt_dir / "best.pt")["model"])
     ddp.broadcast_state(model)  # the other ranks need not see rank 0's run folder
+    state = run.state
     shard_log.weights("final", state["epoch"] - 1, model=model)
     return {"best_val": state["best"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "train_seconds": round(state["seconds"], 1), "history": state["history"], "precision": cfg.precision,

@@ -11,6 +11,10 @@ Either knob changes the outputs, so when ``data`` is given the exported file is 
 on the model's validation split (age interval scale / eye temperature) and re-measured on its
 test split, and those numbers replace the PyTorch model's in the file's metadata: a shipped
 variant never carries metrics it did not earn itself.
+
+Why in ``train/`` (it was ``infer/export.py``): exporting rebuilds the model's data split,
+re-calibrates and re-measures, which is the end of training, not a part of inference; the
+predictor that reads the exported file stays in ``infer/``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from facelens.data.prepare import PreparedData, prepare_records
+from facelens.evaluate.groups import FACE_ID, record_groups
+from facelens.evaluate.scoring import calibrate, compute_metrics, headline
 from facelens.fileio import write_json_atomic
 from facelens.infer.predictor import META_KEY, OnnxPredictor, TorchPredictor
-from facelens.train.runner import FACE_ID, PreparedData, calibrate, compute_metrics, headline, prepare_records, record_groups
+from facelens.models.wrappers import FlipAverage, to_input
 
 #: Training-split crops used to calibrate int8 activation ranges.
 QUANT_CALIBRATION_CROPS = 512
@@ -99,8 +106,6 @@ def export_onnx(model_path: Path, out: Path, *, tta: bool = True, int8: bool = F
     """Write ``out`` atomically (+ a readable ``.json`` of its metadata) and return the parity report."""
     import torch
 
-    from facelens.train.loop import FlipAverage
-
     if int8 and not data:
         raise ValueError("int8 quantisation needs --data: activation ranges are calibrated on the model's training split")
     tp = TorchPredictor(model_path)
@@ -128,8 +133,6 @@ def export_onnx(model_path: Path, out: Path, *, tta: bool = True, int8: bool = F
         rng = np.random.default_rng(seed)
         crops = rng.integers(0, 256, size=(parity_samples, size, size, 3), dtype=np.uint8)
         with torch.inference_mode():
-            from facelens.train.loop import to_input
-
             reference = module(to_input(crops, torch.device("cpu"))).numpy()
         export_info = {"opset": opset, "parity_max_abs_diff": float(np.abs(reference - onnx_pred(crops)).max())}
         if splits is not None:

@@ -23,6 +23,9 @@ Through Ray Client (``ray://``), whose process cannot run Ray Data's executor, t
 in a ``ClusterDriver`` actor and the records come back batch by batch.
 
 Ray is imported only here, and only when this engine runs: the local engine never loads it.
+
+Why beside ``api`` rather than in ``infer/``: every actor runs an ``Analyzer``, so this engine sits
+on top of the public API, as the CLI and the service do (imports run downhill, tests/test_layering.py).
 """
 
 from __future__ import annotations

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from facelens.data.prepare import source_name
 from facelens.evaluate.pipeline import evaluate_models
 from facelens.fileio import write_json_atomic
-from facelens.train.runner import TrainRequest, run_training, source_name
+from facelens.train.config import TrainRequest
+from facelens.train.runner import run_training
 
 
 def leave_one_source_out(base: TrainRequest, out: Path, log: Callable[[str], None] = print,

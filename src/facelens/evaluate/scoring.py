@@ -1,0 +1,101 @@
+"""Calibrating a model on validation outputs and scoring it on test outputs, as training, export and
+``facelens evaluate`` all do.
+
+Why one module: the numbers a run reports at the end of training, the numbers an exported variant
+carries and the numbers ``facelens evaluate`` prints must be computed by the same code, or a model
+card could compare figures that were measured differently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from facelens.evaluate.calibration import fit_interval_scale, fit_temperature
+from facelens.evaluate.groups import FACE_ID
+from facelens.evaluate.metrics import age_metrics, binary_metrics
+from facelens.infer.postprocess import age_from_bins, decode_age, decode_eyes, decode_face_logits
+
+
+def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], groups: dict[str, list] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, dict[str, list]]:
+    """Eye-crop logits averaged per face (as ``Analyzer`` combines a face's two eyes), with the face's
+    label and groups; crops not cut from a face are left out."""
+    order: dict[str, list[int]] = {}
+    for k, f in enumerate(face_ids):
+        if f is not None:
+            order.setdefault(f, []).append(k)
+    idx = list(order.values())
+    logits = np.array([outputs.reshape(-1)[ks].mean() for ks in idx])
+    labels = np.array([y[ks[0]] for ks in idx])
+    face_groups = {key: [vals[ks[0]] for ks in idx] for key, vals in (groups or {}).items() if key != FACE_ID}
+    face_groups = {key: vals for key, vals in face_groups.items() if any(v is not None for v in vals)}
+    return logits, labels, face_groups
+
+
+def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, face_ids: list[str | None] | None = None) -> dict:
+    """Calibration parameters fitted on the validation split only.
+
+    Eyes: one temperature for single crops and, when crops were cut from faces (``face_ids``), a second
+    for the face's two eyes combined (their mean logit), which is the probability ``predict`` reports.
+    """
+    if head == "age-bins":
+        value, low, high = age_from_bins(val_out)
+        return {"interval": 0.8, "interval_scale": float(fit_interval_scale(val_y, value, low, high, target=0.8))}
+    if head == "regression":
+        resid = val_y - val_out.reshape(-1)
+        return {"interval": 0.8, "residual_q": [float(np.quantile(resid, 0.1)), float(np.quantile(resid, 0.9))]}
+    out = {"temperature": float(fit_temperature(val_out.reshape(-1), val_y))}
+    if face_ids is not None and sum(f is not None for f in face_ids) >= 20:
+        logits, labels, _ = per_face(val_out, val_y, face_ids)
+        out["face_temperature"] = float(fit_temperature(logits, labels))
+    return out
+
+
+def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, groups: dict[str, list[str]]) -> dict:
+    if task == "age":
+        value, low, high = decode_age(outputs, meta)
+        out = age_metrics(y, value, low, high, groups=groups)
+        src = np.asarray(groups.get("source", []))
+        if len(set(src)) > 1:
+            out["by_source"] = {s: age_metrics(y[src == s], value[src == s], low[src == s], high[src == s])
+                                for s in sorted(set(src))}
+        return out
+    face_ids = groups.get(FACE_ID)
+    crop_groups = {k: v for k, v in groups.items() if k != FACE_ID}
+    p_crop = decode_eyes(outputs, meta)
+    out = binary_metrics(y, p_crop, groups=crop_groups) | _by_source(y, p_crop, crop_groups)
+    if face_ids and any(f is not None for f in face_ids):
+        logits, labels, face_groups = per_face(outputs, y, face_ids, crop_groups)
+        p = decode_face_logits(logits, meta)
+        out["faces"] = binary_metrics(labels, p, groups=face_groups) | _by_source(labels, p, face_groups)
+    return out
+
+
+def _by_source(y: np.ndarray, p: np.ndarray, groups: dict[str, list]) -> dict:
+    """``{"by_source": {source: binary_metrics with the other groups}}``, or {} for a single source."""
+    src = np.asarray(groups.get("source", []))
+    if len(set(src.tolist())) < 2:
+        return {}
+    out = {}
+    for s in sorted(set(src.tolist())):
+        keep = np.flatnonzero(src == s)
+        sub = {k: [vals[i] for i in keep] for k, vals in groups.items() if k != "source"}
+        out[s] = binary_metrics(y[keep], p[keep], groups=sub)
+    return {"by_source": out}
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def headline(task: str, m: dict) -> str:
+    """One line of the key test numbers (undefined metrics, e.g. R² of constant ages, show as n/a)."""
+    if task == "age":
+        s = f"MAE {_fmt(m['mae'], '.2f')}, RMSE {_fmt(m['rmse'], '.2f')}, R² {_fmt(m['r2'], '.3f')}, CS@5 {_fmt(m['cs5'], '.3f')}"
+        if m.get("coverage") is not None:
+            s += f", 80% interval coverage {m['coverage']:.3f}"
+        for src, sm in m.get("by_source", {}).items():
+            s += f" | {src}: MAE {_fmt(sm['mae'], '.2f')} RMSE {_fmt(sm['rmse'], '.2f')} R² {_fmt(sm['r2'], '.3f')}"
+        return s
+    return (f"accuracy {_fmt(m['accuracy'], '.4f')}, balanced {_fmt(m['balanced_accuracy'], '.4f')}, "
+            f"ROC-AUC {_fmt(m['roc_auc'], '.4f')}, ECE {_fmt(m['ece'], '.4f')}")
