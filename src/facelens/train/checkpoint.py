@@ -1,6 +1,6 @@
 """Atomic checkpoints, and loading that cannot run code from the file.
 
-Saving: a killed run never leaves a half-written checkpoint behind (temporary file + ``os.replace``).
+Saving: a killed run never leaves a half-written checkpoint behind (``facelens.fileio.atomic_path``).
 
 Loading: a ``.pt`` file is a pickle, and ``torch.load(weights_only=False)`` runs whatever
 callables the pickle names, so ``--age-model evil.pt`` could execute code before facelens even
@@ -12,9 +12,7 @@ numpy scalar types older model metadata contains; anything else is refused with 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from facelens.errors import ModelLoadError
+from facelens.fileio import atomic_path
 
 #: Data-only numpy globals allowed in checkpoints: shipped age metadata holds numpy float and str scalars.
 #: They rebuild a number or string from a dtype and raw bytes; none of them can call arbitrary code.
@@ -33,15 +32,9 @@ SAFE_NUMPY_GLOBALS: list[Any] = [np._core.multiarray.scalar, np.dtype] + [
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write ``state`` with ``torch.save``; ``path`` holds the old checkpoint until the new one is complete."""
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _refusal(path: Path, exc: Exception) -> ModelLoadError:
