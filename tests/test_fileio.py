@@ -78,3 +78,13 @@ def test_crop_cache_save_failure_keeps_the_previous_cache(tmp_path, monkeypatch)
     with np.load(path) as z:
         assert z["a"].tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["crops.npz"]
+
+
+def test_crop_cache_round_trip_through_the_atomic_writer(tmp_path, write_jpeg):
+    """Ready-cut eye crops (no detection): the cache is written once, under its own name, and read back."""
+    paths = [write_jpeg(tmp_path / "eyes" / f"{i}.jpg", seed=i, size=40) for i in range(3)]
+    first = crops.build_crops(paths, ["a", "b", "c"], "eye", 32, cache_dir=tmp_path / "cache", workers=1)
+    written = sorted((tmp_path / "cache" / "crops").iterdir())
+    assert len(written) == 1 and written[0].suffix == ".npz" and not written[0].name.startswith(".")
+    again = crops.build_crops(paths, ["a", "b", "c"], "eye", 32, cache_dir=tmp_path / "cache", workers=1)
+    assert np.array_equal(first.crops, again.crops) and first.crops.shape == (3, 32, 32, 3)
