@@ -6,6 +6,7 @@ the refusals are also checked end to end through the command line (one line, no 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,84 @@ def test_onnx_auto_falls_back_to_the_cpu_when_the_gpu_session_fails(monkeypatch)
     assert predictor.OnnxPredictor(model, device="auto").device == "cpu"
     with pytest.raises(DeviceError, match="could not use the GPU.*no CUDA-capable device"):
         predictor.OnnxPredictor(model, device="cuda")
+
+
+# -- every CLI path, in process (typer's CliRunner): auto works for both backends, a bad name is one clear line
+
+
+@pytest.fixture(scope="module")
+def demo_photo(tmp_path_factory) -> Path:
+    """The bundled public-domain demo photo (scikit-image's astronaut, as ``facelens demo`` uses), as a file."""
+    from skimage import data as skdata
+
+    path = tmp_path_factory.mktemp("demo") / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(path)
+    return path
+
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from facelens.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def _shipped_models_or_skip(backend: str) -> None:
+    from facelens.api import default_model_path
+
+    for task in ("age", "eyes"):
+        path = default_model_path(task)
+        if not path.is_file() or (backend == "torch" and not path.with_suffix(".pt").is_file()):
+            pytest.skip(f"no shipped {task} model for --backend {backend}")
+
+
+@pytest.mark.parametrize("backend", [[], ["--backend", "onnx"], ["--backend", "torch"]], ids=["auto", "onnx", "torch"])
+def test_predict_with_device_auto_runs_on_every_backend(demo_photo: Path, backend: list[str]) -> None:
+    _shipped_models_or_skip("torch" if "torch" in backend else "onnx")
+    res = _cli(["predict", str(demo_photo), "--json", "--device", "auto", *backend])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout.strip().splitlines()[-1])
+    assert record["error"] is None and len(record["faces"]) == 1
+    assert record["faces"][0]["age"] is not None and record["faces"][0]["sex"] is not None
+
+
+@pytest.mark.parametrize("command", [["predict", "PHOTO"], ["predict-eyes", "PHOTO"], ["serve"]])
+@pytest.mark.parametrize("backend", [[], ["--backend", "torch"]], ids=["auto", "torch"])
+def test_an_unknown_device_is_one_clear_error_everywhere(demo_photo: Path, command: list[str], backend: list[str]) -> None:
+    args = [str(demo_photo) if a == "PHOTO" else a for a in command]
+    res = _cli([*args, "--device", "gpu", *backend])
+    assert res.exit_code == 2
+    assert isinstance(res.exception, SystemExit), res.exception  # refused, not crashed
+    assert "error: --device must be auto, cpu, cuda or cuda:N, got 'gpu'" in res.stderr
+    assert "Traceback" not in res.output and res.stdout == ""
+
+
+def test_serve_resolves_the_device_before_the_server_starts(monkeypatch) -> None:
+    import facelens.serve.app as serve_app
+
+    started: list[dict] = []
+    monkeypatch.setattr(serve_app, "run_server", lambda **kwargs: started.append(kwargs))
+    _fake(monkeypatch, gpus=0, ort_cuda=False)
+    for backend, needs in (("torch", "no CUDA GPU is usable by PyTorch"), ("onnx", "no CUDA provider"),
+                           ("auto", "no CUDA provider")):
+        res = _cli(["serve", "--device", "cuda", "--backend", backend])
+        assert res.exit_code == 2 and needs in res.stderr and "Traceback" not in res.output
+    res = _cli(["serve", "--backend", "fast"])
+    assert res.exit_code == 2 and "--backend must be auto, onnx or torch" in res.stderr
+    assert started == []
+    for backend in ("auto", "onnx", "torch"):
+        res = _cli(["serve", "--device", "auto", "--backend", backend])
+        assert res.exit_code == 0, res.output
+        assert (started[-1]["backend"], started[-1]["device"]) == (backend, "auto")
+
+
+def test_the_service_loads_its_models_on_the_device_asked_for() -> None:
+    from fastapi.testclient import TestClient
+
+    from facelens.serve.app import create_app
+
+    _shipped_models_or_skip("torch")
+    with TestClient(create_app(backend="torch", device="auto")) as client:
+        models = client.get("/v1/models").json()["models"]
+    assert {(m["task"], m["backend"], m["device"]) for m in models} == {("age", "torch", "cpu"), ("eyes", "torch", "cpu")}

@@ -118,6 +118,9 @@ def test_each_process_of_a_machine_gets_its_own_gpu() -> None:
         rank_device_name("cuda", 2, 3, cuda_count=2)
     with pytest.raises(DeviceError, match="no CUDA GPU"):
         rank_device_name("cuda", 0, 2, cuda_count=0)
+    for bad in ("gpu", "cuda:x"):
+        with pytest.raises(DeviceError, match="--device must be auto, cpu, cuda or cuda:N"):
+            rank_device_name(bad, 0, 1, cuda_count=1)
 
 
 def test_the_torchrun_environment_is_read_strictly() -> None:

@@ -174,3 +174,20 @@ def test_int8_without_data_is_a_clear_error(tmp_path, exported):
     assert res.exit_code != 0
     assert "--data" in res.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_failed_export_keeps_the_previous_file_and_leaves_no_temporary_files(tmp_path, exported, monkeypatch):
+    import facelens.train.export as export_module
+
+    pt, _, _ = exported
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the previous model")
+
+    def broken_parity(*args, **kwargs):
+        raise RuntimeError("parity run failed")
+
+    monkeypatch.setattr(export_module, "OnnxPredictor", broken_parity)
+    with pytest.raises(RuntimeError, match="parity run failed"):
+        export_onnx(pt, out)
+    assert out.read_bytes() == b"the previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]

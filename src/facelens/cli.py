@@ -600,6 +600,8 @@ def serve(
     detect_max_side: DetectMaxSide = None,
     request_timeout: Annotated[float, typer.Option(
         help="seconds a request may wait for a slot and be analysed; then 503 (busy) or 504 (timeout)")] = 20.0,
+    backend: Backend = "auto",
+    device: Device = "cpu",
 ) -> None:
     """Serve the REST API (/v1/analyze, /docs) and the web page (/) with FastAPI + uvicorn.
 
@@ -618,8 +620,26 @@ def serve(
         _fail(f"--detect-max-side: {exc}")
     if not request_timeout > 0:
         _fail(f"--request-timeout must be > 0 seconds, got {request_timeout}")
+    try:
+        _check_serving_device(backend, device)
+    except (FacelensError, ValueError) as exc:
+        _fail(str(exc))
     run_server(host=host, port=port, workers=workers, max_upload_mb=max_upload_mb, detect_max_side=detect_max_side,
-               request_timeout=request_timeout)
+               request_timeout=request_timeout, backend=backend, device=device)
+
+
+def _check_serving_device(backend: str, device: str) -> None:
+    """Refuse a backend or device the served models could not run on, before uvicorn starts.
+
+    Why here: the models load in the server's lifespan, where a failure only turns /healthz
+    "degraded"; ``--device cuda`` on a machine without a usable GPU must stop the command instead.
+    The shipped models are ONNX files, so ``--backend auto`` serves them with ONNX Runtime.
+    """
+    from facelens.devices import resolve_device
+
+    if backend not in ("auto", "onnx", "torch"):
+        raise ValueError(f"--backend must be auto, onnx or torch, got {backend!r}")
+    resolve_device(device, "torch" if backend == "torch" else "onnx")
 
 
 @app.command()

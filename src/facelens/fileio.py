@@ -1,8 +1,12 @@
-"""Atomic file writes for evaluation artefacts.
+"""Atomic file writes: every file facelens writes for later reading (reports, metrics, checkpoints,
+crop caches, ONNX exports, shards).
 
-A report or metrics file that is half-written when a run is killed looks valid but lies, so
-every file is written to a temporary file in the same folder and moved into place with
-``os.replace`` (atomic on POSIX and Windows when source and target share a file system).
+A file that is half-written when a run is killed looks valid but lies, so every file is written
+to a temporary file in the same folder and moved into place with ``os.replace`` (atomic on POSIX
+and Windows when source and target share a file system). ``atomic_path`` is the one place that
+does this; the ``write_*_atomic`` helpers are shorthands for data already in memory, and writers
+that want a path of their own (``torch.save``, ``torch.onnx.export``, ``np.savez``) take the
+temporary path from ``atomic_path`` directly.
 """
 
 from __future__ import annotations
@@ -11,31 +15,45 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
-def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> Path:
-    """Write ``data`` to ``path`` via a temporary sibling file and ``os.replace``.
+@contextmanager
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it is fsynced and renamed onto ``path``.
 
-    ``mode``: permission bits for the file (the temporary file is created 0600); set before the
-    rename, so the file never appears with the wrong ones.
+    When the block raises (or is interrupted), the temporary file is removed and an existing
+    ``path`` is left as it was: readers see the old file or the new one, never a part of it.
+    The temporary name starts with ``.{path.name}.`` and ends with ``.tmp``, so leftovers of a
+    killed process are hidden and easy to recognise. ``mode``: permission bits for the file (the
+    temporary file is created 0600); set before the rename, so the file never appears with the
+    wrong ones.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
+        yield tmp
         if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+            os.chmod(tmp, mode)
+        with open(tmp, "rb+") as fh:  # the bytes reach the disk before the name points at them
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically (``atomic_path``); ``mode``: the file's permission bits."""
+    path = Path(path)
+    with atomic_path(path, mode) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
@@ -68,22 +86,11 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 
 def atomic_write_with(path: str | Path, writer: Callable[[Path], object]) -> Path:
-    """Let ``writer(tmp)`` write a temporary sibling of ``path``, then move it into place atomically.
+    """``writer(tmp)`` writes a temporary sibling of ``path`` that then replaces it (``atomic_path``).
 
-    For files written by a library that wants a path rather than bytes (``torch.save``): a killed
-    run leaves either the old file or the new one, never half of one, and the temporary file is
-    removed when ``writer`` fails.
+    For files written by a library that wants a path rather than bytes (``torch.save``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        writer(tmp)
     return path

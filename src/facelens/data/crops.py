@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import astuple, dataclass
@@ -33,6 +32,7 @@ from facelens.face.align import (
     cut_eye,
 )
 from facelens.face.detect import Detection, detect_faces
+from facelens.fileio import atomic_path
 from facelens.images import load_image
 
 #: Bump when detection, alignment or resizing changes: invalidates cached crops.
@@ -212,7 +212,6 @@ def build_crops(
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp.npz", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.replace(tmp.name, path)
+    """Write a crop cache atomically: a run killed mid-write must not leave a cache that later loads as truncated."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a path
+        np.savez(fh, **arrays)

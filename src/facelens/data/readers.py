@@ -100,7 +100,7 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _split_dirs(root: Path) -> list[Path]:
-    """``train/``, ``val/``, ``test/`` style subfolders (as in the 20-50 seed layout)."""
+    """``train/``, ``val/``, ``test/`` style subfolders (as faces-20-50, the age seed project's data, ships)."""
     names = {"train", "training", "val", "valid", "validation", "test", "testing"}
     return sorted(d for d in root.iterdir() if d.is_dir() and d.name.lower() in names)
 

@@ -51,5 +51,9 @@ def block_group(path: Path, block_size: int = EYE_BLOCK_SIZE) -> str | None:
 
 
 def random_group(path: Path) -> str:
-    """Group key for an ungrouped random split: the file itself (shows the leak of the seed)."""
+    """Group key for an ungrouped random split: the file itself.
+
+    This is the per-file split the seed projects (the student baselines) used; it is kept so
+    their leak (crops of one person, such as their two eyes, on both sides of the split) can be measured.
+    """
     return f"file:{Path(path).parent.name}/{Path(path).name}"

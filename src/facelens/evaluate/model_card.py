@@ -377,5 +377,5 @@ def render_model_card(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None
 
 
 def write_model_card(path: str | Path, meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> Path:
-    """Render the card and write it atomically (temporary file + ``os.replace``)."""
+    """Render the card and write it atomically (``facelens.fileio.atomic_path``)."""
     return write_text_atomic(path, render_model_card(meta, metrics))

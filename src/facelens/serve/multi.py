@@ -23,6 +23,9 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from facelens.schema import SCHEMA_VERSION
+from facelens.serve.analysis import models_summary
+from facelens.serve.errors import ApiError
+from facelens.serve.uploads import too_large
 
 #: Photos one request may carry in ``files``: 16 photos of ~50 ms each answer in about a second
 #: on 2 cores; a larger batch mostly means a longer wait for its client and a longer-held upload.
@@ -99,8 +102,6 @@ async def _body(open_stream: OpenStream, max_upload_bytes: int, max_photos: int,
     with a several-photos form on the same endpoint the parser needs the larger budget, but a
     too-large single photo should still be refused after ``max_upload_bytes``, not after 30 MB.
     """
-    from facelens.serve.app import _too_large
-
     budget = max(max_total_bytes, max_upload_bytes) + OVERHEAD_PER_PART * (max_photos + 4)
     stream = open_stream(budget, max_total_bytes)
     head = b""
@@ -112,13 +113,13 @@ async def _body(open_stream: OpenStream, max_upload_bytes: int, max_photos: int,
     cap, limit = (max_upload_bytes + SINGLE_OVERHEAD, max_upload_bytes) if single else (budget, max_total_bytes)
     seen = len(head)
     if seen > cap:
-        raise _too_large(limit)
+        raise too_large(limit)
     if head:
         yield head
     async for chunk in stream:
         seen += len(chunk)
         if seen > cap:
-            raise _too_large(limit)
+            raise too_large(limit)
         yield chunk
 
 
@@ -133,8 +134,6 @@ async def read_form(request: Request, open_stream: OpenStream, max_upload_bytes:
     streams in); the list form may reach ``max_total_bytes``. Which form it is shows only inside
     the body, in the first part's headers (``_body``); each photo is checked again after parsing.
     """
-    from facelens.serve.app import ApiError, _too_large
-
     parser = MultiPartParser(request.headers, _body(open_stream, max_upload_bytes, max_photos, max_total_bytes),
                              max_files=max_photos + 1, max_fields=20)
     try:
@@ -160,9 +159,9 @@ async def read_form(request: Request, open_stream: OpenStream, max_upload_bytes:
         if len(uploads) > max_photos:
             raise ApiError(400, "too_many_photos", f"{len(uploads)} photos sent; at most {max_photos} per request")
         if not many and (uploads[0].size or 0) > max_upload_bytes:
-            raise _too_large(max_upload_bytes)
+            raise too_large(max_upload_bytes)
         if many and sum(u.size or 0 for u in many) > max_total_bytes:  # when the stream budget was the larger one
-            raise _too_large(max_total_bytes)
+            raise too_large(max_total_bytes)
         form.photos = [(u.filename or f"upload-{i + 1}", u) for i, u in enumerate(uploads)]
     except Exception:
         await form.close()
@@ -172,15 +171,13 @@ async def read_form(request: Request, open_stream: OpenStream, max_upload_bytes:
 
 async def read_single(form: Form, max_bytes: int) -> tuple[bytes, str]:
     """(bytes, name) of the single-photo form's one photo; 413 past ``max_bytes``. Closes the form."""
-    from facelens.serve.app import _too_large
-
     try:
         name, upload = form.photos[0]
         data = await read_photo(upload, max_bytes)
     finally:
         await form.close()
     if data is None:
-        raise _too_large(max_bytes)
+        raise too_large(max_bytes)
     return data, name
 
 
@@ -203,15 +200,13 @@ async def answer_list(form: Form, analyzer: Any, run_one: RunOne, max_bytes: int
     ``run_one`` is the service's single-photo path (its analysis slots, caps and budgets), so a
     list takes turns with other requests photo by photo instead of holding a slot for all of them.
     """
-    from facelens.serve.app import ApiError, _too_large, models_summary
-
     results = []
     try:
         for name, upload in form.photos:
             try:
                 data = await read_photo(upload, max_bytes)
                 if data is None:
-                    raise _too_large(max_bytes)
+                    raise too_large(max_bytes)
                 if not data:
                     raise ApiError(400, "empty", "the upload is empty (0 bytes)")
                 out = await run_one(data, name)

@@ -13,8 +13,8 @@ errors and its concurrency limit in plain text. This protocol adds:
 * JSON bodies (``{"error": {"code", "message"}}``) with ``Connection: close`` for the 400s
   uvicorn itself produces on malformed HTTP.
 
-Body read deadlines and the processing cap live in the app (``facelens.serve.app``), where
-the upload is read. Settings come from ``ServiceLimits`` fields copied onto the uvicorn
+Body read deadlines live where the upload is read (``facelens.serve.uploads``), the processing
+cap where it is analysed (``facelens.serve.analysis``). Settings come from ``ServiceLimits`` fields copied onto the uvicorn
 ``Config`` (``facelens_limits``), so they survive uvicorn's worker processes.
 """
 

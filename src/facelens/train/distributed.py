@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from facelens.devices import check_device_name
 from facelens.errors import DeviceError, DistributedError
 from facelens.train.sampling import epoch_order
 
@@ -158,13 +159,12 @@ def rank_device_name(device: str, local_rank: int, local_world_size: int, cuda_c
 
     ``cuda:N`` is accepted only with one process per machine: with more it would put them all on one GPU.
     """
-    name = str(device).strip().lower()
+    check_device_name(device)  # the one naming rule (facelens.devices): "gpu" or "cuda:x" are refused the same way
+    name = str(device).strip().lower()  # as given: a bare "cuda" here means cuda:LOCAL_RANK, not cuda:0
     if name == "cpu":
         return "cpu"
     if name == "auto" and cuda_count == 0:
         return "cpu"
-    if name not in ("auto", "cuda") and not name.startswith("cuda:"):
-        raise DeviceError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if cuda_count == 0:
         raise DeviceError(f"--device {device}: no CUDA GPU is usable by PyTorch on this machine; use --device cpu")
     if name.startswith("cuda:"):

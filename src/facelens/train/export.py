@@ -30,7 +30,7 @@ import numpy as np
 from facelens.data.prepare import PreparedData, prepare_records
 from facelens.evaluate.groups import FACE_ID, record_groups
 from facelens.evaluate.scoring import calibrate, compute_metrics, headline
-from facelens.fileio import write_json_atomic
+from facelens.fileio import atomic_path, write_json_atomic
 from facelens.infer.predictor import META_KEY, OnnxPredictor, TorchPredictor
 from facelens.models.wrappers import FlipAverage, to_input
 
@@ -103,7 +103,10 @@ def load_split_crops(meta: dict, data: list[str], log: Callable[[str], None] = p
 
 def export_onnx(model_path: Path, out: Path, *, tta: bool = True, int8: bool = False, data: list[str] | None = None,
                 opset: int = 17, parity_samples: int = 16, seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    """Write ``out`` atomically (+ a readable ``.json`` of its metadata) and return the parity report."""
+    """Write ``out`` atomically (+ a readable ``.json`` of its metadata) and return the parity report.
+
+    An existing ``out`` is kept until the new file has passed export, metadata and the parity run.
+    """
     import torch
 
     if int8 and not data:
@@ -113,38 +116,37 @@ def export_onnx(model_path: Path, out: Path, *, tta: bool = True, int8: bool = F
     module = (FlipAverage(net) if tta else net).eval()
     meta = dict(tp.meta) | {"tta": "flip-average" if tta else "none", "precision": "int8" if int8 else "fp32"}
     size = meta["input_size"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fp32 = out.with_name(f".{out.name}.fp32") if int8 else tmp
-    torch.onnx.export(
-        module, torch.rand(2, 3, size, size) * 255, str(fp32), input_names=["crops"], output_names=["outputs"],
-        dynamic_axes={"crops": {0: "batch"}, "outputs": {0: "batch"}}, opset_version=opset, dynamo=False,
-    )
-    try:
-        prep, splits = load_split_crops(meta, data, log) if data else (None, None)
-        if int8:
+    # ``out`` is replaced only when export, metadata and the parity check all succeeded.
+    with atomic_path(out) as tmp:
+        fp32 = out.with_name(f".{out.name}.fp32") if int8 else tmp
+        try:
+            torch.onnx.export(
+                module, torch.rand(2, 3, size, size) * 255, os.fspath(fp32), input_names=["crops"],
+                output_names=["outputs"], dynamic_axes={"crops": {0: "batch"}, "outputs": {0: "batch"}},
+                opset_version=opset, dynamo=False,
+            )
+            prep, splits = load_split_crops(meta, data, log) if data else (None, None)
+            if int8:
+                rng = np.random.default_rng(seed)
+                train = splits["train"].crops
+                pick = np.sort(rng.choice(len(train), size=min(QUANT_CALIBRATION_CROPS, len(train)), replace=False))
+                log(f"quantising to int8, activation ranges from {len(pick)} training-split crops")
+                _quantize_int8(fp32, tmp, train[pick])
+            _write_onnx_meta(tmp, meta)
+            onnx_pred = OnnxPredictor(tmp)
             rng = np.random.default_rng(seed)
-            train = splits["train"].crops
-            pick = np.sort(rng.choice(len(train), size=min(QUANT_CALIBRATION_CROPS, len(train)), replace=False))
-            log(f"quantising to int8, activation ranges from {len(pick)} training-split crops")
-            _quantize_int8(fp32, tmp, train[pick])
-        _write_onnx_meta(tmp, meta)
-        onnx_pred = OnnxPredictor(tmp)
-        rng = np.random.default_rng(seed)
-        crops = rng.integers(0, 256, size=(parity_samples, size, size, 3), dtype=np.uint8)
-        with torch.inference_mode():
-            reference = module(to_input(crops, torch.device("cpu"))).numpy()
-        export_info = {"opset": opset, "parity_max_abs_diff": float(np.abs(reference - onnx_pred(crops)).max())}
-        if splits is not None:
-            meta = _refit_and_measure(meta, onnx_pred, prep, splits, log)
-            export_info |= {"recalibrated_on": "val", "data": list(data)}
-        meta["export"] = export_info
-        _write_onnx_meta(tmp, meta)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        if int8:
-            fp32.unlink(missing_ok=True)
+            crops = rng.integers(0, 256, size=(parity_samples, size, size, 3), dtype=np.uint8)
+            with torch.inference_mode():
+                reference = module(to_input(crops, torch.device("cpu"))).numpy()
+            export_info = {"opset": opset, "parity_max_abs_diff": float(np.abs(reference - onnx_pred(crops)).max())}
+            if splits is not None:
+                meta = _refit_and_measure(meta, onnx_pred, prep, splits, log)
+                export_info |= {"recalibrated_on": "val", "data": list(data)}
+            meta["export"] = export_info
+            _write_onnx_meta(tmp, meta)
+        finally:
+            if int8:
+                fp32.unlink(missing_ok=True)
     write_json_atomic(out.with_suffix(".json"), meta)
     return {"max_abs_diff": export_info["parity_max_abs_diff"], "samples": parity_samples, "out": str(out),
             "metrics": meta.get("metrics") if splits is not None else None}
