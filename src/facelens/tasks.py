@@ -21,15 +21,20 @@ Adding a third task (say ``glasses`` from face crops) takes, besides a ``TaskSpe
 5. ``facelens/evaluate/scoring.py``: ``calibrate`` for a new head, and the task in ``METRICS``
    (test metrics) and ``HEADLINES`` (one-line summary).
 6. ``facelens/evaluate/groups.py``: the task in ``GROUPERS`` (bias breakdowns per record).
-7. ``facelens/evaluate/pipeline.py``: the task in ``SCORED`` (per-image loss, gallery, arrays for
-   the report) and ``REPORT_WRITERS`` (a writer in ``evaluate/report.py``).
-8. ``facelens/evaluate/model_card.py``: the task's card texts in ``CARD_TEXTS`` (out-of-scope
-   uses, limitations, breakdown tables).
+7. ``facelens/evaluate/pipeline.py``: a ``TaskEvaluation`` in ``EVALUATIONS`` (per-image loss and
+   worst-case gallery, the loss's name for paired comparisons, the HTML report writer, which must
+   exist in ``evaluate/report.py``, and any per-model text table).
+8. ``facelens/evaluate/model_card.py``: a ``CardTexts`` in ``CARD_TEXTS`` (out-of-scope uses,
+   limitations, sections written from the metrics, per-group table columns).
 9. ``facelens/train/runner.py`` needs nothing unless the model metadata gains a crop kind;
    ``train/config.py`` and the CLI take their task names from ``TASKS`` (the CLI still has one
    sub-command per task: add ``facelens train <task>`` there).
 10. ``facelens/api.py`` / ``serve``: a place in ``schema.Face`` for the new estimate, and its run
     in ``Analyzer._finish`` (the result contract is versioned, see ``facelens.schema``).
+
+``tests/test_tasks.py`` fails until 1, 2 and 4-8 are done: it checks each spec for completeness,
+against the model factory's heads, the readers and the shipped model, and that every registry above
+has every task.
 """
 
 from __future__ import annotations
