@@ -89,12 +89,14 @@ def test_readers_read_the_spec_label_column(spec: TaskSpec, tmp_path: Path) -> N
 
 def test_every_registry_knows_every_task() -> None:
     from facelens.evaluate import report
+    from facelens.train.config import TASK_DEFAULTS
 
     names = set(TASKS)
     registries = {"infer.postprocess.DECODERS": DECODERS, "evaluate.scoring.METRICS": scoring.METRICS,
                   "evaluate.scoring.HEADLINES": scoring.HEADLINES, "evaluate.groups.GROUPERS": GROUPERS,
                   "evaluate.pipeline.EVALUATIONS": pipeline.EVALUATIONS,
-                  "evaluate.model_card.CARD_TEXTS": model_card.CARD_TEXTS}
+                  "evaluate.model_card.CARD_TEXTS": model_card.CARD_TEXTS,
+                  "train.config.TASK_DEFAULTS": TASK_DEFAULTS}
     for where, registry in registries.items():
         assert set(registry) == names, f"{where} has {sorted(registry)}, tasks are {sorted(names)}"
     for name, ev in pipeline.EVALUATIONS.items():

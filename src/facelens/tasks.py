@@ -26,13 +26,15 @@ Adding a third task (say ``glasses`` from face crops) takes, besides a ``TaskSpe
    exist in ``evaluate/report.py``, and any per-model text table).
 8. ``facelens/evaluate/model_card.py``: a ``CardTexts`` in ``CARD_TEXTS`` (out-of-scope uses,
    limitations, sections written from the metrics, per-group table columns).
-9. ``facelens/train/runner.py`` needs nothing unless the model metadata gains a crop kind;
-   ``train/config.py`` and the CLI take their task names from ``TASKS`` (the CLI still has one
-   sub-command per task: add ``facelens train <task>`` there).
+9. ``facelens/train/config.py``: the task's training recipe in ``TASK_DEFAULTS`` (epochs, EMA,
+   augmentation, balance); its task names come from ``TASKS``. ``train/runner.py`` needs nothing
+   unless the model metadata gains a new crop kind (its ``crop`` / ``eye_crop`` fields).
+   ``facelens/cli.py`` has one sub-command per task: add ``facelens train <task>`` and
+   ``facelens evaluate <task>`` there.
 10. ``facelens/api.py`` / ``serve``: a place in ``schema.Face`` for the new estimate, and its run
     in ``Analyzer._finish`` (the result contract is versioned, see ``facelens.schema``).
 
-``tests/test_tasks.py`` fails until 1, 2 and 4-8 are done: it checks each spec for completeness,
+``tests/test_tasks.py`` fails until 1, 2, 4-8 and the registry of 9 are done: it checks each spec for completeness,
 against the model factory's heads, the readers and the shipped model, and that every registry above
 has every task.
 """
