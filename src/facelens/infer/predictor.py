@@ -42,7 +42,8 @@ class Predictor:
 
     @property
     def model_meta(self) -> ModelMeta:
-        """``meta`` typed; parsed once per ``meta`` object (a predictor given a new dict parses that)."""
+        """``meta`` typed; parsed once per ``meta`` object (a predictor given a new dict parses that, but a
+        change made inside the same dict is not seen: copy it, as export does, instead of editing it)."""
         cached = self.__dict__.get("_model_meta")
         if cached is None or cached[0] is not self.meta:
             cached = (self.meta, ModelMeta.from_dict(self.meta))
