@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: The top-level helper modules (errors, fileio, images, devices, ...) form the ground floor.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("facelens.agebins", "facelens.errors", "facelens.fileio", "facelens.devices", "facelens.images",
-     "facelens.reduced", "facelens.schema"),
+     "facelens.reduced", "facelens.schema", "facelens.tasks"),
     ("facelens.data", "facelens.face", "facelens.models"),
     ("facelens.infer",),
     ("facelens.evaluate",),

@@ -43,9 +43,10 @@ from facelens.infer.postprocess import decode_age, decode_eyes, decode_face_logi
 from facelens.infer.predictor import Predictor, load_predictor
 from facelens.reduced import ReducedImage, coarsest_factor
 from facelens.schema import AgeEstimate, EyeCropResult, EyeEstimate, Face, ImageResult, SexEstimate
+from facelens.tasks import AGE, EYES, task_spec
 
-AGE_MODEL_FILE = "age-mobilenetv2.onnx"
-EYE_MODEL_FILE = "eyes-mobilenetv2.onnx"
+AGE_MODEL_FILE = AGE.model_file
+EYE_MODEL_FILE = EYES.model_file
 NO_FACE_MESSAGE = "no face found"
 #: Longest side a JPEG is first decoded at (DCT draft, issue #22): detection needs 512 px, and this
 #: much more lets the crops of larger faces come from the same decode; smaller faces get a finer
@@ -69,7 +70,8 @@ def models_dir() -> Path:
 
 
 def default_model_path(task: str) -> Path:
-    return models_dir() / (AGE_MODEL_FILE if task == "age" else EYE_MODEL_FILE)
+    """The shipped default model of ``task`` (its ``TaskSpec.model_file`` in ``models_dir()``)."""
+    return models_dir() / task_spec(task).model_file
 
 
 @dataclass
@@ -155,8 +157,8 @@ def _open(model: str | Path | Predictor | None | bool, task: str, backend: str, 
         return None  # no shipped default yet: the analyzer runs without this task
     # Detection runs between the model calls here, so ONNX Runtime must not spin (OnnxPredictor).
     pred = load_predictor(path, backend=backend, device=device, spin=False)
-    if pred.meta.get("task") != task:
-        raise ModelLoadError(f"{path}: is a {pred.meta.get('task')!r} model, expected a {task!r} model")
+    if pred.model_meta.task != task:
+        raise ModelLoadError(f"{path}: is a {pred.model_meta.task!r} model, expected a {task!r} model")
     return pred
 
 
@@ -193,13 +195,13 @@ class Analyzer:
         self.age = _open(age_model, "age", backend, device)
         self.eyes = _open(eye_model, "eyes", backend, device)
         # The face crop the age model was trained on (its metadata names it; older models used the loose one).
-        self.age_template = FaceTemplate.from_meta(self.age.meta.get("crop")) if self.age is not None else None
+        self.age_template = FaceTemplate.from_meta(self.age.model_meta.crop) if self.age is not None else None
         if self.age is None and self.eyes is None:
             raise ModelLoadError(f"no models to run: none given and no shipped defaults in {models_dir()}")
         self.min_face_score = min_face_score
         self.max_faces = max_faces
         # How the eye model's crops were cut (its metadata names it; older models used the tight one).
-        self.eye_geometry = eye_geometry or EyeCropGeometry.from_meta(self.eyes.meta.get("eye_crop") if self.eyes else None)
+        self.eye_geometry = eye_geometry or EyeCropGeometry.from_meta(self.eyes.model_meta.eye_crop if self.eyes else None)
         self.detect_max_side = detect_max_side or DETECT_MAX_SIDE
         self.full_decode = full_decode
         self._decode_budget = MemoryBudget(DECODE_MEMORY_BYTES)
@@ -218,13 +220,12 @@ class Analyzer:
         for pred in (self.age, self.eyes):
             if pred is None:
                 continue
-            m = pred.meta
-            out.append({"name": m["name"], "task": m["task"], "arch": m["arch"], "version": m.get("facelens_version"),
-                        "created": m.get("created"), "input_size": m["input_size"], "backend": pred.backend,
-                        "device": pred.device,
-                        "precision": m.get("precision", "fp32"), "tta": m.get("tta", "flip-average"),
-                        "test_metrics": {k: v for k, v in m.get("metrics", {}).items() if not isinstance(v, (dict, list))},
-                        "card": card_summary(m)})
+            m = pred.model_meta
+            out.append({"name": m.name, "task": m.task, "arch": m.arch, "version": m.facelens_version,
+                        "created": m.created, "input_size": m.input_size, "backend": pred.backend,
+                        "device": pred.device, "precision": m.precision, "tta": m.tta,
+                        "test_metrics": {k: v for k, v in (m.metrics or {}).items() if not isinstance(v, (dict, list))},
+                        "card": card_summary(pred.meta)})
         return out
 
     # -- whole photos -------------------------------------------------------------------------
@@ -341,12 +342,12 @@ class Analyzer:
             result.timings_ms["load"] = _ms(t_load + t_refine)  # a finer decode is decoding too
             t1 += t_refine
             if self.age is not None:
-                size = self.age.meta["input_size"]
+                size = self.age.model_meta.input_size
                 item.face_crops = np.stack([align_face(src.pixels, src.from_full_centre(d.anchor_points()), size,
                                                        self.age_template)[0] for d, src in zip(dets, sources, strict=True)])
             t2 = time.perf_counter()
             if self.eyes is not None:
-                size = self.eyes.meta["input_size"]
+                size = self.eyes.model_meta.input_size
                 crops = []
                 for d, src in zip(dets, sources, strict=True):
                     for eye, other in ((d.left_eye, d.right_eye), (d.right_eye, d.left_eye)):
@@ -369,10 +370,10 @@ class Analyzer:
         """(largest crop px per full px over this face's crops, the full-image box they read from)."""
         transforms = []
         if self.age is not None:
-            size = self.age.meta["input_size"]
+            size = self.age.model_meta.input_size
             transforms.append((similarity_transform(d.anchor_points(), self.age_template.points(size)), size))
         if self.eyes is not None:
-            size = self.eyes.meta["input_size"]
+            size = self.eyes.model_meta.input_size
             for eye, other in ((d.left_eye, d.right_eye), (d.right_eye, d.left_eye)):
                 transforms.append((eye_crop_transform(np.array(eye), np.array(other), size, self.eye_geometry,
                                                       np.array(d.mouth)), size))
@@ -410,16 +411,16 @@ class Analyzer:
         if n_faces and self.age is not None:
             t0 = time.perf_counter()
             value, low, high = decode_age(self.age(np.concatenate([it.face_crops for it in items if it.dets])),
-                                          self.age.meta)
-            interval = float(self.age.meta.get("interval", 0.8))
+                                          self.age.model_meta)
+            interval = float(self.age.model_meta.interval)
             ages = [AgeEstimate(value=float(v), low=float(lo), high=float(hi), interval=interval)
                     for v, lo, hi in zip(value, low, high, strict=True)]
             t_age = time.perf_counter() - t0
         if n_faces and self.eyes is not None:
             t0 = time.perf_counter()
             logits = self.eyes(np.concatenate([it.eye_crops for it in items if it.dets])).reshape(-1)
-            p = decode_eyes(logits, self.eyes.meta)
-            p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), self.eyes.meta)
+            p = decode_eyes(logits, self.eyes.model_meta)
+            p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), self.eyes.model_meta)
             boxes = [b for it in items for b in it.eye_boxes]
             sexes = []
             for i in range(n_faces):
@@ -461,7 +462,7 @@ class Analyzer:
         """
         if self.eyes is None:
             raise ModelLoadError("no eye model loaded")
-        size = self.eyes.meta["input_size"]
+        size = self.eyes.model_meta.input_size
         names_l = list(names) if names is not None else None
         results: list[EyeCropResult | None] = []
         crops, where = [], []
@@ -475,7 +476,7 @@ class Analyzer:
             except ImageLoadError as exc:
                 results.append(EyeCropResult(path=label, error=str(exc)))
         if crops:
-            p = decode_eyes(self.eyes(np.stack(crops)), self.eyes.meta)
+            p = decode_eyes(self.eyes(np.stack(crops)), self.eyes.model_meta)
             for (i, label, warning), pf in zip(where, p, strict=True):
                 results[i] = EyeCropResult(path=label, p_female=float(pf), warning=warning)
         return [r for r in results if r is not None]

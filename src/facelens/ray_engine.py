@@ -150,8 +150,8 @@ def _open_model(path: str | bool, task: str, spec: ModelSpec):
                 raise type(exc)(str(exc).replace(str(local), f"{path} (sent by the driver)")) from exc
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-        if pred.meta.get("task") != task:
-            raise ModelLoadError(f"{path}: is a {pred.meta.get('task')!r} model, expected a {task!r} model")
+        if pred.model_meta.task != task:
+            raise ModelLoadError(f"{path}: is a {pred.model_meta.task!r} model, expected a {task!r} model")
         return pred
     return path  # torch checkpoints and explicit backends: the Analyzer's own loading
 

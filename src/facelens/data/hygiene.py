@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facelens.data.noise import duplicate_label_noise
-from facelens.data.readers import AGE_RANGE, Record
+from facelens.data.readers import Record
+from facelens.tasks import AGE_RANGE
 
 CONFLICT_POLICIES = ("drop", "keep-first", "keep-all")
 

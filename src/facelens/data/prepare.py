@@ -15,10 +15,12 @@ import numpy as np
 
 from facelens.data.crops import CropSet, build_crops
 from facelens.data.hygiene import check_hygiene
-from facelens.data.readers import AGE_RANGE, Dataset, Record, read_dataset
+from facelens.data.readers import Dataset, Record, read_dataset
 from facelens.data.splits import EYE_BLOCK_SIZE, assign_split, block_group, random_group
 from facelens.errors import DatasetError
 from facelens.face.align import AGE_TEMPLATE, DEFAULT_EYE_GEOMETRY, EyeCropGeometry, FaceTemplate
+from facelens.models.meta import ModelMeta
+from facelens.tasks import task_spec
 
 FEMALE_WORDS = ("female", "woman", "women", "girl", "f")
 MALE_WORDS = ("male", "man", "men", "boy", "m")
@@ -67,7 +69,7 @@ def split_key(task: str, strategy: str, record: Record, digest: str) -> str:
 
 def resolve_strategy(task: str, strategy: str) -> str:
     if strategy == "auto":
-        return "blocks" if task == "eyes" else "content"
+        return task_spec(task).default_split
     if strategy not in ("content", "blocks", "random"):
         raise ValueError(f"--split must be auto, content, blocks or random, got {strategy!r}")
     return strategy
@@ -96,11 +98,12 @@ class PreparedData:
                          eye_geometry=eye_geometry)
         return cs, indices[cs.index]
 
-    def model_crops(self, indices: np.ndarray, meta: dict, desc: str | None = None) -> tuple[CropSet, np.ndarray]:
+    def model_crops(self, indices: np.ndarray, meta: ModelMeta | dict, desc: str | None = None
+                    ) -> tuple[CropSet, np.ndarray]:
         """``crops`` as the model described by ``meta`` sees them (its crop kind, size, face template, eye geometry)."""
-        kind = "face" if meta["task"] == "age" else "eye"
-        return self.crops(indices, kind, meta["input_size"], desc=desc, template=FaceTemplate.from_meta(meta.get("crop")),
-                          eye_geometry=EyeCropGeometry.from_meta(meta.get("eye_crop")))
+        m = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
+        return self.crops(indices, m.spec.crop_kind, m.input_size, desc=desc, template=FaceTemplate.from_meta(m.crop),
+                          eye_geometry=EyeCropGeometry.from_meta(m.eye_crop))
 
 
 def source_name(data: str | Path) -> str:
@@ -115,6 +118,7 @@ def source_name(data: str | Path) -> str:
 def prepare_records(task: str, data: list[str], strategy: str, seed: int, fractions, policy: str = "drop",
                     female: str | None = None, male: str | None = None, log=print) -> PreparedData:
     """Read, clean and split datasets exactly as training does (``evaluate`` reuses this)."""
+    spec = task_spec(task)
     datasets: list[Dataset] = [read_dataset(d, task) for d in data]
     records, sources = [], {}
     face_files = {r.path for ds in datasets if ds.faces for r in ds.records}
@@ -127,23 +131,24 @@ def prepare_records(task: str, data: list[str], strategy: str, seed: int, fracti
         records.extend(ds.records)
     if not records:
         raise DatasetError(f"no labelled images in {', '.join(data)}")
-    report = check_hygiene(records, policy, AGE_RANGE if task == "age" else None)
+    report = check_hygiene(records, policy, spec.label_range)
     log("data hygiene:\n  " + "\n  ".join(report.lines()))
     kept = report.kept
     if not kept:
         raise DatasetError("no usable images left after the hygiene checks")
     class_map = None
     digests = [report.digests[r.path] for r in kept]
-    if task == "eyes":
+    if not spec.numeric_labels:
         crops_only = {str(r.label) for r in kept if r.path not in face_files}
         class_map = map_sex_classes(crops_only, female, male) if crops_only else None
         if class_map:
             log("classes: " + ", ".join(f"{n} -> {'female' if v else 'male'}" for n, v in sorted(class_map.items())))
+    if spec.crops_from_faces:
         kept, digests = expand_faces_to_eyes(kept, digests, face_files)
-        targets = np.array([sex_of_face(r) if r.path in face_files else class_map[str(r.label)] for r in kept],
-                           dtype=np.float32)
-    else:
+    if spec.numeric_labels:
         targets = np.array([float(r.label) for r in kept], dtype=np.float32)
+    else:
+        targets = _class_targets(kept, face_files, class_map)
     splits = np.array([assign_split(split_key(task, strategy, r, dg), seed, fractions) for r, dg in zip(kept, digests, strict=True)])
     hygiene = report.summary() | {
         "unreadable_files": [[str(p), w] for p, w in report.unreadable],
@@ -152,6 +157,15 @@ def prepare_records(task: str, data: list[str], strategy: str, seed: int, fracti
     }
     return PreparedData(kept, digests, [sources[r.path] for r in kept], splits, targets, class_map, hygiene,
                         [ds.layout for ds in datasets])
+
+
+def _class_targets(records: list[Record], face_files: set[Path], class_map: dict[str, int] | None) -> np.ndarray:
+    """1 (female) / 0 (male) per record: whole faces by their gender label, crops by their class folder.
+
+    The one label mapping a classification task has today (sex); a task with other classes needs its own.
+    """
+    return np.array([sex_of_face(r) if r.path in face_files else class_map[str(r.label)] for r in records],
+                    dtype=np.float32)
 
 
 EYE_SIDES = ("left", "right")

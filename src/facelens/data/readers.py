@@ -15,9 +15,9 @@ from pathlib import Path
 
 from facelens.errors import DatasetError
 from facelens.images import IMAGE_SUFFIXES
+from facelens.tasks import AGE_RANGE as AGE_RANGE  # re-exported: the range is the age task's (facelens.tasks)
+from facelens.tasks import TaskSpec, task_spec
 
-#: Ages a face dataset label may take; anything outside is reported and dropped.
-AGE_RANGE = (0.0, 120.0)
 #: UTKFace: <age>_<gender>_<race>_<date>.jpg.chip.jpg; race and the '.' before jpg are
 #: sometimes missing (see ../shared/data/README.md), so both are optional here. The race is a
 #: single digit: without ``(?!\d)`` a missing race would be read from the date's first digit.
@@ -193,29 +193,30 @@ def read_dataset(source: str | Path, task: str) -> Dataset:
 
 
 def _read_dataset(source: str | Path, task: str) -> Dataset:
+    spec = task_spec(task)
     root = Path(source)
     if not root.exists():
         raise DatasetError(f"{root}: no such file or folder")
-    label_column = "age" if task == "age" else "label"
+    label_column = spec.label_column
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DatasetError(f"{root}: a dataset is a folder or a .csv manifest")
-        return _eye_faces_or(read_csv_manifest, root, task)
+        return _faces_to_cut_or(read_csv_manifest, root, spec)
     manifests = sorted(root.glob("*.csv"))
     direct = [p for p in root.iterdir() if _is_image(p)]
     if direct:
         utk = sum(parse_utkface_name(p.name) is not None for p in direct[:200])
         if utk >= 0.5 * min(len(direct), 200):
-            return read_utkface(root, "age" if task == "age" else "gender")
+            return read_utkface(root, spec.face_label_column)
     # A manifest next to an image subfolder (``labels.csv`` + ``images/``) must win over
     # folder-per-label, which would take "images" for a label; a stray CSV without the
     # manifest columns does not count.
     if len(manifests) == 1 and _is_manifest(manifests[0], label_column):
         return read_csv_manifest(manifests[0], label_column)
-    if task == "eyes" and len(manifests) == 1 and _is_manifest(manifests[0], "gender"):
-        return _eye_faces_or(read_csv_manifest, manifests[0], task)
+    if spec.crops_from_faces and len(manifests) == 1 and _is_manifest(manifests[0], spec.face_label_column):
+        return _faces_to_cut_or(read_csv_manifest, manifests[0], spec)
     if _class_dirs(root) or any(_class_dirs(d) for d in _split_dirs(root)):
-        return read_folder_per_label(root, numeric=(task == "age"))
+        return read_folder_per_label(root, numeric=spec.numeric_labels)
     if len(manifests) == 1:
         return read_csv_manifest(manifests[0], label_column)
     if not _image_files(root):
@@ -226,13 +227,15 @@ def _read_dataset(source: str | Path, task: str) -> Dataset:
     )
 
 
-def _eye_faces_or(reader, csv_path: Path, task: str) -> Dataset:
-    """A CSV manifest: for the eye task, one with a ``gender`` column and no ``label`` is a face set."""
-    if task == "eyes" and not _is_manifest(csv_path, "label") and _is_manifest(csv_path, "gender"):
-        ds = reader(csv_path, "gender")
+def _faces_to_cut_or(reader, csv_path: Path, spec: TaskSpec) -> Dataset:
+    """A CSV manifest: for a task cutting its crops from faces (eyes), one with the face label column
+    (``gender``) and not the task's own (``label``) is a face set."""
+    if (spec.crops_from_faces and not _is_manifest(csv_path, spec.label_column)
+            and _is_manifest(csv_path, spec.face_label_column)):
+        ds = reader(csv_path, spec.face_label_column)
         ds.layout, ds.faces = "csv-manifest (faces; both eyes cut from each)", True
         return ds
-    return reader(csv_path, "age" if task == "age" else "label")
+    return reader(csv_path, spec.label_column)
 
 
 def concat(datasets: Iterable[Dataset]) -> Dataset:

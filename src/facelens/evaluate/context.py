@@ -36,13 +36,13 @@ def tight_chip(rgb: np.ndarray, anchor_points: np.ndarray) -> np.ndarray:
 
 
 def _age(pred: Predictor, crop: np.ndarray) -> float:
-    return float(decode_age(pred(crop[None]), pred.meta)[0][0])
+    return float(decode_age(pred(crop[None]), pred.model_meta)[0][0])
 
 
 def context_pairs(pred: Predictor, paths: Sequence[Path], log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
     """(answer on the photo, answer on its tight chip) per path; NaN where either has no face."""
-    template = FaceTemplate.from_meta(pred.meta.get("crop"))
-    size = pred.meta["input_size"]
+    template = FaceTemplate.from_meta(pred.model_meta.crop)
+    size = pred.model_meta.input_size
     out = np.full((len(paths), 2), np.nan)
     for i, p in enumerate(tqdm(paths, desc="context check", unit="img")):
         try:

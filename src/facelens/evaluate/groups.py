@@ -6,49 +6,68 @@ groups, so the labels are computed in one place from the prepared records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from PIL import Image
 
 from facelens.data.prepare import PreparedData
+from facelens.data.readers import Record
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label
 from facelens.images import is_grayscale
+from facelens.tasks import task_spec
 
 
 def record_groups(task: str, prep: PreparedData, crops: np.ndarray, positions: np.ndarray) -> dict[str, list[str]]:
-    """Per-record group labels used for bias breakdowns in the metrics."""
+    """Per-record group labels used for bias breakdowns in the metrics: the source, then the task's own
+    (``GROUPERS[task]``)."""
     recs = [prep.records[i] for i in positions]
     groups: dict[str, list[str]] = {"source": [prep.sources[i] for i in positions]}
-    if task == "age":
-        for key in ("gender", "race"):
-            vals = [r.meta_dict().get(key) for r in recs]
-            if any(vals):
-                groups[key] = [v or "unknown" for v in vals]
-    else:
-        groups["colour"] = ["grayscale" if is_grayscale(c) else "colour" for c in crops]
-        sizes, bands, under_13, faces = [], [], [], []
-        for r, i in zip(recs, positions, strict=True):
-            meta = r.meta_dict()
-            if "eye_side" in meta:  # cut from a face: its size is the face's, its age the face's label
-                sizes.append(None)
-                age = float(meta["age"]) if meta.get("age") else None
-                bands.append(age_band_label(age, EYE_AGE_BANDS) if age is not None else None)
-                under_13.append(None if age is None else "0-12" if age < 13 else "13+")
-                faces.append(prep.digests[i])
-                continue
-            with Image.open(r.path) as im:
-                s = min(im.size)
-            sizes.append("<48px" if s < 48 else "48-63px" if s < 64 else ">=64px")
-            bands.append(None)
-            under_13.append(None)
-            faces.append(None)
-        if any(sizes):
-            groups["size"] = sizes
-        if any(bands):
-            groups["age_band"] = bands
-            groups["child_or_not"] = under_13  # the targets' split: 0-12 (eyes weak evidence) vs 13+
-        if any(faces):
-            groups[FACE_ID] = faces
+    GROUPERS[task_spec(task).name](groups, prep, recs, crops, positions)
     return groups
+
+
+def _age_groups(groups: dict[str, list], prep: PreparedData, recs: list[Record], crops: np.ndarray,
+                positions: np.ndarray) -> None:
+    """Face photos: the gender and race their labels give (UTKFace names), where known."""
+    for key in ("gender", "race"):
+        vals = [r.meta_dict().get(key) for r in recs]
+        if any(vals):
+            groups[key] = [v or "unknown" for v in vals]
+
+
+def _eye_groups(groups: dict[str, list], prep: PreparedData, recs: list[Record], crops: np.ndarray,
+                positions: np.ndarray) -> None:
+    """Eye crops: colour, source image size, the age band of the face an eye was cut from, and that face."""
+    groups["colour"] = ["grayscale" if is_grayscale(c) else "colour" for c in crops]
+    sizes, bands, under_13, faces = [], [], [], []
+    for r, i in zip(recs, positions, strict=True):
+        meta = r.meta_dict()
+        if "eye_side" in meta:  # cut from a face: its size is the face's, its age the face's label
+            sizes.append(None)
+            age = float(meta["age"]) if meta.get("age") else None
+            bands.append(age_band_label(age, EYE_AGE_BANDS) if age is not None else None)
+            under_13.append(None if age is None else "0-12" if age < 13 else "13+")
+            faces.append(prep.digests[i])
+            continue
+        with Image.open(r.path) as im:
+            s = min(im.size)
+        sizes.append("<48px" if s < 48 else "48-63px" if s < 64 else ">=64px")
+        bands.append(None)
+        under_13.append(None)
+        faces.append(None)
+    if any(sizes):
+        groups["size"] = sizes
+    if any(bands):
+        groups["age_band"] = bands
+        groups["child_or_not"] = under_13  # the targets' split: 0-12 (eyes weak evidence) vs 13+
+    if any(faces):
+        groups[FACE_ID] = faces
+
+
+#: Per task (``facelens.tasks``): adds the task's group labels to ``groups`` (which holds the source).
+GROUPERS: dict[str, Callable[[dict[str, list], PreparedData, list[Record], np.ndarray, np.ndarray], None]] = {
+    "age": _age_groups, "eyes": _eye_groups}
 
 
 #: ``record_groups`` key of the face an eye crop was cut from (an id for pairing, not a breakdown).

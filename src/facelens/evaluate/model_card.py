@@ -9,22 +9,20 @@ card can never describe numbers that the model did not produce.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from facelens.fileio import write_text_atomic
+from facelens.tasks import AGE, EYES, TASKS, task_spec
 
-TASK_TITLES = {"age": "age estimation from a face photo", "eyes": "binary sex classification from the eye region (one crop per eye)"}
+#: Title, tags, metric list and "what it returns" of each task's card are the task's data (``facelens.tasks``);
+#: the sections written from metrics and the out-of-scope / limitation texts are in ``CARD_TEXTS`` below.
+TASK_TITLES = {name: spec.title for name, spec in TASKS.items()}
 # (metric key, model-index type, readable name)
-AGE_METRICS = (("mae", "mae", "MAE (years)"), ("rmse", "rmse", "RMSE (years)"), ("r2", "r_squared", "R²"),
-               ("cs5", "cs5", "CS@5 (share within 5 years)"),
-               ("mean_signed_error", "mean_signed_error", "mean signed error (years, + = too old)"),
-               ("coverage", "interval_coverage", "80% interval coverage"),
-               ("mean_interval_width", "mean_interval_width", "mean interval width (years)"))
-EYE_METRICS = (("accuracy", "accuracy", "accuracy"), ("balanced_accuracy", "balanced_accuracy", "balanced accuracy"),
-               ("roc_auc", "roc_auc", "ROC-AUC"), ("log_loss", "log_loss", "log loss"),
-               ("brier", "brier", "Brier score"), ("ece", "ece", "ECE (15 bins)"))
+AGE_METRICS = AGE.card_metrics
+EYE_METRICS = EYES.card_metrics
 
 LICENSE_NOTE = ("The code is MIT licensed; these weights were learned from data released for research use only, "
                 "so they inherit the most restrictive of the training data's terms (see Training data).")
@@ -67,20 +65,19 @@ def _datasets(meta: Mapping) -> list[dict]:
 
 
 def _metric_defs(task: str) -> tuple[tuple[str, str, str], ...]:
-    return AGE_METRICS if task == "age" else EYE_METRICS
+    return task_spec(task).card_metrics
 
 
 def _front_matter(meta: Mapping, metrics: Mapping, task: str, datasets: list[dict]) -> str:
+    spec = task_spec(task)
     name = meta.get("name") or f"facelens-{task}"
-    tags = ["facelens", "pytorch", "onnx", "face"]
-    tags += ["age-estimation", "image-regression"] if task == "age" else ["periocular", "image-classification",
-                                                                          "binary-classification"]
+    tags = ["facelens", "pytorch", "onnx", "face", *spec.card_tags]
     tags += [str(t) for t in meta.get("tags") or [] if str(t) not in tags]
     lines = ["---", "library_name: facelens", "license: other",
              f"license_name: {_q(meta.get('license_name', 'research-only'))}",
              f"license_note: {_q(meta.get('license_note', LICENSE_NOTE))}"]
-    if task == "eyes":
-        lines.append("pipeline_tag: image-classification")
+    if spec.pipeline_tag:
+        lines.append(f"pipeline_tag: {spec.pipeline_tag}")
     lines.append("tags:")
     lines += [f"- {_q(t)}" for t in tags]
     if datasets:
@@ -92,7 +89,7 @@ def _front_matter(meta: Mapping, metrics: Mapping, task: str, datasets: list[dic
         lines += [f"- {t}" for _, t, _ in present]
         ds_name = ", ".join(d.get("name", "unknown") for d in datasets) or "unknown"
         lines += ["model-index:", f"- name: {_q(name)}", "  results:", "  - task:",
-                  f"      type: {'age-estimation' if task == 'age' else 'image-classification'}",
+                  f"      type: {spec.model_index_type}",
                   f"      name: {_q(TASK_TITLES.get(task, task))}", "    dataset:", f"      name: {_q(ds_name)}",
                   "      type: facelens-split", f"      split: {_q(metrics.get('split', 'test'))}", "    metrics:"]
         for k, t, lab in present:
@@ -136,17 +133,14 @@ def _details(meta: Mapping, task: str) -> str:
     if meta.get("counts"):
         rows.append(("images", ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())))
     rows = [(k, v) for k, v in rows if v is not None]
-    what = ("It returns an age estimate in years with an 80% interval." if task == "age" else
-            "It returns a calibrated probability for the label \"female\" (versus \"male\") of the eye region.")
-    return "## Model details\n\n" + what + "\n\n" + _md_table(["", ""], rows)
+    return "## Model details\n\n" + task_spec(task).returns + "\n\n" + _md_table(["", ""], rows)
 
 
 def _intended(task: str, meta: Mapping) -> str:
     if meta.get("intended_use"):
         return "## Intended use\n\n" + str(meta["intended_use"])
-    what = "age" if task == "age" else "a sex label from the eye region"
-    aggregate = ("the age distribution of a photo archive" if task == "age" else
-                 "how a periocular classifier's errors depend on image quality, colour and crop size")
+    spec = task_spec(task)
+    what, aggregate = spec.estimates, spec.aggregate_example
     return ("## Intended use\n\n"
             f"- Research, teaching and aggregate statistics: studying how well {what} can be estimated from images, "
             "and measuring the errors and biases of such estimates.\n"
@@ -156,25 +150,18 @@ def _intended(task: str, meta: Mapping) -> str:
 
 def out_of_scope_items(task: str) -> list[str]:
     """What the model must not be used for (Markdown bold marks the headline of each item)."""
-    items = [
-        "**No decisions about individuals.** Do not use the outputs to grant or deny access, services, employment, "
-        "credit, insurance, benefits or entry, or for age verification with legal effect.",
-        "**Not for identity verification** or recognition: the model does not and cannot tell who a person is.",
-        "**No sensitive inferences.** Sex and age estimates must not be used to infer sexual orientation, "
-        "criminality, ethnicity or emotion; the model does none of these and must not be extended to.",
-        "No surveillance, tracking or profiling of people, and no use on people who have not agreed to it.",
-    ]
-    if task == "eyes":
-        items += [
-            "**It predicts a binary label from appearance, which does not capture gender identity.** Never use it "
-            "to tell anyone what their gender is, or to question it.",
-            "**Make-up shortcut risk:** in the training data many female eye crops show make-up, so the model may "
-            "partly detect make-up rather than anatomy; expect errors on made-up men and bare-faced women.",
-        ]
-    else:
-        items.append("Not for estimating the age of children for child-safety or legal-age decisions: the errors "
-                     "are years wide.")
-    return items
+    return [*OUT_OF_SCOPE, *CARD_TEXTS[task_spec(task).name].out_of_scope]
+
+
+#: What no facelens model may be used for, whatever its task.
+OUT_OF_SCOPE = (
+    "**No decisions about individuals.** Do not use the outputs to grant or deny access, services, employment, "
+    "credit, insurance, benefits or entry, or for age verification with legal effect.",
+    "**Not for identity verification** or recognition: the model does not and cannot tell who a person is.",
+    "**No sensitive inferences.** Sex and age estimates must not be used to infer sexual orientation, "
+    "criminality, ethnicity or emotion; the model does none of these and must not be extended to.",
+    "No surveillance, tracking or profiling of people, and no use on people who have not agreed to it.",
+)
 
 
 def _out_of_scope(task: str) -> str:
@@ -218,13 +205,35 @@ def _evaluation(task: str, metrics: Mapping) -> str:
            "early stopping or calibration."]
     rows = [(lab, metrics[k]) for k, _, lab in _metric_defs(task) if k in metrics]
     out.append(_md_table(["metric", "value"], rows))
-    if task == "age" and metrics.get("by_decade"):
+    texts = CARD_TEXTS[task_spec(task).name]
+    for section in texts.sections:
+        out += section(metrics)
+    for key, rows_by in (metrics.get("by_group") or {}).items():
+        (h1, k1), (h2, k2) = texts.group_columns
+        table = _md_table([key, "n", h1, h2], [[v, r["n"], r[k1], r.get(k2)] for v, r in rows_by.items()])
+        out.append(f"### By {key}\n\n{table}")
+    for src, sm in (metrics.get("by_source") or {}).items():
+        out.append(f"### Source: {src}\n\n" + _md_table(["metric", "value"],
+                                                         [(lab, sm[k]) for k, _, lab in _metric_defs(task) if k in sm]))
+    return "\n\n".join(out)
+
+
+def _by_decade(metrics: Mapping) -> list[str]:
+    """Age: MAE and bias per true-age decade."""
+    out = []
+    if metrics.get("by_decade"):
         has_cov = any("coverage" in r for r in metrics["by_decade"].values())
         hdr = ["true age", "n", "MAE", "mean signed error"] + (["coverage"] if has_cov else [])
         rows = [[d, r["n"], r["mae"], r["mean_signed_error"]] + ([r.get("coverage")] if has_cov else [])
                 for d, r in metrics["by_decade"].items()]
         out.append("### By true-age decade\n\n" + _md_table(hdr, rows))
-    if task == "age" and metrics.get("by_age_band"):
+    return out
+
+
+def _by_source_and_age_band(metrics: Mapping) -> list[str]:
+    """Age: MAE (bias) per source and true-age band, where a model reading the photo's source shows."""
+    out = []
+    if metrics.get("by_age_band"):
         from facelens.evaluate.metrics import source_band_rows
 
         rows_by_src = source_band_rows(metrics)
@@ -233,7 +242,13 @@ def _evaluation(task: str, metrics: Mapping) -> str:
                    "(+ = too old). A model that reads a photo's source instead of the face shows up here.\n\n"
                    + _md_table(["source", *bands], [[src, *(_band_cell(r.get(b), "mae", "mean_signed_error", "{:+.1f}")
                                                            for b in bands)] for src, r in rows_by_src.items()]))
-    if task == "eyes" and metrics.get("faces"):
+    return out
+
+
+def _whole_faces(metrics: Mapping) -> list[str]:
+    """Eyes: accuracy and ECE of whole faces (both eyes combined) per source and age band."""
+    out = []
+    if metrics.get("faces"):
         faces = metrics["faces"]
         rows_by_src = {"all": faces} | (faces.get("by_source") or {})
         bands = list(dict.fromkeys(b for r in rows_by_src.values() for b in (r.get("by_group") or {}).get("age_band", {})))
@@ -245,23 +260,18 @@ def _evaluation(task: str, metrics: Mapping) -> str:
                                  *(_band_cell((r.get("by_group") or {}).get("age_band", {}).get(b), "accuracy", "ece", "{:.3f}")
                                    for b in bands)] for src, r in rows_by_src.items()]))
         out.append(_ece_floor_table(rows_by_src, bands))
-    if task == "eyes" and metrics.get("confusion"):
+    return out
+
+
+def _confusion(metrics: Mapping) -> list[str]:
+    """Eyes: the confusion matrix of single crops."""
+    out = []
+    if metrics.get("confusion"):
         c = metrics["confusion"]
         out.append("### Confusion matrix (positive = female)\n\n"
                    + _md_table(["", "predicted male", "predicted female"],
                                [["true male", c["tn"], c["fp"]], ["true female", c["fn"], c["tp"]]]))
-    for key, rows_by in (metrics.get("by_group") or {}).items():
-        if task == "age":
-            table = _md_table([key, "n", "MAE", "mean signed error"],
-                              [[v, r["n"], r["mae"], r["mean_signed_error"]] for v, r in rows_by.items()])
-        else:
-            table = _md_table([key, "n", "accuracy", "balanced accuracy"],
-                              [[v, r["n"], r["accuracy"], r.get("balanced_accuracy")] for v, r in rows_by.items()])
-        out.append(f"### By {key}\n\n{table}")
-    for src, sm in (metrics.get("by_source") or {}).items():
-        out.append(f"### Source: {src}\n\n" + _md_table(["metric", "value"],
-                                                         [(lab, sm[k]) for k, _, lab in _metric_defs(task) if k in sm]))
-    return "\n\n".join(out)
+    return out
 
 
 def _ece_floor_table(rows_by_src: dict[str, dict], bands: list[str]) -> str:
@@ -302,31 +312,69 @@ def _limitations(task: str, metrics: Mapping) -> str:
         low_cov = [d for d, r in big.items() if r.get("coverage") is not None and r["coverage"] < 0.7]
         if low_cov:
             items.append("The 80% interval covers fewer than 70% of true ages for " + ", ".join(low_cov) + ".")
+    texts = CARD_TEXTS[task_spec(task).name]
     for key, rows in (metrics.get("by_group") or {}).items():
-        field = "mae" if task == "age" else "accuracy"
+        field = task_spec(task).primary_metric
         rows = {v: r for v, r in rows.items() if r.get("n", 0) >= 5 and r.get(field) is not None}
         if len(rows) >= 2:
             lo = min(rows, key=lambda v: rows[v][field])
             hi = max(rows, key=lambda v: rows[v][field])
             items.append(f"By {key}: {field} ranges from {rows[lo][field]:.3g} ({lo}, n = {rows[lo]['n']}) to "
                          f"{rows[hi][field]:.3g} ({hi}, n = {rows[hi]['n']}).")
-    if task == "eyes" and isinstance(metrics.get("ece"), float):
+    if texts.ece_limitation and isinstance(metrics.get("ece"), float):
         items.append(f"Calibration on the evaluation split: ECE {metrics['ece']:.3f}; probabilities near 0.5 mean "
                      "the model cannot tell.")
-    if task == "age":
-        items += ["Age labels in public datasets are annotated from photos and noisy; apparent age differs from "
-                  "real age with make-up, lighting, expression and image quality.",
-                  "The training data under-represents some ages and groups; results for them are less reliable."]
-    else:
-        items += ["Single-eye crops carry little information; glasses, blur, low resolution and grayscale images "
-                  "reduce accuracy.",
-                  "The eye datasets have no person ids; related crops of one person can only be kept apart "
-                  "approximately, so measured accuracy may still be optimistic.",
-                  "The label is a binary female/male annotation from web data; it excludes intersex and "
-                  "non-binary people and may itself be wrong."]
+    items += texts.limitations
     items.append("Performance on photos unlike the training data (other cameras, ages, populations, crops) is "
                  "unknown: measure it on your own data before relying on it.")
     return "## Limitations and biases\n\n" + "\n".join(f"- {i}" for i in items)
+
+
+@dataclass(frozen=True)
+class CardTexts:
+    """The parts of a task's model card that are prose or code rather than the spec's data (``facelens.tasks``)."""
+
+    #: Out-of-scope uses beyond ``OUT_OF_SCOPE``, which holds for every task.
+    out_of_scope: tuple[str, ...]
+    #: Known limitations, listed after those the metrics show.
+    limitations: tuple[str, ...]
+    #: Evaluation sections written from the metrics (each gives zero or more Markdown blocks), in order.
+    sections: tuple[Callable[[Mapping], list[str]], ...]
+    #: Columns of the per-group tables after the group and n: (header, metric key), twice.
+    group_columns: tuple[tuple[str, str], tuple[str, str]]
+    #: Whether the limitations quote the calibration error (ECE) of a probability the task returns.
+    ece_limitation: bool = False
+
+
+#: Per task (``facelens.tasks.TASKS``): ``tests/test_tasks.py`` checks every task has its texts.
+CARD_TEXTS: dict[str, CardTexts] = {
+    "age": CardTexts(
+        out_of_scope=("Not for estimating the age of children for child-safety or legal-age decisions: the errors "
+                      "are years wide.",),
+        limitations=("Age labels in public datasets are annotated from photos and noisy; apparent age differs from "
+                     "real age with make-up, lighting, expression and image quality.",
+                     "The training data under-represents some ages and groups; results for them are less reliable."),
+        sections=(_by_decade, _by_source_and_age_band),
+        group_columns=(("MAE", "mae"), ("mean signed error", "mean_signed_error")),
+    ),
+    "eyes": CardTexts(
+        out_of_scope=(
+            "**It predicts a binary label from appearance, which does not capture gender identity.** Never use it "
+            "to tell anyone what their gender is, or to question it.",
+            "**Make-up shortcut risk:** in the training data many female eye crops show make-up, so the model may "
+            "partly detect make-up rather than anatomy; expect errors on made-up men and bare-faced women.",
+        ),
+        limitations=("Single-eye crops carry little information; glasses, blur, low resolution and grayscale images "
+                     "reduce accuracy.",
+                     "The eye datasets have no person ids; related crops of one person can only be kept apart "
+                     "approximately, so measured accuracy may still be optimistic.",
+                     "The label is a binary female/male annotation from web data; it excludes intersex and "
+                     "non-binary people and may itself be wrong."),
+        sections=(_whole_faces, _confusion),
+        group_columns=(("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy")),
+        ece_limitation=True,
+    ),
+}
 
 
 def _reproduce(meta: Mapping) -> str:
@@ -362,8 +410,8 @@ def render_model_card(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None
     ``meta['commands']`` lists the commands that reproduce the model.
     """
     task = str(meta.get("task", "age"))
-    if task not in TASK_TITLES:
-        raise ValueError(f"unknown task {task!r}: expected 'age' or 'eyes'")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: expected {' or '.join(repr(t) for t in TASKS)}")
     metrics = dict(metrics if metrics is not None else meta.get("metrics") or {})
     datasets = _datasets(meta)
     name = meta.get("name") or f"facelens-{task}"

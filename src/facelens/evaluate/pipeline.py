@@ -10,6 +10,7 @@ difference from the first (bootstrap interval), so a gap can be told from sampli
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,10 @@ from facelens.evaluate.metrics import paired_difference, source_band_rows
 from facelens.evaluate.overlap import in_sample_warning
 from facelens.evaluate.scoring import compute_metrics, headline
 from facelens.fileio import write_json_atomic
-from facelens.infer.postprocess import decode_age, decode_eyes
+from facelens.infer.postprocess import MetaLike, decode_age, decode_eyes
 from facelens.infer.predictor import load_predictor
+from facelens.models.meta import ModelMeta
+from facelens.tasks import task_spec
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
@@ -45,16 +48,17 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
         raise ValueError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     if not models:
         raise ValueError("give at least one --model")
+    evaluation = EVALUATIONS[task_spec(task).name]
     preds = [load_predictor(m, backend=backend) for m in models]
     for m, p in zip(models, preds, strict=True):
-        if p.meta["task"] != task:
-            raise ValueError(f"{m}: is a {p.meta['task']!r} model, not {task!r}")
+        if p.model_meta.task != task:
+            raise ValueError(f"{m}: is a {p.model_meta.task!r} model, not {task!r}")
     warnings = [w for m, p in zip(models, preds, strict=True) if (w := in_sample_warning(m, p.meta, data, split))]
     for w in warnings:
         log(f"warning: {w}")
     ref = preds[0].meta["split"]
     prep = prepare_records(task, data, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=log,
-                           female=_class_for(preds[0].meta, 1), male=_class_for(preds[0].meta, 0))
+                           female=_class_for(preds[0].model_meta, 1), male=_class_for(preds[0].model_meta, 0))
     chosen = np.arange(len(prep.records)) if split == "all" else np.flatnonzero(prep.splits == split)
     if len(chosen) == 0:
         raise DatasetError(f"the {split} split of {', '.join(data)} is empty")
@@ -63,39 +67,27 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
     losses: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # label -> (record positions, per-image loss)
     seen: set[str] = set()
     for path, pred in zip(models, preds, strict=True):
-        cs, pos = prep.model_crops(chosen, pred.meta)
+        cs, pos = prep.model_crops(chosen, pred.model_meta)
         if cs.failures:
             log(f"{len(cs.failures)} images gave no crop and are not scored, e.g. {cs.failures[:3]}")
         outputs = pred(cs.crops)
         y = prep.targets[pos]
         groups = record_groups(task, prep, cs.crops, pos)
-        m = compute_metrics(task, outputs, y, pred.meta, groups)
+        m = compute_metrics(task, outputs, y, pred.model_meta, groups)
         m |= {"split": split, "n_images": int(len(chosen)), "n_scored": int(len(pos)), "model": str(path)}
         label = _model_label(path, pred.meta, seen)
         metrics_by_model[label] = m
-        if task == "age":
-            value, low, high = decode_age(outputs, pred.meta)
-            arrays_by_model[label] = {"y_true": y, "y_pred": value, "low": low, "high": high, "groups": groups}
-            abs_err = np.abs(value - y)
-            losses[label] = (pos, abs_err)
-            worst = np.argsort(-abs_err)[:12]
-            gallery = gallery if gallery else [(cs.crops[i], f"true {y[i]:.0f}, pred {value[i]:.0f}") for i in worst]
-        else:
-            p = decode_eyes(outputs, pred.meta)
-            arrays_by_model[label] = {"y_true": y, "p_female": p, "groups": groups}
-            wrong = (p >= 0.5) != (y >= 0.5)
-            losses[label] = (pos, wrong.astype(np.float64))
-            conf_wrong = np.flatnonzero(wrong)
-            conf_wrong = conf_wrong[np.argsort(-np.abs(p[conf_wrong] - 0.5))][:12]
-            names = {1: "female", 0: "male"}
-            gallery = gallery or [(cs.crops[i], f"true {names[int(y[i])]}, P(female) {p[i]:.2f}") for i in conf_wrong]
+        scored = evaluation.score(outputs, y, cs.crops, groups, pred.model_meta)
+        arrays_by_model[label] = scored.arrays
+        losses[label] = (pos, scored.loss)
+        gallery = gallery or scored.gallery  # the first model's worst cases
         echo(f"{label}: {headline(task, m)}")
-        if task == "age":
-            echo(age_band_table(m))
-            if context_check > 0:
-                m["context_check"] = run_context_check(pred, prep, chosen, context_check, log)
-                for line in context_lines(m["context_check"]):
-                    echo(line)
+        if evaluation.details is not None:
+            echo(evaluation.details(m))
+        if evaluation.context_check and context_check > 0:
+            m["context_check"] = run_context_check(pred, prep, chosen, context_check, log)
+            for line in context_lines(m["context_check"]):
+                echo(line)
     result = {"task": task, "split": split, "data": data, "models": metrics_by_model, "warnings": warnings}
     if len(losses) > 1:
         result["paired"] = paired_comparisons(losses, prep.sources)
@@ -107,7 +99,7 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
     if report_dir:
         from facelens.evaluate import report as rep
 
-        writer = rep.write_age_report if task == "age" else rep.write_eye_report
+        writer = getattr(rep, evaluation.report_writer)
         html = writer(report_dir, metrics_by_model, arrays_by_model, gallery_items=gallery,
                       paired=result.get("paired"))
         log(f"report written to {html}")
@@ -159,7 +151,7 @@ def paired_comparisons(losses: dict[str, tuple[np.ndarray, np.ndarray]], sources
 
 
 def _paired_line(task: str, label: str, cmp: dict) -> str:
-    what, unit = ("MAE", " years") if task == "age" else ("error rate", "")
+    what, unit = EVALUATIONS[task_spec(task).name].loss
 
     def fmt(d: dict) -> str:
         return f"{d['difference']:+.3f}{unit} [95%: {d['low']:+.3f}, {d['high']:+.3f}], n = {d['n']}"
@@ -168,6 +160,58 @@ def _paired_line(task: str, label: str, cmp: dict) -> str:
     return f"{label} minus {cmp['against']}, {what} on the same images: " + " | ".join(parts)
 
 
-def _class_for(meta: dict, value: int) -> str | None:
-    cmap = meta.get("class_map") or {}
+def _class_for(meta: ModelMeta, value: int) -> str | None:
+    cmap = meta.class_map or {}
     return next((k for k, v in cmap.items() if v == value), None)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model's outputs on the chosen images, as the report and the paired comparison use them."""
+
+    arrays: dict  # what ``evaluate.report`` plots: true values, estimates, groups
+    loss: np.ndarray  # per-image loss (``paired_comparisons``)
+    gallery: list[tuple[np.ndarray, str]]  # the worst cases, with a caption each
+
+
+def _score_age(outputs: np.ndarray, y: np.ndarray, crops: np.ndarray, groups: dict, meta: MetaLike) -> Scored:
+    """Absolute age error per image; the gallery shows the largest errors."""
+    value, low, high = decode_age(outputs, meta)
+    abs_err = np.abs(value - y)
+    worst = np.argsort(-abs_err)[:12]
+    return Scored({"y_true": y, "y_pred": value, "low": low, "high": high, "groups": groups}, abs_err,
+                  [(crops[i], f"true {y[i]:.0f}, pred {value[i]:.0f}") for i in worst])
+
+
+def _score_eyes(outputs: np.ndarray, y: np.ndarray, crops: np.ndarray, groups: dict, meta: MetaLike) -> Scored:
+    """0/1 misclassification per crop; the gallery shows the most confident mistakes."""
+    p = decode_eyes(outputs, meta)
+    wrong = (p >= 0.5) != (y >= 0.5)
+    conf_wrong = np.flatnonzero(wrong)
+    conf_wrong = conf_wrong[np.argsort(-np.abs(p[conf_wrong] - 0.5))][:12]
+    names = {1: "female", 0: "male"}
+    return Scored({"y_true": y, "p_female": p, "groups": groups}, wrong.astype(np.float64),
+                  [(crops[i], f"true {names[int(y[i])]}, P(female) {p[i]:.2f}") for i in conf_wrong])
+
+
+@dataclass(frozen=True)
+class TaskEvaluation:
+    """What ``evaluate_models`` does differently per task, beyond ``scoring`` and ``groups``."""
+
+    score: Callable[[np.ndarray, np.ndarray, np.ndarray, dict, MetaLike], Scored]
+    #: What the paired difference is a difference of (the mean per-image loss), and its unit.
+    loss: tuple[str, str]
+    #: Name of the HTML report writer in ``evaluate.report`` (imported only when a report is asked for).
+    report_writer: str
+    #: Printed under each model's headline (a plain-text table), if any.
+    details: Callable[[dict], str] | None = None
+    #: Whether ``--context-check`` applies (the same face cropped from its photo and from a tight chip).
+    context_check: bool = False
+
+
+#: Per task (``facelens.tasks``); ``tests/test_tasks.py`` checks every task has one.
+EVALUATIONS: dict[str, TaskEvaluation] = {
+    "age": TaskEvaluation(_score_age, ("MAE", " years"), "write_age_report", details=age_band_table,
+                          context_check=True),
+    "eyes": TaskEvaluation(_score_eyes, ("error rate", ""), "write_eye_report"),
+}

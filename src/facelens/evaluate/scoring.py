@@ -8,12 +8,15 @@ card could compare figures that were measured differently.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from facelens.evaluate.calibration import fit_interval_scale, fit_temperature
 from facelens.evaluate.groups import FACE_ID
 from facelens.evaluate.metrics import age_metrics, binary_metrics
-from facelens.infer.postprocess import age_from_bins, decode_age, decode_eyes, decode_face_logits
+from facelens.infer.postprocess import MetaLike, age_from_bins, decode_age, decode_eyes, decode_face_logits
+from facelens.tasks import task_spec
 
 
 def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], groups: dict[str, list] | None = None
@@ -51,15 +54,23 @@ def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, face_ids: list[
     return out
 
 
-def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: dict, groups: dict[str, list[str]]) -> dict:
-    if task == "age":
-        value, low, high = decode_age(outputs, meta)
-        out = age_metrics(y, value, low, high, groups=groups)
-        src = np.asarray(groups.get("source", []))
-        if len(set(src)) > 1:
-            out["by_source"] = {s: age_metrics(y[src == s], value[src == s], low[src == s], high[src == s])
-                                for s in sorted(set(src))}
-        return out
+def compute_metrics(task: str, outputs: np.ndarray, y: np.ndarray, meta: MetaLike, groups: dict[str, list[str]]) -> dict:
+    """Test metrics of a model's raw ``outputs`` against ``y``, broken down by ``groups`` (``METRICS[task]``)."""
+    return METRICS[task_spec(task).name](outputs, y, meta, groups)
+
+
+def _age_metrics(outputs: np.ndarray, y: np.ndarray, meta: MetaLike, groups: dict[str, list[str]]) -> dict:
+    value, low, high = decode_age(outputs, meta)
+    out = age_metrics(y, value, low, high, groups=groups)
+    src = np.asarray(groups.get("source", []))
+    if len(set(src)) > 1:
+        out["by_source"] = {s: age_metrics(y[src == s], value[src == s], low[src == s], high[src == s])
+                            for s in sorted(set(src))}
+    return out
+
+
+def _eye_metrics(outputs: np.ndarray, y: np.ndarray, meta: MetaLike, groups: dict[str, list[str]]) -> dict:
+    """Single crops, and whole faces (their eyes' mean logit, as ``predict`` answers) where crops were cut from faces."""
     face_ids = groups.get(FACE_ID)
     crop_groups = {k: v for k, v in groups.items() if k != FACE_ID}
     p_crop = decode_eyes(outputs, meta)
@@ -90,12 +101,24 @@ def _fmt(v, spec: str) -> str:
 
 def headline(task: str, m: dict) -> str:
     """One line of the key test numbers (undefined metrics, e.g. R² of constant ages, show as n/a)."""
-    if task == "age":
-        s = f"MAE {_fmt(m['mae'], '.2f')}, RMSE {_fmt(m['rmse'], '.2f')}, R² {_fmt(m['r2'], '.3f')}, CS@5 {_fmt(m['cs5'], '.3f')}"
-        if m.get("coverage") is not None:
-            s += f", 80% interval coverage {m['coverage']:.3f}"
-        for src, sm in m.get("by_source", {}).items():
-            s += f" | {src}: MAE {_fmt(sm['mae'], '.2f')} RMSE {_fmt(sm['rmse'], '.2f')} R² {_fmt(sm['r2'], '.3f')}"
-        return s
+    return HEADLINES[task_spec(task).name](m)
+
+
+def _age_headline(m: dict) -> str:
+    s = f"MAE {_fmt(m['mae'], '.2f')}, RMSE {_fmt(m['rmse'], '.2f')}, R² {_fmt(m['r2'], '.3f')}, CS@5 {_fmt(m['cs5'], '.3f')}"
+    if m.get("coverage") is not None:
+        s += f", 80% interval coverage {m['coverage']:.3f}"
+    for src, sm in m.get("by_source", {}).items():
+        s += f" | {src}: MAE {_fmt(sm['mae'], '.2f')} RMSE {_fmt(sm['rmse'], '.2f')} R² {_fmt(sm['r2'], '.3f')}"
+    return s
+
+
+def _eye_headline(m: dict) -> str:
     return (f"accuracy {_fmt(m['accuracy'], '.4f')}, balanced {_fmt(m['balanced_accuracy'], '.4f')}, "
             f"ROC-AUC {_fmt(m['roc_auc'], '.4f')}, ECE {_fmt(m['ece'], '.4f')}")
+
+
+#: Per task (``facelens.tasks``): its test metrics from raw outputs, and their one-line summary.
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray, MetaLike, dict[str, list[str]]], dict]] = {
+    "age": _age_metrics, "eyes": _eye_metrics}
+HEADLINES: dict[str, Callable[[dict], str]] = {"age": _age_headline, "eyes": _eye_headline}

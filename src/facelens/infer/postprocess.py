@@ -10,9 +10,13 @@ quantiles (split conformal). Eyes: sigmoid(logit / T) with T fitted on validatio
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
 
 from facelens.agebins import AGE_MIN, NUM_AGE_BINS
+from facelens.models.meta import Decoding, decoding_of
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -77,23 +81,34 @@ def combine_eye_probabilities(p: list[float]) -> float:
     return float(sigmoid(np.mean(np.log(arr / (1 - arr)))))
 
 
-def decode_age(outputs: np.ndarray, meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+#: A model's metadata as the decoders take it: typed (``ModelMeta``, ``Decoding``) or a dict, whole or
+#: just the calibration (``evaluate.scoring.calibrate``); missing keys take ``Decoding``'s defaults.
+MetaLike = Decoding | Mapping[str, Any]
+
+
+def decode_age(outputs: np.ndarray, meta: MetaLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(value, low, high) for a model's raw outputs, using the calibration stored in its metadata."""
-    if meta["head"] == "age-bins":
-        return age_from_bins(outputs, meta.get("interval", 0.8), meta.get("interval_scale", 1.0))
-    return age_from_regression(outputs, tuple(meta.get("residual_q", (-5.0, 5.0))))
+    m = decoding_of(meta)
+    if m.head == "age-bins":
+        return age_from_bins(outputs, m.interval, m.interval_scale)
+    return age_from_regression(outputs, (m.residual_q[0], m.residual_q[1]))
 
 
-def decode_eyes(outputs: np.ndarray, meta: dict) -> np.ndarray:
+def decode_eyes(outputs: np.ndarray, meta: MetaLike) -> np.ndarray:
     """Calibrated P(female) for a binary model's raw logits."""
-    return p_female_from_logits(outputs, meta.get("temperature", 1.0))
+    return p_female_from_logits(outputs, decoding_of(meta).temperature)
 
 
-def decode_face_logits(face_logits: np.ndarray, meta: dict) -> np.ndarray:
+def decode_face_logits(face_logits: np.ndarray, meta: MetaLike) -> np.ndarray:
     """Calibrated P(female) of whole faces from the mean logit of their eye crops.
 
     Models trained on crops cut from faces carry a ``face_temperature`` fitted on such faces; older
     ones fall back to the single-crop temperature, which makes this the mean of the eyes' calibrated
     log-odds (``combine_eye_probabilities``).
     """
-    return p_female_from_logits(face_logits, meta.get("face_temperature", meta.get("temperature", 1.0)))
+    return p_female_from_logits(face_logits, decoding_of(meta).face_logit_temperature)
+
+
+#: The per-crop decoder of each task (``facelens.tasks``): raw outputs -> the task's estimate
+#: (age: (value, low, high); eyes: P(female)). ``tests/test_tasks.py`` checks every task has one.
+DECODERS: dict[str, Callable[[np.ndarray, MetaLike], Any]] = {"age": decode_age, "eyes": decode_eyes}

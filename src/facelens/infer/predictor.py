@@ -15,12 +15,18 @@ import numpy as np
 
 from facelens.devices import check_device_name, check_session_device, onnx_providers, resolve_device
 from facelens.errors import DeviceError, ModelLoadError
+from facelens.models.meta import ModelMeta
 
 META_KEY = "facelens_meta"
 
 
 class Predictor:
-    """Raw outputs for (N, S, S, 3) uint8 crops. ``meta`` describes the model."""
+    """Raw outputs for (N, S, S, 3) uint8 crops.
+
+    ``meta`` is the model's metadata dict exactly as its file stores it (callers that write it back,
+    such as export and the model cards, need every key); ``model_meta`` is the same, typed and with
+    the defaults of missing keys (``facelens.models.meta.ModelMeta``): read fields from there.
+    """
 
     meta: dict
     backend: str
@@ -29,14 +35,24 @@ class Predictor:
     def __call__(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
         if len(crops) == 0:
             return np.zeros((0, self.num_outputs), np.float32)
-        size = self.meta["input_size"]
+        size = self.model_meta.input_size
         if crops.shape[1:] != (size, size, 3):
-            raise ValueError(f"{self.meta['name']} expects {size}x{size}x3 crops, got {crops.shape[1:]}")
+            raise ValueError(f"{self.model_meta.name} expects {size}x{size}x3 crops, got {crops.shape[1:]}")
         return np.concatenate([self._run(crops[s : s + batch_size]) for s in range(0, len(crops), batch_size)])
 
     @property
+    def model_meta(self) -> ModelMeta:
+        """``meta`` typed; parsed once per ``meta`` object (a predictor given a new dict parses that, but a
+        change made inside the same dict is not seen: copy it, as export does, instead of editing it)."""
+        cached = self.__dict__.get("_model_meta")
+        if cached is None or cached[0] is not self.meta:
+            cached = (self.meta, ModelMeta.from_dict(self.meta))
+            self.__dict__["_model_meta"] = cached
+        return cached[1]
+
+    @property
     def num_outputs(self) -> int:
-        return 101 if self.meta["head"] == "age-bins" else 1
+        return self.model_meta.num_outputs
 
     def _run(self, crops: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -56,11 +72,11 @@ class TorchPredictor(Predictor):
         ck = load_checkpoint(path)  # weights only: a model file cannot run code (ModelLoadError names it)
         try:
             self.meta = ck["meta"]
-            model = create_model(self.meta["arch"], self.meta["task"], pretrained=False)
+            model = create_model(self.model_meta.arch, self.model_meta.task, pretrained=False)
             model.load_state_dict(ck["state_dict"])
-        except Exception as exc:  # missing keys, wrong shapes, unknown architectures
+        except Exception as exc:  # missing keys, wrong shapes, unknown architectures, invalid metadata
             raise ModelLoadError(f"{path}: not a facelens PyTorch model ({type(exc).__name__}: {exc})") from exc
-        if self.meta.get("tta", "flip-average") == "flip-average":
+        if self.model_meta.tta == "flip-average":
             model = FlipAverage(model)
         self.model = model.to(torch.device(self.device)).eval()
         self._torch = torch
@@ -109,6 +125,10 @@ class OnnxPredictor(Predictor):
         if META_KEY not in props:
             raise ModelLoadError(f"{path}: ONNX file has no facelens metadata; export it with `facelens export`")
         self.meta = json.loads(props[META_KEY])
+        try:
+            self.model_meta  # noqa: B018 - validated now, so a broken file is named at load time
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise ModelLoadError(f"{path}: the facelens metadata of this ONNX file is incomplete ({exc})") from exc
         self.input_name = self.session.get_inputs()[0].name
 
     def _run(self, crops: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from facelens.tasks import task_spec
+
 
 def export_flags(meta: dict) -> list[str]:
     """``facelens export`` options that rebuild an exported variant described by its metadata."""
@@ -41,7 +43,7 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
     cmd += f" --ema-decay {cfg.get('ema_decay', 0.0)}"  # explicit: the default differs by task
     cmd += f" --frozen-blocks {cfg.get('frozen_blocks', 0)}"
     cmd += f" --weight-decay {cfg.get('weight_decay', 1e-4)} --precision {cfg.get('precision', 'fp32')}"
-    if cfg["task"] == "age":
+    if task_spec(cfg["task"]).crop_kind == "face":
         cmd += f" --face-crop {cfg.get('face_crop', 'loose')}"
     else:
         cmd += f" --eye-crop {cfg.get('eye_crop', 'tight')}"

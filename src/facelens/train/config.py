@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from facelens.data.splits import DEFAULT_FRACTIONS
+from facelens.tasks import TASKS as TASK_SPECS
 
-TASKS = ("age", "eyes")
+TASKS = tuple(TASK_SPECS)  # the task names (``facelens.tasks`` holds what differs between them)
 
 #: Defaults that differ by task: the recipes the shipped models were trained with (README).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -46,6 +46,7 @@ from facelens.face.align import FACE_TEMPLATES, parse_eye_geometry
 from facelens.fileio import atomic_write_with, write_bytes_atomic, write_json_atomic
 from facelens.models.factory import check_frozen_blocks, create_model, default_input_size, head_of
 from facelens.models.wrappers import FlipAverage
+from facelens.tasks import task_spec
 from facelens.train import distributed as ddp
 from facelens.train.augment import AUGMENT_PRESETS
 from facelens.train.config import TrainRequest
@@ -177,7 +178,7 @@ class ArchData:
 def _arch_data(req: TrainRequest, arch: str, prep: PreparedData, out: Path, env: ddp.DistEnv | None, log,
                size: int) -> ArchData:
     """Crops at the architecture's input size (``--max-images`` applied first), failures written beside the model."""
-    kind = "face" if req.task == "age" else "eye"
+    kind = task_spec(req.task).crop_kind
     # --max-images caps each split *before* cropping, so quick trials skip detection on the rest.
     use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
                                   for s in ("train", "val", "test")]))
@@ -214,8 +215,9 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
     many = len(set(d.sources.tolist())) > 1
     weights = None
     if req.balance == "source" and many:
-        weights = balanced_weights(d.sources[idx["train"]], d.y[idx["train"]], bin_width=5.0 if req.task == "age" else 0.0)
-        log(f"[{arch}] sampling balanced by source within each {'5-year age bin' if req.task == 'age' else 'class'} "
+        spec = task_spec(req.task)
+        weights = balanced_weights(d.sources[idx["train"]], d.y[idx["train"]], bin_width=spec.balance_bin_width)
+        log(f"[{arch}] sampling balanced by source within each {spec.balance_unit} "
             f"(weights {weights.min():.2f}-{weights.max():.2f}); validation: mean of the per-source scores")
     summary = fit(model, d.crops[idx["train"]], d.y[idx["train"]], d.crops[idx["val"]], d.y[idx["val"]], cfg,
                   out / arch, device, resume=req.resume, log=log, train_weights=weights,
@@ -230,7 +232,10 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
 
 def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: str, prep: PreparedData, d: ArchData,
                 summary: dict, device: torch.device, env: ddp.DistEnv | None) -> dict:
-    """The metadata a trained model carries: what it is, the crop it expects, its split and how it was trained."""
+    """The metadata a trained model carries: what it is, the crop it expects, its split and how it was trained.
+
+    A plain dict, as stored in model.pt and meta.json (``facelens.models.meta.ModelMeta`` reads it)."""
+    spec = task_spec(req.task)
     return {
         "name": f"facelens-{req.task}-{arch}",
         "facelens_version": __version__,
@@ -240,9 +245,9 @@ def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: st
         "head": head,
         "input_size": size,
         "pipeline": PIPELINE_VERSION,
-        "crop": asdict(FACE_TEMPLATES[req.face_crop]) if req.task == "age" else None,
-        "eye_crop": asdict(parse_eye_geometry(req.eye_crop)) if req.task == "eyes" else None,
-        "positive_class": "female" if req.task == "eyes" else None,
+        "crop": asdict(FACE_TEMPLATES[req.face_crop]) if spec.crop_kind == "face" else None,
+        "eye_crop": asdict(parse_eye_geometry(req.eye_crop)) if spec.crop_kind == "eye" else None,
+        "positive_class": spec.positive_class,
         "class_map": prep.class_map,
         "tta": "flip-average",
         "split": {"strategy": strategy, "seed": req.seed, "fractions": list(req.fractions),

@@ -1,0 +1,124 @@
+"""A model's metadata, typed: what a trained model says about itself (issue #19).
+
+Every facelens model carries a JSON object describing it: embedded in an ONNX file under the key
+``facelens_meta``, stored as ``ck["meta"]`` in a ``.pt`` checkpoint and written beside both as
+``meta.json`` / ``models/*.json``. It used to be read as a plain dict with ``.get(...)`` defaults
+scattered over the predictor, the decoders and the API, so two readers could disagree on what a
+missing key means. ``ModelMeta`` states each field the code reads once, with its default (cf. timm's
+typed ``PretrainedCfg``).
+
+Why ``extra="allow"`` and ``to_dict``: files written by older or newer versions carry keys this
+class does not know; they are kept, and ``ModelMeta.from_dict(d).to_dict() == d`` (same keys, same
+order, same values) for every shipped model (``tests/test_model_meta.py``), so re-exporting or
+re-carding a model never loses or rewrites what it said about itself.
+
+Torch-free on purpose: the ONNX-only prediction path reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from facelens.agebins import NUM_AGE_BINS
+from facelens.tasks import TaskSpec, task_spec
+
+
+class Decoding(BaseModel):
+    """The part of the metadata that turns raw outputs into estimates: the head and its calibration.
+
+    Why a class of its own: decoding is also asked of calibration results alone (``evaluate.scoring.calibrate``
+    returns e.g. ``{"temperature": T}``), which are not whole model descriptions. The defaults are those
+    of an uncalibrated model.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: ``age-bins``, ``regression`` or ``binary`` (``models.factory``); None only in calibration results.
+    head: str | None = None
+    #: Probability the age interval is meant to hold.
+    interval: float = 0.8
+    #: Factor the age-bins interval is stretched by, fitted on validation data.
+    interval_scale: float = 1.0
+    #: Regression head: validation residual quantiles giving the interval (split conformal).
+    residual_q: list[float] = [-5.0, 5.0]
+    #: Binary head: temperature of single crops.
+    temperature: float = 1.0
+    #: Binary head: temperature of a face's mean eye logit; None: older models, which use ``temperature``.
+    face_temperature: float | None = None
+
+    @property
+    def face_logit_temperature(self) -> float:
+        """The temperature for whole faces (the mean logit of their eyes), falling back to the single-crop one."""
+        return self.temperature if self.face_temperature is None else self.face_temperature
+
+
+def decoding_of(meta: Decoding | Mapping[str, Any]) -> Decoding:
+    """``meta`` as ``Decoding``: typed metadata as it is, a dict (whole or partial) validated."""
+    return meta if isinstance(meta, Decoding) else Decoding.model_validate(dict(meta))
+
+
+class ModelMeta(Decoding):
+    """Everything facelens reads from a model's metadata; unknown keys are kept (``extra="allow"``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    task: str
+    head: str
+    input_size: int
+    #: ``models.factory.ARCHS`` key; every trained model names it (None only in hand-made test doubles).
+    arch: str | None = None
+    facelens_version: str | None = None
+    created: str | None = None
+    #: Version of the detection + alignment pipeline the crops came from (``data.crops.PIPELINE_VERSION``).
+    pipeline: str | None = None
+    #: Face template of an age model (``face.align.FaceTemplate.from_meta``); None: the loose crop of old models.
+    crop: dict[str, Any] | None = None
+    #: Eye crop geometry of an eye model (``face.align.EyeCropGeometry.from_meta``); None: the tight crop.
+    eye_crop: dict[str, Any] | None = None
+    positive_class: str | None = None
+    #: Class folder name -> 1 (female) / 0 (male) for eye models trained on class folders.
+    class_map: dict[str, int] | None = None
+    #: ``flip-average`` (inside the ONNX graph, added around a PyTorch model) or ``none``.
+    tta: str = "flip-average"
+    precision: str = "fp32"
+    #: How the model's data was split: strategy, seed, fractions, block_size (``data.prepare``).
+    split: dict[str, Any] | None = None
+    data: list[str] | None = None
+    layouts: list[str] | None = None
+    counts: dict[str, int] | None = None
+    training: dict[str, Any] | None = None
+    #: Test metrics (``evaluate.scoring.compute_metrics``) with the split they were measured on.
+    metrics: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
+
+    _order: tuple[str, ...] = PrivateAttr(default=())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelMeta:
+        """Validate a metadata dict (as stored in a model file); its key order is kept for ``to_dict``."""
+        meta = cls.model_validate(dict(d))
+        meta._order = tuple(d)
+        return meta
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata as stored: the keys given to ``from_dict`` in their order, unset defaults left out."""
+        dumped = self.model_dump(exclude_unset=True)
+        ordered = {k: dumped[k] for k in self._order if k in dumped}
+        return ordered | {k: v for k, v in dumped.items() if k not in ordered}
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The task's spec (``facelens.tasks``); ValueError for a task this version does not know."""
+        return task_spec(self.task)
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the raw output: one logit per age bin for ``age-bins``, else one number."""
+        return NUM_AGE_BINS if self.head == "age-bins" else 1
+
+
+__all__ = ["Decoding", "ModelMeta", "decoding_of"]
