@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from facelens.agebins import NUM_AGE_BINS
+from facelens.agebins import head_width
 from facelens.models.seed import SeedCNN, SeedXception
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,7 +86,7 @@ def _spec(arch: str, task: str) -> ArchSpec:
 
 
 def num_outputs(head: str) -> int:
-    return NUM_AGE_BINS if head == "age-bins" else 1
+    return head_width(head)
 
 
 def check_frozen_blocks(arch: str, task: str, n: int, pretrained: bool) -> None:

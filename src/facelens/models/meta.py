@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from facelens.agebins import NUM_AGE_BINS
+from facelens.agebins import head_width
 from facelens.tasks import TaskSpec, task_spec
 
 
@@ -118,7 +118,7 @@ class ModelMeta(Decoding):
     @property
     def num_outputs(self) -> int:
         """Width of the raw output: one logit per age bin for ``age-bins``, else one number."""
-        return NUM_AGE_BINS if self.head == "age-bins" else 1
+        return head_width(self.head)
 
 
 __all__ = ["Decoding", "ModelMeta", "decoding_of"]
