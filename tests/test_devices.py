@@ -183,7 +183,8 @@ def test_predict_with_device_auto_runs_on_every_backend(demo_photo: Path, backen
     assert record["faces"][0]["age"] is not None and record["faces"][0]["sex"] is not None
 
 
-@pytest.mark.parametrize("command", [["predict", "PHOTO"], ["predict-eyes", "PHOTO"], ["serve"]])
+@pytest.mark.parametrize("command", [["predict", "PHOTO"], ["predict-eyes", "PHOTO"], ["serve"],
+                                     ["evaluate", "age", "--data", "PHOTO"], ["evaluate", "eyes", "--data", "PHOTO"]])
 @pytest.mark.parametrize("backend", [[], ["--backend", "torch"]], ids=["auto", "torch"])
 def test_an_unknown_device_is_one_clear_error_everywhere(demo_photo: Path, command: list[str], backend: list[str]) -> None:
     args = [str(demo_photo) if a == "PHOTO" else a for a in command]
@@ -192,6 +193,17 @@ def test_an_unknown_device_is_one_clear_error_everywhere(demo_photo: Path, comma
     assert isinstance(res.exception, SystemExit), res.exception  # refused, not crashed
     assert "error: --device must be auto, cpu, cuda or cuda:N, got 'gpu'" in res.stderr
     assert "Traceback" not in res.output and res.stdout == ""
+
+
+def test_evaluate_runs_with_device_auto(demo_photo: Path, tmp_path: Path) -> None:
+    """``evaluate`` takes ``--device`` like ``predict`` (a one-photo folder-per-age set, scored whole)."""
+    _shipped_models_or_skip("onnx")
+    (tmp_path / "40").mkdir()
+    Image.open(demo_photo).save(tmp_path / "40" / "astronaut.png")
+    out = tmp_path / "metrics.json"
+    res = _cli(["evaluate", "age", "--data", str(tmp_path), "--split", "all", "--device", "auto", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert next(iter(json.loads(out.read_text())["models"].values()))["n_scored"] == 1
 
 
 def test_serve_resolves_the_device_before_the_server_starts(monkeypatch) -> None:

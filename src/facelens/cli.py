@@ -482,7 +482,7 @@ def cross_source(
 
 
 def _evaluate(task: str, models: list[Path] | None, data: list[str], split: str, report: Path | None, out: Path | None,
-              backend: str, context_check: int = 0) -> None:
+              backend: str, device: str, context_check: int = 0) -> None:
     from facelens.api import default_model_path
     from facelens.evaluate.pipeline import evaluate_models
 
@@ -493,7 +493,7 @@ def _evaluate(task: str, models: list[Path] | None, data: list[str], split: str,
         typer.echo(f"no --model given: evaluating the shipped {task} model {default}", err=True)
         models = [default]
     try:
-        evaluate_models(task, models, data, split=split, report_dir=report, out=out, backend=backend,
+        evaluate_models(task, models, data, split=split, report_dir=report, out=out, backend=backend, device=device,
                         log=lambda m: typer.echo(m, err=True), echo=typer.echo, context_check=context_check)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
@@ -509,19 +509,19 @@ _JSON_OUT = Annotated[Path | None, typer.Option("--out", help="metrics JSON file
 
 @evaluate_app.command("age")
 def evaluate_age(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
-                 backend: Backend = "auto",
+                 backend: Backend = "auto", device: Device = "cpu",
                  context_check: Annotated[int, typer.Option(
                      help="also answer N photos per source again as tight UTKFace-style chips and report how far "
                           "the answers move (0 = off)")] = 0) -> None:
     """MAE, RMSE, R², CS@5, signed error, per source x age band, decade, gender, race, interval coverage."""
-    _evaluate("age", model, data, split, report, out, backend, context_check)
+    _evaluate("age", model, data, split, report, out, backend, device, context_check)
 
 
 @evaluate_app.command("eyes")
 def evaluate_eyes(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
-                  backend: Backend = "auto") -> None:
+                  backend: Backend = "auto", device: Device = "cpu") -> None:
     """Accuracy, balanced accuracy, ROC-AUC, ECE, confusion matrix, grayscale vs colour."""
-    _evaluate("eyes", model, data, split, report, out, backend)
+    _evaluate("eyes", model, data, split, report, out, backend, device)
 
 
 @app.command()

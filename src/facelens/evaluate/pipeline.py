@@ -40,7 +40,7 @@ def _model_label(path: Path, meta: dict, seen: set[str]) -> str:
 
 
 def evaluate_models(task: str, models: list[Path], data: list[str], split: str = "test", report_dir: Path | None = None,
-                    out: Path | None = None, backend: str = "auto", log: Callable[[str], None] = print,
+                    out: Path | None = None, backend: str = "auto", device: str = "cpu", log: Callable[[str], None] = print,
                     echo: Callable[[str], None] = print, context_check: int = 0) -> dict:
     """Metrics of each model on ``split`` of ``data`` (see the module doc); ``context_check`` > 0 adds the
     context check (``evaluate.context``) on up to that many photos per source (age models)."""
@@ -49,7 +49,7 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
     if not models:
         raise ValueError("give at least one --model")
     evaluation = EVALUATIONS[task_spec(task).name]
-    preds = [load_predictor(m, backend=backend) for m in models]
+    preds = [load_predictor(m, backend=backend, device=device) for m in models]
     for m, p in zip(models, preds, strict=True):
         if p.model_meta.task != task:
             raise ValueError(f"{m}: is a {p.model_meta.task!r} model, not {task!r}")
