@@ -4,6 +4,7 @@ crop, the context check and leave-one-source-out."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,34 @@ def test_leave_one_source_out_trains_twin_and_left_out_runs_and_resumes(tmp_path
     logs: list[str] = []
     leave_one_source_out(req, out, log=logs.append, echo=lambda m: None)  # a re-run trains nothing
     assert sum("done before" in m for m in logs) == 3
+
+
+def test_leave_one_source_out_for_eyes_scores_whole_faces_and_crops(tmp_path: Path, shared_data: Path) -> None:
+    """The eye recipe: a crop-only source is scored on its crops, a face source on whole faces (both eyes)."""
+    from facelens.train.config import cross_source_recipe
+    from facelens.train.cross_source import leave_one_source_out, table_lines
+
+    kaggle = tmp_path / "data" / "kaggle"
+    for cls in ("femaleeyes", "maleeyes"):
+        (kaggle / cls).mkdir(parents=True)
+        for f in sorted((shared_data / "eyes" / cls).glob("*.jpg"))[:24]:
+            (kaggle / cls / f.name).write_bytes(f.read_bytes())
+    utk = tmp_path / "data" / "utk"
+    utk.mkdir()
+    for f in sorted((shared_data / "utkface").glob("*.jpg"))[::400][:24]:
+        (utk / f.name).write_bytes(f.read_bytes())
+    req = replace(cross_source_recipe("eyes"), data=[str(kaggle), str(utk)], epochs=1, max_steps_per_epoch=1,
+                  batch_size=8, input_size=32, pretrained=False, threads=2, fractions=(0.5, 0.2, 0.3), split="random")
+    result = leave_one_source_out(req, tmp_path / "loso", log=lambda m: None, echo=lambda m: None)
+    rows = result["by_source"]
+    assert result["task"] == "eyes" and set(rows) == {"kaggle", "utk"}
+    assert rows["kaggle"]["in_source"]["unit"] == "crops" and rows["utk"]["in_source"]["unit"] == "faces"
+    for row in rows.values():
+        assert row["left_out"]["error"] == pytest.approx(1 - row["left_out"]["accuracy"])
+        if row["in_source"]["error"] > 0:
+            assert row["error_ratio"] == pytest.approx(row["left_out"]["error"] / row["in_source"]["error"])
+    lines = table_lines(result)
+    assert "error rate, never saw it" in lines[0] and len(lines) == 4
 
 
 def test_face_crops_detect_once_per_file_content_and_rewarp_for_another_template(tmp_path: Path, monkeypatch) -> None:

@@ -49,11 +49,15 @@ def test_every_cli_default_is_the_requests_default(task: str) -> None:
 
 
 def test_cross_source_defaults_are_its_recipes() -> None:
+    """Every option defaults to the short recipe; None means "the task's recipe" (crop size, eye crop)."""
     recipe = cross_source_recipe()
     params = {p.name: p.default for p in typer.main.get_command(app).commands["cross-source"].params}
     for name, value in params.items():
-        if name not in ("data", "out"):
+        if name not in ("data", "out") and value is not None:
             assert value == getattr(recipe, name), f"cross-source --{name}: CLI {value!r} != recipe {getattr(recipe, name)!r}"
+    assert [params["input_size"], params["eye_crop"]] == [None, None]
+    eyes = cross_source_recipe("eyes")
+    assert (eyes.input_size, eyes.eye_crop, eyes.epochs) == (64, TASK_DEFAULTS["eyes"]["eye_crop"], recipe.epochs)
 
 
 def test_task_defaults_fill_only_what_was_not_given() -> None:
