@@ -13,6 +13,9 @@ backwards compatible). One JSON object per input, written as JSON Lines:
      "error": null, "message": null}
 
 Faces are listed in reading order (rows top to bottom, each row left to right).
+The CSV form (``facelens predict --out results.csv``) is a flat view of the same record, one row per
+face, declared once below as ``FLAT_COLUMNS`` (name and path into the JSON form of each column);
+``FLAT_OMITTED`` lists the parts of the record that deliberately have no column.
 ``eyes_disagree`` is true when the two eyes' P(female) lie on opposite sides of 0.5 and differ by
 more than 0.5 (``EYES_DISAGREE_GAP``). ``left``/``right`` are the person's own left and right
 (a subject's left eye appears on the image's right side), as in anatomy and in every landmark
@@ -21,7 +24,8 @@ model we use.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
@@ -151,6 +155,10 @@ class ImageResult(_Wire):
     #: What the models saw (``Analyzer.analyze(..., with_crops=True)``); never serialised.
     crops: list[Any] = Field(default_factory=list, exclude=True, repr=False)
 
+    def flat_rows(self) -> list[dict[str, Any]]:
+        """The CSV rows of this result (see ``FLAT_COLUMNS``): one per face, or one status row."""
+        return flat_rows(self.to_dict())
+
 
 class EyeCropResult(_Frozen):
     """Result of ``predict-eyes`` on one eye crop."""
@@ -172,5 +180,127 @@ class EyeCropResult(_Frozen):
         return None if v is None else round(v, 4)
 
 
+# --- The flat view: one row per face, the columns of the CSV output ---------------------------
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A path step into a list of objects: the one whose ``key`` equals ``value`` (an eye by its side)."""
+
+    key: str
+    value: str
+
+
+PathStep = str | int | Pick
+
+
+@dataclass(frozen=True)
+class FlatColumn:
+    """One column of the flat view.
+
+    ``path`` leads into the JSON form (``to_dict()``, so values are rounded exactly as there):
+    into the image record for ``scope`` "image" (on every row) and "status" (only on the row of
+    a photo without faces or with an error; empty on face rows), into one face for "face" (empty
+    on the status row). "index" is the face's position in ``faces`` (its path is empty).
+    ``one_line`` collapses whitespace runs (newlines included) into single spaces, so every row
+    stays one physical line (``--resume`` relies on it).
+    """
+
+    name: str
+    scope: Literal["image", "index", "face", "status"]
+    path: tuple[PathStep, ...] = ()
+    one_line: bool = False
+
+
+EYE_SIDES: tuple[str, ...] = get_args(EyeEstimate.model_fields["side"].annotation)
+
+#: The CSV columns, in order. A new scalar in the per-face answer gets a column here (or an entry in
+#: ``FLAT_OMITTED``); tests/test_flat_view.py fails until it has one or the other.
+FLAT_COLUMNS: tuple[FlatColumn, ...] = (
+    FlatColumn("path", "image", ("path",)),
+    FlatColumn("face", "index"),
+    FlatColumn("x", "face", ("box", 0)),
+    FlatColumn("y", "face", ("box", 1)),
+    FlatColumn("w", "face", ("box", 2)),
+    FlatColumn("h", "face", ("box", 3)),
+    FlatColumn("score", "face", ("score",)),
+    FlatColumn("age", "face", ("age", "value")),
+    FlatColumn("age_low", "face", ("age", "low")),
+    FlatColumn("age_high", "face", ("age", "high")),
+    FlatColumn("p_female", "face", ("sex", "p_female")),
+    FlatColumn("p_male", "face", ("sex", "p_male")),
+    *(FlatColumn(f"p_female_{side}_eye", "face", ("sex", "eyes", Pick("side", side), "p_female")) for side in EYE_SIDES),
+    FlatColumn("error", "status", ("error",), one_line=True),
+    FlatColumn("message", "status", ("message",), one_line=True),
+)
+
+#: Parts of the JSON form with no CSV column (each path covers everything below it): ``image`` paths
+#: start at the image record, ``face`` paths at one face. Why left out: the CSV keeps to one flat,
+#: stable row per face; the JSON Lines output has everything.
+FLAT_OMITTED: dict[str, tuple[tuple[PathStep, ...], ...]] = {
+    "image": (("schema",), ("width",), ("height",)),
+    "face": (
+        ("landmarks",),
+        ("age", "interval"),
+        ("sex", "eyes_disagree"),
+        ("sex", "caution"),
+        *(("sex", "eyes", Pick("side", side), name) for side in EYE_SIDES for name in ("p_male", "box")),
+    ),
+}
+
+
+def one_line(text: str | None) -> str:
+    """A text cell without newlines or runs of whitespace (``None`` is empty)."""
+    return " ".join((text or "").split())
+
+
+def flat_header() -> list[str]:
+    """The CSV header: the names of ``FLAT_COLUMNS`` in order."""
+    return [c.name for c in FLAT_COLUMNS]
+
+
+def lookup(obj: Any, path: tuple[PathStep, ...]) -> Any:
+    """The value at ``path`` in a JSON form (dicts and lists), or ``None`` where any step is missing."""
+    for step in path:
+        if obj is None:
+            return None
+        if isinstance(step, Pick):
+            obj = next((o for o in obj if isinstance(o, dict) and o.get(step.key) == step.value), None)
+        elif isinstance(step, int):
+            obj = obj[step] if isinstance(obj, (list, tuple)) and -len(obj) <= step < len(obj) else None
+        else:
+            obj = obj.get(step) if isinstance(obj, dict) else None
+    return obj
+
+
+def _cell(column: FlatColumn, value: Any) -> Any:
+    if column.one_line:
+        return one_line(value)
+    return "" if value is None else value
+
+
+def flat_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The flat view of one ``ImageResult.to_dict()``: a row per face, or a single status row for a photo
+    with an error or without faces. Every row has every column of ``FLAT_COLUMNS`` ("" where empty)."""
+    if record.get("error") or not record.get("faces"):
+        return [{c.name: _cell(c, lookup(record, c.path)) if c.scope in ("image", "status") else ""
+                 for c in FLAT_COLUMNS}]
+    rows = []
+    for i, face in enumerate(record["faces"]):
+        row: dict[str, Any] = {}
+        for c in FLAT_COLUMNS:
+            if c.scope == "image":
+                row[c.name] = _cell(c, lookup(record, c.path))
+            elif c.scope == "index":
+                row[c.name] = i
+            elif c.scope == "face":
+                row[c.name] = _cell(c, lookup(face, c.path))
+            else:
+                row[c.name] = ""
+        rows.append(row)
+    return rows
+
+
 __all__ = ["SCHEMA_VERSION", "EYES_DISAGREE_GAP", "eyes_disagree",
-           "AgeEstimate", "EyeEstimate", "SexEstimate", "Face", "ImageResult", "EyeCropResult"]
+           "AgeEstimate", "EyeEstimate", "SexEstimate", "Face", "ImageResult", "EyeCropResult",
+           "Pick", "FlatColumn", "FLAT_COLUMNS", "FLAT_OMITTED", "flat_header", "flat_rows", "lookup", "one_line"]

@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from facelens.errors import FacelensError
 from facelens.images import IMAGE_SUFFIXES
+from facelens.schema import flat_header, flat_rows, one_line
 
-CSV_FIELDS = ["path", "face", "x", "y", "w", "h", "score", "age", "age_low", "age_high", "p_female", "p_male",
-              "p_female_left_eye", "p_female_right_eye", "error", "message"]
+#: The CSV header, derived from the schema (``facelens.schema.FLAT_COLUMNS``).
+CSV_FIELDS = flat_header()
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 
@@ -114,29 +115,9 @@ class BatchSummary:
         return s
 
 
-def _one_line(text: str | None) -> str:
-    """CSV cells without newlines, so every CSV row is one physical line (resume relies on it)."""
-    return " ".join((text or "").split())
-
-
 def csv_rows(result: dict) -> list[dict]:
-    """Flatten one result (schema dict) into CSV rows, one per face (one row if no face)."""
-    if result.get("error") or not result.get("faces"):
-        return [{"path": result["path"], "face": "", "error": _one_line(result.get("error")),
-                 "message": _one_line(result.get("message"))}]
-    rows = []
-    for i, f in enumerate(result["faces"]):
-        x, y, w, h = f["box"]
-        row = {"path": result["path"], "face": i, "x": x, "y": y, "w": w, "h": h, "score": f["score"],
-               "error": "", "message": ""}
-        if f.get("age"):
-            row |= {"age": f["age"]["value"], "age_low": f["age"]["low"], "age_high": f["age"]["high"]}
-        if f.get("sex"):
-            row |= {"p_female": f["sex"]["p_female"], "p_male": f["sex"]["p_male"]}
-            for e in f["sex"]["eyes"]:
-                row[f"p_female_{e['side']}_eye"] = e["p_female"]
-        rows.append(row)
-    return rows
+    """Flatten one result (schema dict) into CSV rows, one per face (one row if no face): ``schema.flat_rows``."""
+    return flat_rows(result)
 
 
 def _csv_text(rows: list[dict], fields: list[str]) -> str:
@@ -269,7 +250,7 @@ def _run_batch(analyzer, paths: list[Path], out: Path, errors_path: Path, resume
                             err_fd = os.open(errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                             if os.fstat(err_fd).st_size == 0:
                                 _append(err_fd, "path,error\n")
-                        _append(err_fd, _csv_text([{"path": r.path, "error": _one_line(r.error)}], ["path", "error"]))
+                        _append(err_fd, _csv_text([{"path": r.path, "error": one_line(r.error)}], ["path", "error"]))
                 else:
                     summary.ok += 1
                     summary.no_face += not r.faces
