@@ -291,7 +291,7 @@ ECE_SIMULATIONS = 1000
 
 
 def ece_noise_floor(y_true01: Any, p: Any, n_bins: int = ECE_BINS, n_sims: int = ECE_SIMULATIONS,
-                    seed: int = 0) -> dict[str, float | None]:
+                    seed: int = 0, observed: float | None = None) -> dict[str, float | None]:
     """What ECE a *perfectly calibrated* model with these probabilities would show on this many images.
 
     Why: ECE is biased upwards on small samples: with 100 faces spread over 15 bins, sampling noise
@@ -306,7 +306,8 @@ def ece_noise_floor(y_true01: Any, p: Any, n_bins: int = ECE_BINS, n_sims: int =
     n = len(y)
     if n == 0:
         return {"floor": None, "p_value": None}
-    observed = expected_calibration_error(y, p, n_bins)
+    if observed is None:  # callers that have just computed it pass it in
+        observed = expected_calibration_error(y, p, n_bins)
     pred = p >= 0.5
     conf = np.where(pred, p, 1.0 - p)
     idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
@@ -323,8 +324,11 @@ def ece_noise_floor(y_true01: Any, p: Any, n_bins: int = ECE_BINS, n_sims: int =
     return {"floor": _f(sims.mean()), "p_value": _f(np.mean(sims >= observed - 1e-12))}
 
 
-def _prefixed(prefix: str, d: dict) -> dict:
-    return {prefix + k: v for k, v in d.items()}
+def _ece_with_floor(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    """``ece``, ``ece_floor`` and ``ece_p_value`` of one set of predictions, the ECE computed once."""
+    ece = expected_calibration_error(y, p)
+    floor = ece_noise_floor(y, p, observed=ece)
+    return {"ece": ece, "ece_floor": floor["floor"], "ece_p_value": floor["p_value"]}
 
 
 def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float | None:
@@ -359,8 +363,7 @@ def binary_metrics(y_true01: Any, p_positive: Any, groups: Mapping[str, Sequence
         "roc_auc": roc_auc(y, p),
         "log_loss": _f(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
         "brier": _f(np.mean((p - y) ** 2)),
-        "ece": expected_calibration_error(y, p),
-        **_prefixed("ece_", ece_noise_floor(y, p)),
+        **_ece_with_floor(y, p),
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
@@ -369,8 +372,7 @@ def binary_metrics(y_true01: Any, p_positive: Any, groups: Mapping[str, Sequence
         for key, values in groups.items():
             by_group[key] = {v: {"n": len(idx), "accuracy": _f(np.mean(pred[idx] == y[idx])),
                                  "balanced_accuracy": _balanced_accuracy(y[idx], pred[idx]),
-                                 "ece": expected_calibration_error(y[idx], p[idx]),
-                                 **_prefixed("ece_", ece_noise_floor(y[idx], p[idx]))}
+                                 **_ece_with_floor(y[idx], p[idx])}
                              for v, idx in _group_indices(values, n, key).items()}
         out["by_group"] = by_group
     return out
