@@ -15,7 +15,9 @@ from facelens.face.align import (
     cut_eye,
     eye_crop_transform,
     invert_transform,
+    shrink_for_warp,
     similarity_transform,
+    warp_crop,
 )
 
 
@@ -129,6 +131,59 @@ def test_align_face_exact_when_face_matches_template():
     src = apply_transform(invert_transform(truth), template)  # a face that is exactly the template, moved
     crop, m = align_face(np.zeros((200, 200, 3), np.uint8), src, size)
     np.testing.assert_allclose(apply_transform(m, src), template, atol=1e-9)
+
+
+# ---------------------------------------------------------------- shrinking before the warp
+
+
+def _plain_warp(rgb: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.8, 1.0, 2.5])
+def test_warp_crop_is_a_plain_warp_from_half_scale_up(scale):
+    """Crops at 0.5 crop px per image px and above are bit-identical to before: cached training crops stay valid."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    m = _similarity(12, scale, -40, -30)
+    assert shrink_for_warp(img, m, 64)[0] is img
+    assert (warp_crop(img, m, 64) == _plain_warp(img, m, 64)).all()
+
+
+def test_warp_crop_averages_instead_of_aliasing():
+    """A 1 px checkerboard shrunk 4x is flat grey when averaged; a bilinear warp alone picks pixels and keeps contrast."""
+    board = ((np.indices((800, 800)).sum(0) % 2) * 200 + 20).astype(np.uint8)
+    img = np.repeat(board[..., None], 3, axis=2)
+    m = _similarity(7, 0.25, 10, 12)
+    crop = warp_crop(img, m, 128).astype(float)
+    assert abs(crop.mean() - 120) < 2 and crop.std() < 3
+    assert _plain_warp(img, m, 128).astype(float).std() > 20
+
+
+@pytest.mark.parametrize("scale", [0.12, 0.26, 0.45])
+def test_shrunk_warp_keeps_the_anchors_in_place(scale):
+    """The rewritten matrix maps the shrunk pixels where the original maps the full ones: dots land on the template."""
+    iod = AGE_TEMPLATE.points(128)[1, 0] - AGE_TEMPLATE.points(128)[0, 0]
+    pts = _face_points(centre=(900, 700), iod=iod / scale, roll_deg=20)
+    img = np.zeros((1400, 1800, 3), np.uint8)
+    yy, xx = np.mgrid[0:1400, 0:1800]
+    for channel, key in enumerate(("right_eye", "left_eye", "mouth")):
+        x, y = pts[key]
+        img[(xx - x) ** 2 + (yy - y) ** 2 <= (6 / scale) ** 2, channel] = 255  # dots ~12 crop px across
+    anchor_points = anchors(pts["right_eye"], pts["left_eye"], pts["mouth"])
+    crop, m = align_face(img, anchor_points, 128)
+    assert shrink_for_warp(img, m, 128)[0].shape[0] < img.shape[0] / 1.9  # the shrink really happened
+    mapped = apply_transform(m, anchor_points)
+    for channel in range(3):
+        np.testing.assert_allclose(_centroid(crop[..., channel]), mapped[channel], atol=0.5)
+
+
+def test_shrink_leaves_crops_outside_the_photo_alone():
+    img = np.zeros((100, 100, 3), np.uint8)
+    m = _similarity(0, 0.2, 500, 500)  # the crop reads far outside the photo
+    assert shrink_for_warp(img, m, 32)[0] is img
 
 
 # ---------------------------------------------------------------- eye crops
