@@ -7,6 +7,7 @@ for usage errors, 1 when nothing could be processed); never a traceback.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 import sys
@@ -357,7 +358,9 @@ _AUGMENT = Annotated[str, typer.Option(help="augmentation: basic (geometry, colo
                                              "cannot be read from its style)")]
 _BALANCE = Annotated[str, typer.Option(help="none, or source: sample so every data source has an equal share of each "
                                              "label bin (5-year age bins / classes), validating on the mean per-source score")]
-_RESUME = Annotated[bool, typer.Option("--resume", help="continue from RUN_DIR/<arch>/checkpoints/last.pt")]
+_RESUME = Annotated[bool, typer.Option("--resume/--no-resume",
+                                       help="continue from RUN_DIR/<arch>/checkpoints/last.pt; --no-resume starts "
+                                            "afresh, also when the --config file says resume")]
 _PRETRAINED = Annotated[bool, typer.Option("--pretrained/--no-pretrained",
                                            help="start from ImageNet weights; --no-pretrained starts from random ones")]
 _ARCH = Annotated[list[str] | None, typer.Option("--arch", help="architecture(s), trained on the same split")]
@@ -365,6 +368,7 @@ _NPROC = Annotated[int | None, typer.Option(
     help="train data-parallel in N processes on this machine (re-launches itself under torchrun; --batch-size "
          "is per process, --threads is split between them); for several machines use torchrun, see "
          "docs/distributed-training.md")]
+_THREADS = Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")]
 
 
 _CONFIG = Annotated[Path | None, typer.Option(
@@ -375,9 +379,6 @@ _TRAIN_DATA = Annotated[list[str] | None, typer.Option(
 _TRAIN_OUT = Annotated[Path | None, typer.Option(
     "--out", help="run folder (config, checkpoints, models, metrics); required unless --config gives it")]
 
-#: Every option default of ``train age`` / ``train eyes`` comes from here (``facelens.train.config``).
-AGE = TrainRequest.defaults("age")
-EYES = TrainRequest.defaults("eyes")
 SHORT = cross_source_recipe()  # ``cross-source``
 
 
@@ -398,53 +399,64 @@ def train_main(ctx: typer.Context, config: _CONFIG = None) -> None:
         _fail(str(exc))
 
 
-@train_app.command("age")
-def train_age(
-    ctx: typer.Context, data: _TRAIN_DATA = None, out: _TRAIN_OUT = None, arch: _ARCH = None,
-    nproc_per_node: _NPROC = None, config: _CONFIG = None,
-    epochs: int = AGE.epochs, batch_size: int = AGE.batch_size, lr: float = AGE.lr, seed: int = AGE.seed,
-    split: Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")] = AGE.split,
-    conflict_policy: Annotated[str, typer.Option(
-        help="duplicates with different labels: drop, keep-first, keep-all")] = AGE.conflict_policy,
-    resume: _RESUME = AGE.resume,
-    device: Device = AGE.device, pretrained: _PRETRAINED = AGE.pretrained, input_size: int | None = AGE.input_size,
-    patience: int = AGE.patience, ema_decay: _EMA = AGE.ema_decay, frozen_blocks: _FROZEN = AGE.frozen_blocks,
-    weight_decay: _WD = AGE.weight_decay, precision: _PRECISION = AGE.precision,
-    max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = AGE.max_images,
-    max_steps_per_epoch: int | None = AGE.max_steps_per_epoch, workers: int | None = AGE.workers,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = AGE.threads,
-    face_crop: Annotated[str, typer.Option(help="tight (forehead to chin, as a UTKFace chip holds; default) or loose "
-                                                "(the first models' crop, with hair and background)")] = AGE.face_crop,
-    augment: _AUGMENT = AGE.augment, balance: _BALANCE = AGE.balance,
-) -> None:
-    """Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group])."""
-    _train(task="age", **locals())  # every option maps 1:1 onto a TrainRequest field
+#: The options of ``train age`` and ``train eyes``, each written once, in --help order: (name, type), where a
+#: dict of types gives an option only to the tasks it names, or a help text per task. Every default is the
+#: task's ``TrainRequest.defaults(task)`` value, except those of ``_NO_DEFAULT`` (None: required unless
+#: --config gives them, the request's default list, or options of the launch rather than of the run).
+_TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("data", _TRAIN_DATA), ("out", _TRAIN_OUT), ("arch", _ARCH), ("nproc_per_node", _NPROC), ("config", _CONFIG),
+    ("epochs", int), ("batch_size", int), ("lr", float), ("seed", int),
+    ("split", {"age": Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")],
+               "eyes": Annotated[str, typer.Option(
+                   help="auto (= blocks of consecutive file numbers), blocks, random, content")]}),
+    ("female_class", {"eyes": Annotated[str | None, typer.Option(help="class folder/label meaning female")]}),
+    ("male_class", {"eyes": Annotated[str | None, typer.Option(help="class folder/label meaning male")]}),
+    ("conflict_policy", Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")]),
+    ("resume", _RESUME), ("device", Device), ("pretrained", _PRETRAINED), ("input_size", int | None),
+    ("patience", int), ("ema_decay", _EMA), ("frozen_blocks", _FROZEN), ("weight_decay", _WD), ("precision", _PRECISION),
+    ("max_images", Annotated[int | None, typer.Option(help="cap images per split (quick trials)")]),
+    ("max_steps_per_epoch", int | None), ("workers", int | None), ("threads", _THREADS),
+    ("face_crop", {"age": Annotated[str, typer.Option(
+        help="tight (forehead to chin, as a UTKFace chip holds; default) or loose "
+             "(the first models' crop, with hair and background)")]}),
+    ("augment", _AUGMENT), ("balance", _BALANCE),
+    ("eye_crop", {"eyes": Annotated[str, typer.Option(
+        help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops; "
+             "default), wide (one eye distance across: brow, lid fold and the skin around them) or SIDE,DY")]}),
+)
+_NO_DEFAULT = ("data", "out", "arch", "nproc_per_node", "config")
 
 
-@train_app.command("eyes")
-def train_eyes(
-    ctx: typer.Context, data: _TRAIN_DATA = None, out: _TRAIN_OUT = None, arch: _ARCH = None,
-    nproc_per_node: _NPROC = None, config: _CONFIG = None,
-    epochs: int = EYES.epochs, batch_size: int = EYES.batch_size, lr: float = EYES.lr, seed: int = EYES.seed,
-    split: Annotated[str, typer.Option(
-        help="auto (= blocks of consecutive file numbers), blocks, random, content")] = EYES.split,
-    female_class: Annotated[str | None, typer.Option(help="class folder/label meaning female")] = EYES.female_class,
-    male_class: Annotated[str | None, typer.Option(help="class folder/label meaning male")] = EYES.male_class,
-    conflict_policy: str = EYES.conflict_policy,
-    resume: _RESUME = EYES.resume,
-    device: Device = EYES.device, pretrained: _PRETRAINED = EYES.pretrained, input_size: int | None = EYES.input_size,
-    patience: int = EYES.patience, ema_decay: _EMA = EYES.ema_decay, frozen_blocks: _FROZEN = EYES.frozen_blocks,
-    weight_decay: _WD = EYES.weight_decay, precision: _PRECISION = EYES.precision,
-    max_images: Annotated[int | None, typer.Option(help="cap images per split (quick trials)")] = EYES.max_images,
-    max_steps_per_epoch: int | None = EYES.max_steps_per_epoch, workers: int | None = EYES.workers,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = EYES.threads,
-    augment: _AUGMENT = EYES.augment, balance: _BALANCE = EYES.balance,
-    eye_crop: Annotated[str, typer.Option(help="how eyes are cut from the faces of face datasets: tight (eye and brow, "
-                                               "like the Kaggle crops; default), wide (one eye distance across: "
-                                               "brow, lid fold and the skin around them) or SIDE,DY")] = EYES.eye_crop,
-) -> None:
-    """Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group])."""
-    _train(task="eyes", **locals())
+def train_options(task: str) -> list[inspect.Parameter]:
+    """The parameters of ``facelens train TASK`` (after ``ctx``): ``_TRAIN_OPTIONS`` for that task, with its defaults."""
+    defaults = TrainRequest.defaults(task)
+    params = []
+    for name, kind in _TRAIN_OPTIONS:
+        if isinstance(kind, dict):
+            if task not in kind:
+                continue
+            kind = kind[task]
+        default = None if name in _NO_DEFAULT else getattr(defaults, name)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default))
+    return params
+
+
+def _train_command(task: str, doc: str):
+    """Register ``facelens train TASK``: typer reads its options from the signature assembled here."""
+
+    def command(ctx: typer.Context, **options: Any) -> None:
+        _train(ctx, task=task, **options)  # every option maps 1:1 onto a TrainRequest field
+
+    ctx_param = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    command.__signature__ = inspect.Signature([ctx_param, *train_options(task)])
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+    command.__name__ = command.__qualname__ = f"train_{task}"
+    command.__doc__ = doc
+    return train_app.command(task)(command)
+
+
+train_age = _train_command("age", "Train an age model: folder-per-age, UTKFace names or CSV (path,age[,group]).")
+train_eyes = _train_command("eyes", "Train an eye-crop sex classifier: two class folders or a CSV (path,label[,group]).")
 
 
 @app.command("cross-source")
@@ -462,7 +474,7 @@ def cross_source(
     eye_crop: Annotated[str | None, typer.Option(help="eyes: tight, wide or SIDE,DY (see train eyes --help; default: "
                                                       "the shipped recipe's)")] = None,
     augment: _AUGMENT = SHORT.augment, balance: _BALANCE = SHORT.balance,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores)")] = SHORT.threads,
+    threads: _THREADS = SHORT.threads,
 ) -> None:
     """Leave-one-source-out for a recipe: train it on every source and without each one, then score both on
     each source's test split (age: MAE ratio, bias by age band; eyes: error-rate ratio on whole faces,

@@ -31,13 +31,15 @@ import json
 import os
 import re
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from facelens.errors import FacelensError
 from facelens.fileio import write_bytes_atomic, write_text_atomic
-from facelens.schema import SCHEMA_VERSION
+from facelens.schema import SCHEMA_VERSION, EyeEstimate, Face, ImageResult, SexEstimate
 
 FORMATS = ("jsonl", "parquet")
 SUCCESS_FILE = "_SUCCESS"
@@ -48,24 +50,78 @@ LANDMARK_KEYS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")
 
 
 def parquet_schema():
-    """The ``facelens/1`` record as an explicit Arrow schema.
+    """The ``facelens/1`` record as an explicit Arrow schema, derived from the result models (``facelens.schema``).
 
     Why explicit: inferring it from each shard's records gives a different schema per shard
     (a shard with no faces has ``faces: list<null>``, one without errors ``error: null``),
-    which readers then refuse to concatenate. Field names and nesting are those of
-    ``ImageResult.to_dict()``, so a row read back with ``to_pylist()`` equals the JSON record.
+    which readers then refuse to concatenate. Why derived: field names and nesting are those of
+    ``ImageResult.to_dict()`` by construction, so a row read back with ``to_pylist()`` equals the
+    JSON record, and a field added to the contract reaches the Parquet shards without a second list.
     """
     import pyarrow as pa
 
-    f64, vec = pa.float64(), pa.list_(pa.float64())
-    age = pa.struct([("value", f64), ("low", f64), ("high", f64), ("interval", f64)])
-    eye = pa.struct([("side", pa.string()), ("p_female", f64), ("p_male", f64), ("box", vec)])
-    sex = pa.struct([("p_female", f64), ("p_male", f64), ("eyes", pa.list_(eye)), ("eyes_disagree", pa.bool_()),
-                     ("caution", pa.string())])
-    face = pa.struct([("box", vec), ("score", f64), ("landmarks", pa.struct([(k, vec) for k in LANDMARK_KEYS])),
-                      ("age", age), ("sex", sex)])
-    return pa.schema([("schema", pa.string()), ("path", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
-                      ("faces", pa.list_(face)), ("error", pa.string()), ("message", pa.string())])
+    return pa.schema(_arrow_fields(ImageResult))
+
+
+#: The order of a struct's fields where it is not the JSON form's (fields, then computed fields): the
+#: first Parquet shards put a computed field beside the one it is computed from. Kept, since old and new
+#: shards with differently ordered structs could not be read as one table. Fields missing here go last.
+_ARROW_ORDER: dict[type, tuple[str, ...]] = {
+    EyeEstimate: ("side", "p_female", "p_male", "box"),
+    SexEstimate: ("p_female", "p_male", "eyes", "eyes_disagree", "caution"),
+}
+
+#: Dict-valued fields stored as a struct of these fixed keys (a Parquet column needs its keys up front).
+_ARROW_KEYS: dict[tuple[type, str], tuple[str, ...]] = {(Face, "landmarks"): LANDMARK_KEYS}
+_ARROW_SCALARS: dict[Any, str] = {bool: "bool_", int: "int64", float: "float64", str: "string"}
+
+
+def _arrow_fields(model: type) -> list:
+    """``(name, Arrow type)`` of every serialised field of a pydantic ``model``, aliases applied."""
+    import pyarrow as pa
+
+    hints: dict[str, tuple[tuple[type, str], Any]] = {}  # JSON name -> ((model, field), type hint)
+    for name, info in model.model_fields.items():
+        if not info.exclude:
+            hints[info.serialization_alias or info.alias or name] = ((model, name), info.annotation)
+    for name, info in model.model_computed_fields.items():
+        hints[info.alias or name] = ((model, name), info.return_type)
+    order = _ARROW_ORDER.get(model, ())
+    unknown = [n for n in order if n not in hints]
+    if unknown:
+        raise TypeError(f"{model.__name__}: _ARROW_ORDER names {', '.join(unknown)}, which it does not serialise")
+    names = [*order, *(n for n in hints if n not in order)]
+    return [pa.field(n, _arrow_type(*hints[n])) for n in names]
+
+
+def _arrow_type(where: tuple[type, str], hint: Any):
+    """The Arrow type of the type ``hint`` of field ``where`` (model, name): refused, naming it, when no rule fits."""
+    import pyarrow as pa
+    from pydantic import BaseModel
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None: nullable X (every Arrow field here is nullable)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _arrow_type(where, inner[0])
+    elif origin is typing.Literal:
+        if all(isinstance(a, str) for a in args):
+            return pa.string()
+    elif origin in (list, tuple):
+        items = {a for a in args if a is not Ellipsis}
+        if len(items) == 1:  # list[X], tuple[X, ...] and tuple[X, X, ...] alike: a list of X
+            return pa.list_(_arrow_type(where, items.pop()))
+    elif origin is dict:
+        if where in _ARROW_KEYS and args[:1] == (str,):
+            item = _arrow_type(where, args[1])
+            return pa.struct([(k, item) for k in _ARROW_KEYS[where]])
+    elif isinstance(hint, type) and issubclass(hint, BaseModel):
+        return pa.struct(_arrow_fields(hint))
+    elif hint in _ARROW_SCALARS:
+        return getattr(pa, _ARROW_SCALARS[hint])()
+    raise TypeError(f"{where[0].__name__}.{where[1]}: no Parquet type for {hint!r}; "
+                    "give it one in facelens.infer.shards._arrow_type")
+
 
 
 def _require_pyarrow() -> None:
