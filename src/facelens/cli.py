@@ -29,7 +29,7 @@ app.add_typer(evaluate_app, name="evaluate")
 Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime for .onnx), onnx or torch")]
 Device = Annotated[str, typer.Option(
     help="auto (a GPU when usable, else the CPU), cpu, cuda or cuda:N; cuda is refused when it cannot be used. "
-         "ONNX models on a GPU need the onnxruntime-gpu build: pip install 'facelens[gpu]'")]
+         "ONNX models on a GPU need the onnxruntime-gpu build: pip install 'facelens\\[gpu]'")]
 DetectMaxSide = Annotated[int | None, typer.Option(
     help="detect on photos scaled to this longest side, 64-8192 (default 512); raise it for small faces in big photos")]
 
@@ -421,8 +421,9 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
              "(the first models' crop, with hair and background)")]}),
     ("augment", _AUGMENT), ("balance", _BALANCE),
     ("eye_crop", {"eyes": Annotated[str, typer.Option(
-        help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops; "
-             "default), wide (one eye distance across: brow, lid fold and the skin around them) or SIDE,DY")]}),
+        help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops), "
+             "wide (one eye distance across: brow, lid fold and the skin around them) or SIDE,DY (SIDE eye "
+             "distances wide, the eye moved up by DY of the side; default: the shipped recipe's 1.3,-0.05)")]}),
 )
 _NO_DEFAULT = ("data", "out", "arch", "nproc_per_node", "config")
 
