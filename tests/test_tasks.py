@@ -17,6 +17,7 @@ from facelens.data.prepare import resolve_strategy
 from facelens.data.readers import read_dataset
 from facelens.evaluate import model_card, pipeline, scoring
 from facelens.evaluate.groups import GROUPERS
+from facelens.infer.face_tasks import FACE_TASKS
 from facelens.infer.postprocess import DECODERS
 from facelens.models.factory import ARCHS, num_outputs
 from facelens.models.meta import ModelMeta
@@ -96,7 +97,7 @@ def test_every_registry_knows_every_task() -> None:
                   "evaluate.scoring.HEADLINES": scoring.HEADLINES, "evaluate.groups.GROUPERS": GROUPERS,
                   "evaluate.pipeline.EVALUATIONS": pipeline.EVALUATIONS,
                   "evaluate.model_card.CARD_TEXTS": model_card.CARD_TEXTS,
-                  "train.config.TASK_DEFAULTS": TASK_DEFAULTS}
+                  "train.config.TASK_DEFAULTS": TASK_DEFAULTS, "infer.face_tasks.FACE_TASKS": FACE_TASKS}
     for where, registry in registries.items():
         assert set(registry) == names, f"{where} has {sorted(registry)}, tasks are {sorted(names)}"
     for name, ev in pipeline.EVALUATIONS.items():

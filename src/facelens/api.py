@@ -25,25 +25,19 @@ import numpy as np
 from facelens.data.crops import eye_crop_from_image
 from facelens.devices import check_device_name
 from facelens.errors import ImageLoadError, ModelLoadError
-from facelens.face.align import (
-    EyeCropGeometry,
-    FaceTemplate,
-    align_face,
-    crop_footprint,
-    crop_scale,
-    cut_eye,
-    eye_crop_transform,
-    similarity_transform,
-)
+from facelens.face.align import EyeCropGeometry, FaceTemplate, crop_footprint, crop_scale
 from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
 from facelens.face.eyecheck import FACE_PHOTO_WARNING, looks_like_face_photo
 from facelens.face.order import reading_order
 from facelens.images import ImageInput, MemoryBudget, load_image, load_reduced
-from facelens.infer.postprocess import decode_age, decode_eyes, decode_face_logits
+from facelens.infer.face_tasks import CHILD_AGE as CHILD_AGE  # re-exported: the child caution's rule lives there
+from facelens.infer.face_tasks import CHILD_CAUTION as CHILD_CAUTION
+from facelens.infer.face_tasks import FACE_TASKS, AgeTask, EyesTask, FaceTask, TaskCrops
+from facelens.infer.postprocess import decode_eyes
 from facelens.infer.predictor import Predictor, load_predictor
 from facelens.reduced import ReducedImage, coarsest_factor
-from facelens.schema import AgeEstimate, EyeCropResult, EyeEstimate, Face, ImageResult, SexEstimate
-from facelens.tasks import AGE, EYES, task_spec
+from facelens.schema import EyeCropResult, Face, ImageResult
+from facelens.tasks import AGE, EYES, TASKS, task_spec
 
 AGE_MODEL_FILE = AGE.model_file
 EYE_MODEL_FILE = EYES.model_file
@@ -88,10 +82,7 @@ class _Prepared:
 
     result: ImageResult
     dets: list[Detection] = field(default_factory=list)
-    face_crops: np.ndarray | None = None  # (F, S, S, 3) uint8 for the age model
-    eye_crops: np.ndarray | None = None  # (2F, S, S, 3): left, right eye of each face
-    eye_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
-    crop_seconds: tuple[float, float] = (0.0, 0.0)
+    crops: dict[str, TaskCrops] = field(default_factory=dict)  # by task, for each task the Analyzer runs
 
 
 def _default_label(src: ImageInput) -> str:
@@ -99,12 +90,6 @@ def _default_label(src: ImageInput) -> str:
         return str(src)
     file_name = getattr(src, "name", None)  # open file objects
     return file_name if isinstance(file_name, str) and file_name else "<image>"
-
-
-#: Below this estimated age the eyes say little about sex (puberty changes the brow and eye region):
-#: the answer carries ``CHILD_CAUTION`` (shown by the text output and the web page).
-CHILD_AGE = 13
-CHILD_CAUTION = "a child by the age estimate: the eyes tell sex poorly before puberty; treat this as a guess"
 
 
 COLOR_ORDERS = ("rgb", "bgr")
@@ -176,6 +161,9 @@ class Analyzer:
     JPEG is decoded at a reduced DCT scale and each face's crops at the coarsest scale that keeps
     their detail (``FIRST_DECODE_SIDE``, ``facelens.reduced``); the answers then differ from full
     decoding about as much as for a re-saved copy of the photo (``benchmarks/README.md``, issue #22).
+
+    ``tasks``: the tasks it runs on every face, by name in ``facelens.tasks.TASKS`` order, each a
+    ``facelens.infer.face_tasks.FaceTask`` holding its model; ``age`` / ``eyes`` are their predictors.
     """
 
     def __init__(
@@ -192,20 +180,46 @@ class Analyzer:
     ) -> None:
         check_detect_max_side(detect_max_side)
         check_device_name(device)  # refused even when no model would be loaded (e.g. "gpu")
-        self.age = _open(age_model, "age", backend, device)
-        self.eyes = _open(eye_model, "eyes", backend, device)
-        # The face crop the age model was trained on (its metadata names it; older models used the loose one).
-        self.age_template = FaceTemplate.from_meta(self.age.model_meta.crop) if self.age is not None else None
-        if self.age is None and self.eyes is None:
+        models = {"age": age_model, "eyes": eye_model}
+        predictors = {name: _open(model, name, backend, device) for name, model in models.items()}
+        options = {"eyes": {"geometry": eye_geometry}}  # an eye crop geometry given overrides the model's
+        self.tasks: dict[str, FaceTask] = {name: FACE_TASKS[name](pred, **options.get(name, {}))
+                                           for name, pred in predictors.items() if pred is not None}
+        if not self.tasks:
             raise ModelLoadError(f"no models to run: none given and no shipped defaults in {models_dir()}")
+        self._eye_geometry = eye_geometry or EyeCropGeometry.from_meta(None)
         self.min_face_score = min_face_score
         self.max_faces = max_faces
-        # How the eye model's crops were cut (its metadata names it; older models used the tight one).
-        self.eye_geometry = eye_geometry or EyeCropGeometry.from_meta(self.eyes.model_meta.eye_crop if self.eyes else None)
         self.detect_max_side = detect_max_side or DETECT_MAX_SIDE
         self.full_decode = full_decode
         self._decode_budget = MemoryBudget(DECODE_MEMORY_BYTES)
         self._models_info: list[dict] | None = None
+
+    @property
+    def age(self) -> Predictor | None:
+        """The age model, None when the Analyzer runs without it."""
+        return self._predictor("age")
+
+    @property
+    def eyes(self) -> Predictor | None:
+        """The eye model, None when the Analyzer runs without it."""
+        return self._predictor("eyes")
+
+    def _predictor(self, task: str) -> Predictor | None:
+        face_task = self.tasks.get(task)
+        return face_task.predictor if face_task is not None else None
+
+    @property
+    def age_template(self) -> FaceTemplate | None:
+        """The face crop the age model was trained on (its metadata names it); None without an age model."""
+        task = self.tasks.get("age")
+        return task.template if isinstance(task, AgeTask) else None
+
+    @property
+    def eye_geometry(self) -> EyeCropGeometry:
+        """How eye crops are cut: as the eye model was trained (its metadata), unless given to the constructor."""
+        task = self.tasks.get("eyes")
+        return task.geometry if isinstance(task, EyesTask) else self._eye_geometry
 
     def models_info(self) -> list[dict]:
         """Name, version, precision, test metrics and model-card summary of each loaded model."""
@@ -217,9 +231,8 @@ class Analyzer:
         from facelens.evaluate.model_card import card_summary
 
         out = []
-        for pred in (self.age, self.eyes):
-            if pred is None:
-                continue
+        for task in self.tasks.values():
+            pred = task.predictor
             m = pred.model_meta
             out.append({"name": m.name, "task": m.task, "arch": m.arch, "version": m.facelens_version,
                         "created": m.created, "input_size": m.input_size, "backend": pred.backend,
@@ -340,25 +353,7 @@ class Analyzer:
             sources = self._crop_sources(img, dets)
             t_refine = time.perf_counter() - t1
             result.timings_ms["load"] = _ms(t_load + t_refine)  # a finer decode is decoding too
-            t1 += t_refine
-            if self.age is not None:
-                size = self.age.model_meta.input_size
-                item.face_crops = np.stack([align_face(src.pixels, src.from_full_centre(d.anchor_points()), size,
-                                                       self.age_template)[0] for d, src in zip(dets, sources, strict=True)])
-            t2 = time.perf_counter()
-            if self.eyes is not None:
-                size = self.eyes.model_meta.input_size
-                crops = []
-                for d, src in zip(dets, sources, strict=True):
-                    for eye, other in ((d.left_eye, d.right_eye), (d.right_eye, d.left_eye)):
-                        e, o, m = src.from_full_centre(np.array([eye, other, d.mouth]))
-                        c, (x, y, w, h) = cut_eye(src.pixels, e, o, size, self.eye_geometry, m)
-                        crops.append(c)
-                        (fx, fy), = src.to_full_centre(np.array([[x, y]]))
-                        item.eye_boxes.append((float(fx), float(fy), w * src.factor, h * src.factor))
-                item.eye_crops = np.stack(crops)
-            t3 = time.perf_counter()
-            item.crop_seconds = (t2 - t1, t3 - t2)
+            item.crops = {task.name: task.cut_faces(dets, sources) for task in self.tasks.values()}
             return item
         except ImageLoadError as exc:  # a finer decode of the region failed
             return _Prepared(ImageResult(path=label, width=result.width, height=result.height, error=str(exc)))
@@ -368,15 +363,7 @@ class Analyzer:
 
     def _crop_needs(self, d: Detection) -> tuple[float, tuple[float, float, float, float]]:
         """(largest crop px per full px over this face's crops, the full-image box they read from)."""
-        transforms = []
-        if self.age is not None:
-            size = self.age.model_meta.input_size
-            transforms.append((similarity_transform(d.anchor_points(), self.age_template.points(size)), size))
-        if self.eyes is not None:
-            size = self.eyes.model_meta.input_size
-            for eye, other in ((d.left_eye, d.right_eye), (d.right_eye, d.left_eye)):
-                transforms.append((eye_crop_transform(np.array(eye), np.array(other), size, self.eye_geometry,
-                                                      np.array(d.mouth)), size))
+        transforms = [t for task in self.tasks.values() for t in task.crop_transforms(d)]
         boxes = np.array([crop_footprint(m, size) for m, size in transforms])
         box = (*boxes[:, :2].min(0), *boxes[:, 2:].max(0))
         return max(crop_scale(m) for m, _ in transforms), box
@@ -403,53 +390,42 @@ class Analyzer:
 
         Model time is shared out to photos in proportion to their faces, so per-photo timings
         still add up to the wall time spent.
+        Each task runs in turn (``self.tasks`` order), so it may read the estimates of those before it.
+        Every result with faces has a timing per task in ``TASKS``: cutting its crops plus its share
+        of the model time (0 for a task the Analyzer does not run).
         """
-        n_faces = sum(len(it.dets) for it in items)
-        ages: list[AgeEstimate] | None = None
-        sexes: list[SexEstimate] | None = None
-        t_age = t_eyes = 0.0
-        if n_faces and self.age is not None:
-            t0 = time.perf_counter()
-            value, low, high = decode_age(self.age(np.concatenate([it.face_crops for it in items if it.dets])),
-                                          self.age.model_meta)
-            interval = float(self.age.model_meta.interval)
-            ages = [AgeEstimate(value=float(v), low=float(lo), high=float(hi), interval=interval)
-                    for v, lo, hi in zip(value, low, high, strict=True)]
-            t_age = time.perf_counter() - t0
-        if n_faces and self.eyes is not None:
-            t0 = time.perf_counter()
-            logits = self.eyes(np.concatenate([it.eye_crops for it in items if it.dets])).reshape(-1)
-            p = decode_eyes(logits, self.eyes.model_meta)
-            p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), self.eyes.model_meta)
-            boxes = [b for it in items for b in it.eye_boxes]
-            sexes = []
-            for i in range(n_faces):
-                eyes = (EyeEstimate(side="left", p_female=float(p[2 * i]), box=boxes[2 * i]),
-                        EyeEstimate(side="right", p_female=float(p[2 * i + 1]), box=boxes[2 * i + 1]))
-                young = ages is not None and ages[i].value < CHILD_AGE
-                sexes.append(SexEstimate(p_female=float(p_face[i]), eyes=eyes, caution=CHILD_CAUTION if young else None))
-            t_eyes = time.perf_counter() - t0
-        out, k = [], 0
-        for it in items:
-            r = it.result
-            if it.dets:
-                n = len(it.dets)
-                share = n / n_faces
-                r.timings_ms |= {"age": _ms(it.crop_seconds[0] + share * t_age),
-                                 "eyes": _ms(it.crop_seconds[1] + share * t_eyes)}
-                r.faces = [
-                    Face(box=d.box, score=d.score, landmarks=d.landmarks(), age=ages[k + i] if ages else None,
-                         sex=sexes[k + i] if sexes else None)
-                    for i, d in enumerate(it.dets)
-                ]
-                if with_crops:
-                    r.crops = [FaceCrops(it.face_crops[i] if it.face_crops is not None else None,
-                                         {"left": it.eye_crops[2 * i], "right": it.eye_crops[2 * i + 1]}
-                                         if it.eye_crops is not None else {})
-                               for i in range(n)]
-                k += n
-            out.append(r)
-        return out
+        faced = [it for it in items if it.dets]
+        n_faces = sum(len(it.dets) for it in faced)
+        estimates: dict[str, list] = {}  # by Face field: one estimate per face of ``faced``
+        model_seconds: dict[str, float] = {}
+        if n_faces:
+            for task in self.tasks.values():
+                t0 = time.perf_counter()
+                cuts = [it.crops[task.name] for it in faced]
+                estimates[task.face_field] = task.estimate(np.concatenate([c.pixels for c in cuts]),
+                                                           [b for c in cuts for b in c.boxes], estimates)
+                model_seconds[task.name] = time.perf_counter() - t0
+        k = 0
+        for it in faced:
+            r, n = it.result, len(it.dets)
+            share = n / n_faces
+            r.timings_ms |= {name: _ms((it.crops[name].seconds if name in it.crops else 0.0)
+                                       + share * model_seconds.get(name, 0.0)) for name in TASKS}
+            r.faces = [Face(box=d.box, score=d.score, landmarks=d.landmarks(),
+                            **{fld: per_face[k + i] for fld, per_face in estimates.items()})
+                       for i, d in enumerate(it.dets)]
+            if with_crops:
+                r.crops = [self._face_crops(it.crops, i) for i in range(n)]
+            k += n
+        return [it.result for it in items]
+
+    def _face_crops(self, crops: dict[str, TaskCrops], i: int) -> FaceCrops:
+        """What the models saw of face ``i`` of a photo."""
+        shown = {}
+        for task in self.tasks.values():
+            per = task.crops_per_face
+            shown |= task.shown_crops(crops[task.name].pixels[i * per : (i + 1) * per])
+        return FaceCrops(**shown)
 
     # -- single eye crops ---------------------------------------------------------------------
     def predict_eye_crops(self, srcs: Iterable[ImageInput], names: Iterable[str] | None = None,

@@ -31,12 +31,15 @@ Adding a third task (say ``glasses`` from face crops) takes, besides a ``TaskSpe
    unless the model metadata gains a new crop kind (its ``crop`` / ``eye_crop`` fields).
    ``facelens/cli.py`` has one sub-command per task: add ``facelens train <task>`` and
    ``facelens evaluate <task>`` there.
-10. ``facelens/api.py`` / ``serve``: a place in ``schema.Face`` for the new estimate, and its run
-    in ``Analyzer._finish`` (the result contract is versioned, see ``facelens.schema``).
+10. ``facelens/infer/face_tasks.py``: one ``FaceTask`` class registered in ``FACE_TASKS`` for the
+    task's name (its crops of a detected face, its decoding into one estimate per face, what it shows
+    of its crops), and a place in ``schema.Face`` for the estimate, named by the class's ``face_field``
+    (the result contract is versioned, see ``facelens.schema``). The ``Analyzer`` loops over its tasks
+    and needs only a constructor argument for the new model (``facelens/api.py``).
 
 ``tests/test_tasks.py`` fails until 1, 2, 4-8 and the registry of 9 are done: it checks each spec for completeness,
 against the model factory's heads, the readers and the shipped model, and that every registry above
-has every task.
+has every task (10's ``FACE_TASKS`` too); ``tests/test_face_tasks.py`` runs each face task alone in an Analyzer.
 """
 
 from __future__ import annotations
