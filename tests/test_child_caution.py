@@ -40,3 +40,24 @@ def test_children_by_the_age_estimate_get_a_caution_on_the_sex_estimate(age: int
 def test_no_age_model_means_no_caution() -> None:
     result = Analyzer(age_model=False).analyze_array(skdata.astronaut(), "astronaut.png")
     assert result.faces[0].sex.caution is None
+
+
+class FixedLogit(Predictor):
+    """An eye 'model' whose every crop says logit 2, with an all-ages and a children's face temperature."""
+
+    backend = "fake"
+
+    def __init__(self) -> None:
+        self.meta = {"name": "fixed-eyes", "task": "eyes", "head": "binary", "input_size": 32, "temperature": 1.0,
+                     "face_temperature": 1.0, "child_face_temperature": 4.0}
+
+    def _run(self, crops: np.ndarray) -> np.ndarray:
+        return np.full((len(crops), 1), 2.0, np.float32)
+
+
+@pytest.mark.parametrize(("age", "temperature"), [(6, 4.0), (12, 4.0), (13, 1.0), (40, 1.0), (None, 1.0)])
+def test_children_by_the_age_estimate_get_the_childrens_temperature(age: int | None, temperature: float) -> None:
+    """The answer for a face the age model puts under 13 is decoded with the temperature fitted on children."""
+    age_model = FixedAge(age) if age is not None else False
+    face = Analyzer(age_model=age_model, eye_model=FixedLogit()).analyze_array(skdata.astronaut(), "a.png").faces[0]
+    assert face.sex.p_female == pytest.approx(1 / (1 + np.exp(-2.0 / temperature)))

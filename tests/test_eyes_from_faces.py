@@ -71,11 +71,38 @@ def test_face_temperature_is_fitted_on_combined_eyes_and_used_for_faces() -> Non
     # Both eyes of a face say 3x the true log-odds: the combined answer is over-confident by 3x.
     out = np.repeat(3 * z, 2) + rng.normal(0, 0.1, 4000)
     ids = [str(i) for i in np.repeat(np.arange(2000), 2)]
-    fitted = calibrate("binary", out.reshape(-1, 1), np.repeat(y, 2), ids)
+    fitted = calibrate("binary", out.reshape(-1, 1), np.repeat(y, 2), {FACE_ID: ids})
     assert fitted["face_temperature"] == pytest.approx(3.0, rel=0.2)
+    assert "child_face_temperature" not in fitted  # no ages: no children's temperature
     p = decode_face_logits(np.array([3.0]), fitted)
     assert p[0] == pytest.approx(sigmoid(np.array([3.0 / fitted["face_temperature"]]))[0])
     assert decode_face_logits(np.array([2.0]), {"temperature": 2.0})[0] == pytest.approx(sigmoid(np.array([1.0]))[0])
+
+
+def _faces_with_children(n: int, n_child: int, child_overconfidence: float, seed: int = 0):
+    """Two eye logits per face: adults' calibrated, children's ``child_overconfidence`` times too confident."""
+    rng = np.random.default_rng(seed)
+    z = np.concatenate([rng.normal(0, 3, n - n_child), rng.normal(0, 0.7, n_child)])  # children: weak evidence
+    y = (rng.random(n) < sigmoid(z)).astype(float)
+    child = np.arange(n) >= n - n_child
+    logits = np.where(child, child_overconfidence * z, z)
+    groups = {FACE_ID: [str(i) for i in np.repeat(np.arange(n), 2)],
+              "child_or_not": ["0-12" if c else "13+" for c in np.repeat(child, 2)]}
+    return np.repeat(logits, 2).reshape(-1, 1), np.repeat(y, 2), groups, child
+
+
+def test_children_get_their_own_temperature_chosen_per_face() -> None:
+    out, y, groups, child = _faces_with_children(4000, 800, child_overconfidence=4.0)
+    fitted = calibrate("binary", out, y, groups)
+    assert fitted["face_temperature"] < 2.0 and fitted["child_face_temperature"] == pytest.approx(4.0, rel=0.25)
+    logit = np.array([2.0, 2.0])
+    adult, kid = decode_face_logits(logit, fitted, np.array([False, True]))
+    assert adult == pytest.approx(sigmoid(np.array([2.0 / fitted["face_temperature"]]))[0])
+    assert kid == pytest.approx(sigmoid(np.array([2.0 / fitted["child_face_temperature"]]))[0]) and kid < adult
+    assert decode_face_logits(logit, fitted)[1] == adult  # without ages every face gets the all-ages temperature
+    # too few children in validation: no separate fit
+    out, y, groups, _ = _faces_with_children(2000, 30, child_overconfidence=4.0)
+    assert "child_face_temperature" not in calibrate("binary", out, y, groups)
 
 
 def test_eye_metrics_report_whole_faces_per_source_and_age_band() -> None:

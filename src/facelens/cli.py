@@ -423,7 +423,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("eye_crop", {"eyes": Annotated[str, typer.Option(
         help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops), "
              "wide (one eye distance across: brow, lid fold and the skin around them) or SIDE,DY (SIDE eye "
-             "distances wide, the eye moved up by DY of the side; default: the shipped recipe's 1.3,-0.05)")]}),
+             "distances wide, the eye moved up by DY of the side; default: the shipped recipe's, shown below)")]}),
 )
 _NO_DEFAULT = ("data", "out", "arch", "nproc_per_node", "config")
 

@@ -35,11 +35,25 @@ def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], gro
     return logits, labels, face_groups
 
 
-def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, face_ids: list[str | None] | None = None) -> dict:
+#: Fewest validation children (faces under 13) a children's temperature is fitted on; fewer: none is fitted.
+MIN_CHILD_FACES = 50
+#: The ``record_groups`` key and value that mark a face under 13 (by its label).
+CHILD_GROUP, CHILD_VALUE = "child_or_not", "0-12"
+
+
+def child_mask(face_groups: dict[str, list]) -> np.ndarray | None:
+    """A boolean per face: under 13 by its label; None when the faces carry no ages."""
+    vals = face_groups.get(CHILD_GROUP)
+    return None if vals is None else np.array([v == CHILD_VALUE for v in vals])
+
+
+def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, groups: dict[str, list] | None = None) -> dict:
     """Calibration parameters fitted on the validation split only.
 
-    Eyes: one temperature for single crops and, when crops were cut from faces (``face_ids``), a second
-    for the face's two eyes combined (their mean logit), which is the probability ``predict`` reports.
+    Eyes: one temperature for single crops and, when crops were cut from faces (``groups[FACE_ID]``), a
+    second for the face's two eyes combined (their mean logit), which is the probability ``predict``
+    reports, and a third for the faces of children (by their labels) when there are enough of them.
+    ``predict`` chooses the children's temperature by the age estimate, evaluation by the label.
     """
     if head == "age-bins":
         value, low, high = age_from_bins(val_out)
@@ -48,9 +62,13 @@ def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, face_ids: list[
         resid = val_y - val_out.reshape(-1)
         return {"interval": 0.8, "residual_q": [float(np.quantile(resid, 0.1)), float(np.quantile(resid, 0.9))]}
     out = {"temperature": float(fit_temperature(val_out.reshape(-1), val_y))}
+    face_ids = (groups or {}).get(FACE_ID)
     if face_ids is not None and sum(f is not None for f in face_ids) >= 20:
-        logits, labels, _ = per_face(val_out, val_y, face_ids)
+        logits, labels, face_groups = per_face(val_out, val_y, face_ids, groups)
         out["face_temperature"] = float(fit_temperature(logits, labels))
+        child = child_mask(face_groups)
+        if child is not None and child.sum() >= MIN_CHILD_FACES:
+            out["child_face_temperature"] = float(fit_temperature(logits[child], labels[child]))
     return out
 
 
@@ -77,7 +95,7 @@ def _eye_metrics(outputs: np.ndarray, y: np.ndarray, meta: MetaLike, groups: dic
     out = binary_metrics(y, p_crop, groups=crop_groups) | _by_source(y, p_crop, crop_groups)
     if face_ids and any(f is not None for f in face_ids):
         logits, labels, face_groups = per_face(outputs, y, face_ids, crop_groups)
-        p = decode_face_logits(logits, meta)
+        p = decode_face_logits(logits, meta, child_mask(face_groups))
         out["faces"] = binary_metrics(labels, p, groups=face_groups) | _by_source(labels, p, face_groups)
     return out
 

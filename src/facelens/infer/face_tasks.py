@@ -169,14 +169,15 @@ class EyesTask(FaceTask):
         meta = self.predictor.model_meta
         logits = self.predictor(crops).reshape(-1)
         p = decode_eyes(logits, meta)
-        p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), meta)
         ages: list[AgeEstimate] | None = earlier.get(AgeTask.face_field)
+        young = None if ages is None else np.array([a.value < CHILD_AGE for a in ages])
+        p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), meta, young)
         sexes = []
         for i in range(len(p_face)):
             eyes = (EyeEstimate(side="left", p_female=float(p[2 * i]), box=boxes[2 * i]),
                     EyeEstimate(side="right", p_female=float(p[2 * i + 1]), box=boxes[2 * i + 1]))
-            young = ages is not None and ages[i].value < CHILD_AGE
-            sexes.append(SexEstimate(p_female=float(p_face[i]), eyes=eyes, caution=CHILD_CAUTION if young else None))
+            caution = CHILD_CAUTION if young is not None and young[i] else None
+            sexes.append(SexEstimate(p_female=float(p_face[i]), eyes=eyes, caution=caution))
         return sexes
 
     def shown_crops(self, crops: np.ndarray) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from facelens.agebins import head_width
@@ -48,11 +49,25 @@ class Decoding(BaseModel):
     temperature: float = 1.0
     #: Binary head: temperature of a face's mean eye logit; None: older models, which use ``temperature``.
     face_temperature: float | None = None
+    #: Binary head: temperature of the faces of children (under 13), fitted on validation children alone; None:
+    #: ``face_temperature`` for every age. Why: before puberty the eyes say little about sex, and one temperature
+    #: fitted on all ages (mostly adults) leaves children's probabilities more confident than they are right.
+    child_face_temperature: float | None = None
 
     @property
     def face_logit_temperature(self) -> float:
         """The temperature for whole faces (the mean logit of their eyes), falling back to the single-crop one."""
         return self.temperature if self.face_temperature is None else self.face_temperature
+
+    def face_temperatures(self, child: np.ndarray | None) -> np.ndarray | float:
+        """Per-face temperature: the children's one where ``child`` (a boolean per face) says so, if fitted."""
+        if child is None or self.child_face_temperature is None:
+            return self.face_logit_temperature
+        return np.where(np.asarray(child, dtype=bool), self.child_face_temperature, self.face_logit_temperature)
+
+
+#: The metadata keys a calibration fit writes (``evaluate.scoring.calibrate``): a re-fit replaces all of them.
+CALIBRATION_KEYS = tuple(k for k in Decoding.model_fields if k != "head")
 
 
 def decoding_of(meta: Decoding | Mapping[str, Any]) -> Decoding:

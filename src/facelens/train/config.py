@@ -29,7 +29,7 @@ TASKS = tuple(TASK_SPECS)  # the task names (``facelens.tasks`` holds what diffe
 #: Defaults that differ by task: the recipes the shipped models were trained with (README).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "age": {"epochs": 12, "ema_decay": 0.998, "augment": "photo", "balance": "source", "eye_crop": "tight"},
-    "eyes": {"epochs": 5, "ema_decay": 0.998, "augment": "photo", "balance": "source", "eye_crop": "1.3,-0.05"},
+    "eyes": {"epochs": 5, "ema_decay": 0.998, "augment": "photo", "balance": "source", "eye_crop": "1.6,-0.05"},
 }
 
 BALANCE_CHOICES = ("none", "source")

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from facelens.data.prepare import PreparedData, prepare_records
-from facelens.evaluate.groups import FACE_ID, record_groups
+from facelens.evaluate.groups import record_groups
 from facelens.evaluate.scoring import calibrate, compute_metrics, headline
 from facelens.fileio import atomic_path, write_json_atomic
 from facelens.infer.predictor import META_KEY, OnnxPredictor, TorchPredictor
+from facelens.models.meta import CALIBRATION_KEYS
 from facelens.models.wrappers import FlipAverage, to_input
 
 #: Training-split crops used to calibrate int8 activation ranges.
@@ -156,10 +157,9 @@ def _refit_and_measure(meta: dict, pred: OnnxPredictor, prep: PreparedData, spli
                        log: Callable[[str], None]) -> dict:
     """Calibration re-fitted on val and metrics re-measured on test, for exactly this exported file."""
     val, test = splits["val"], splits["test"]
-    val_faces = record_groups(meta["task"], prep, val.crops, val.positions).get(FACE_ID)
-    fitted = calibrate(meta["head"], pred(val.crops), val.y, val_faces)
-    meta = {k: v for k, v in meta.items()
-            if k not in ("interval", "interval_scale", "temperature", "face_temperature", "residual_q")}
+    val_groups = record_groups(meta["task"], prep, val.crops, val.positions)
+    fitted = calibrate(meta["head"], pred(val.crops), val.y, val_groups)
+    meta = {k: v for k, v in meta.items() if k not in CALIBRATION_KEYS}
     meta |= fitted
     groups = record_groups(meta["task"], prep, test.crops, test.positions)
     metrics = compute_metrics(meta["task"], pred(test.crops), test.y, meta, groups)

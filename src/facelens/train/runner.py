@@ -40,7 +40,7 @@ from facelens.data.crops import PIPELINE_VERSION, CropSet
 from facelens.data.prepare import PreparedData, prepare_records, resolve_strategy
 from facelens.data.splits import EYE_BLOCK_SIZE
 from facelens.errors import DatasetError
-from facelens.evaluate.groups import FACE_ID, record_groups
+from facelens.evaluate.groups import record_groups
 from facelens.evaluate.scoring import calibrate, compute_metrics, headline
 from facelens.face.align import FACE_TEMPLATES, parse_eye_geometry
 from facelens.fileio import atomic_write_with, write_bytes_atomic, write_json_atomic
@@ -271,8 +271,8 @@ def _calibrate_test_and_save(req: TrainRequest, model: torch.nn.Module, meta: di
     idx = d.idx
     tta = FlipAverage(model).eval()
     val_out = predict_outputs(tta, d.crops[idx["val"]], device)
-    val_faces = record_groups(req.task, prep, d.crops[idx["val"]], d.positions[idx["val"]]).get(FACE_ID)
-    meta |= calibrate(meta["head"], val_out, d.y[idx["val"]], val_faces)
+    meta |= calibrate(meta["head"], val_out, d.y[idx["val"]],
+                      record_groups(req.task, prep, d.crops[idx["val"]], d.positions[idx["val"]]))
     test_out = predict_outputs(tta, d.crops[idx["test"]], device, desc="test")
     groups = record_groups(req.task, prep, d.crops[idx["test"]], d.positions[idx["test"]])
     metrics = compute_metrics(req.task, test_out, d.y[idx["test"]], meta, groups)
