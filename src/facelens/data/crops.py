@@ -35,8 +35,11 @@ from facelens.face.detect import Detection, detect_faces
 from facelens.fileio import atomic_path
 from facelens.images import load_image
 
-#: Bump when detection, alignment or resizing changes: invalidates cached crops.
+#: Bump when detection or the anchor points change: invalidates cached detections and crops.
 PIPELINE_VERSION = "yunet-umeyama3-v1"
+#: Bump when the cutting of crops from known anchors changes (``face.align.warp_crop``): invalidates cached
+#: crops only (detections are kept). v2: crops that shrink their source past 2x are area-averaged first.
+CROP_VERSION = "warp-v2"
 
 
 def default_cache_dir() -> Path:
@@ -107,6 +110,8 @@ class CropSet:
 def _cache_key(digests: Sequence[str], kind: str, size: int, template: FaceTemplate | None = None,
                sides: Sequence[str | None] | None = None, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY) -> str:
     h = hashlib.sha256(f"{PIPELINE_VERSION}|{kind}|{size}|".encode())
+    if kind == "face" or (sides is not None and any(sides)):  # crops cut from faces; ready-cut eye crops only resize
+        h.update(CROP_VERSION.encode())
     if kind == "face" and template is not None and template != LOOSE_AGE_TEMPLATE:  # loose keeps old cache keys
         h.update(repr(astuple(template)).encode())
     if kind == "eye" and sides is not None and any(sides):  # eye-crop sets keep their old keys

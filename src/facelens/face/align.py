@@ -122,8 +122,8 @@ def shrink_for_warp(rgb: np.ndarray, m: np.ndarray, size: int) -> tuple[np.ndarr
     alike. The region is cut on a grid of ``k`` (so the result does not depend on where the
     footprint starts), shrunk ``k`` times with ``cv2.INTER_AREA`` and the matrix
     rewritten for it: small pixel centre j sits at full centre ``x0 + k * j + (k - 1) / 2``.
-    Crops at ``MIN_DIRECT_SCALE`` and above come back unchanged: bit for bit the crops cached for
-    training (5 of the 36,014 cached training faces are large enough to be shrunk).
+    Crops at ``MIN_DIRECT_SCALE`` and above come back unchanged, bit for bit what a plain warp gives.
+    Training crops are cut by this same code (their cache is keyed on ``data.crops.CROP_VERSION``).
     """
     scale = _scale(m)
     k = 2 ** int(np.floor(np.log2(1.0 / scale))) if scale < MIN_DIRECT_SCALE else 1
