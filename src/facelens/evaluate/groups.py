@@ -47,7 +47,7 @@ def _eye_groups(groups: dict[str, list], prep: PreparedData, recs: list[Record],
             sizes.append(None)
             age = float(meta["age"]) if meta.get("age") else None
             bands.append(age_band_label(age, EYE_AGE_BANDS) if age is not None else None)
-            under_13.append(None if age is None else "0-12" if age < 13 else "13+")
+            under_13.append(None if age is None else CHILD_VALUE if age < 13 else "13+")
             faces.append(prep.digests[i])
             continue
         with Image.open(r.path) as im:
@@ -60,7 +60,7 @@ def _eye_groups(groups: dict[str, list], prep: PreparedData, recs: list[Record],
         groups["size"] = sizes
     if any(bands):
         groups["age_band"] = bands
-        groups["child_or_not"] = under_13  # the targets' split: 0-12 (eyes weak evidence) vs 13+
+        groups[CHILD_GROUP] = under_13  # the targets' split: 0-12 (eyes weak evidence) vs 13+
     if any(faces):
         groups[FACE_ID] = faces
 
@@ -72,3 +72,5 @@ GROUPERS: dict[str, Callable[[dict[str, list], PreparedData, list[Record], np.nd
 
 #: ``record_groups`` key of the face an eye crop was cut from (an id for pairing, not a breakdown).
 FACE_ID = "face"
+#: ``record_groups`` key and value marking a crop of a face under 13 by its label (eye task).
+CHILD_GROUP, CHILD_VALUE = "child_or_not", "0-12"

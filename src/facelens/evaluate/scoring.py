@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from facelens.evaluate.calibration import fit_interval_scale, fit_temperature
-from facelens.evaluate.groups import FACE_ID
+from facelens.evaluate.groups import CHILD_GROUP, CHILD_VALUE, FACE_ID
 from facelens.evaluate.metrics import age_metrics, binary_metrics
 from facelens.infer.postprocess import MetaLike, age_from_bins, decode_age, decode_eyes, decode_face_logits
 from facelens.tasks import task_spec
@@ -37,8 +37,6 @@ def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], gro
 
 #: Fewest validation children (faces under 13) a children's temperature is fitted on; fewer: none is fitted.
 MIN_CHILD_FACES = 50
-#: The ``record_groups`` key and value that mark a face under 13 (by its label).
-CHILD_GROUP, CHILD_VALUE = "child_or_not", "0-12"
 
 
 def child_mask(face_groups: dict[str, list]) -> np.ndarray | None:
