@@ -312,3 +312,16 @@ def test_ece_noise_floor_is_reported_per_group():
     m = binary_metrics(rng.random(300) < p, p, groups={"band": ["a"] * 100 + ["b"] * 200})
     assert m["ece_floor"] < m["by_group"]["band"]["a"]["ece_floor"]  # fewer images, higher floor
     assert set(m["by_group"]["band"]["b"]) >= {"ece", "ece_floor", "ece_p_value"}
+
+
+def test_binary_groups_say_which_way_they_are_off() -> None:
+    """Mean confidence against accuracy tells over- from under-confidence; mean P against the share tells a lean."""
+    y = np.array([1, 0] * 50)
+    over = np.where(y == 1, 0.99, 0.01)
+    over[:20] = 1 - over[:20]  # 80% right at 99% confidence
+    lean = np.full(100, 0.3)  # half are positive, every answer says 30%
+    m = binary_metrics(y, over, groups={"g": ["a"] * 100})
+    a = m["by_group"]["g"]["a"]
+    assert a["accuracy"] == pytest.approx(0.8) and a["mean_confidence"] == pytest.approx(0.99)
+    m = binary_metrics(y, lean)
+    assert m["mean_p_positive"] == pytest.approx(0.3) and m["positive_share"] == pytest.approx(0.5)

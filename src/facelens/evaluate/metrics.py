@@ -337,6 +337,13 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float | None:
     return _f(np.mean(recalls)) if recalls else None
 
 
+def _confidence_and_lean(y: np.ndarray, p: np.ndarray) -> dict:
+    """Which way a group is off, which the ECE alone does not say: mean confidence (to set against the
+    accuracy: above it is over-confident) and mean P(positive) (to set against the share of positives: a lean)."""
+    return {"mean_confidence": _f(np.mean(np.maximum(p, 1 - p))), "mean_p_positive": _f(np.mean(p)),
+            "positive_share": _f(np.mean(y))}
+
+
 def binary_metrics(y_true01: Any, p_positive: Any, groups: Mapping[str, Sequence[Any]] | None = None,
                    threshold: float = 0.5) -> dict:
     """Accuracy, balanced accuracy, ROC-AUC, log loss, Brier, ECE and confusion counts.
@@ -364,6 +371,7 @@ def binary_metrics(y_true01: Any, p_positive: Any, groups: Mapping[str, Sequence
         "log_loss": _f(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
         "brier": _f(np.mean((p - y) ** 2)),
         **_ece_with_floor(y, p),
+        **_confidence_and_lean(y, p),
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
@@ -372,7 +380,7 @@ def binary_metrics(y_true01: Any, p_positive: Any, groups: Mapping[str, Sequence
         for key, values in groups.items():
             by_group[key] = {v: {"n": len(idx), "accuracy": _f(np.mean(pred[idx] == y[idx])),
                                  "balanced_accuracy": _balanced_accuracy(y[idx], pred[idx]),
-                                 **_ece_with_floor(y[idx], p[idx])}
+                                 **_ece_with_floor(y[idx], p[idx]), **_confidence_and_lean(y[idx], p[idx])}
                              for v, idx in _group_indices(values, n, key).items()}
         out["by_group"] = by_group
     return out
