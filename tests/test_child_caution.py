@@ -61,3 +61,21 @@ def test_children_by_the_age_estimate_get_the_childrens_temperature(age: int | N
     age_model = FixedAge(age) if age is not None else False
     face = Analyzer(age_model=age_model, eye_model=FixedLogit()).analyze_array(skdata.astronaut(), "a.png").faces[0]
     assert face.sex.p_female == pytest.approx(1 / (1 + np.exp(-2.0 / temperature)))
+
+
+class BandedLogit(FixedLogit):
+    """The same eye 'model', with a per-age-band calibration (teenagers: offset -2, 60+: temperature 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meta = self.meta | {"age_band_calibration": [
+            {"low": 13, "high": 20, "temperature": 1.0, "offset": -2.0, "n": 100},
+            {"low": 60, "high": None, "temperature": 2.0, "offset": 0.0, "n": 100}]}
+
+
+@pytest.mark.parametrize(("age", "logit"), [(6, 2.0), (13, 0.0), (19, 0.0), (20, 2.0), (60, 1.0), (None, 2.0)])
+def test_the_age_estimate_picks_the_band_calibration_of_the_sex_estimate(age: int | None, logit: float) -> None:
+    """Bands supersede the children's temperature; an age outside every band gets the all-ages one."""
+    age_model = FixedAge(age) if age is not None else False
+    face = Analyzer(age_model=age_model, eye_model=BandedLogit()).analyze_array(skdata.astronaut(), "a.png").faces[0]
+    assert face.sex.p_female == pytest.approx(1 / (1 + np.exp(-logit)))

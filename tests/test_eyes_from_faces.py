@@ -10,9 +10,16 @@ import pytest
 
 from facelens.data.prepare import expand_faces_to_eyes, prepare_records, sex_of_face, split_key
 from facelens.data.readers import Record, read_dataset
-from facelens.evaluate.groups import FACE_ID
+from facelens.evaluate.groups import FACE_AGE, FACE_ID
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label
-from facelens.evaluate.scoring import calibrate, compute_metrics, per_face
+from facelens.evaluate.scoring import (
+    CALIBRATION_BANDS,
+    MIN_BAND_FACES,
+    calibrate,
+    compute_metrics,
+    face_band_index,
+    per_face,
+)
 from facelens.infer.postprocess import decode_face_logits, sigmoid
 
 
@@ -58,10 +65,11 @@ def test_eye_age_bands_split_at_puberty() -> None:
 def test_per_face_averages_the_two_eyes_logits_and_skips_ready_cut_crops() -> None:
     out = np.array([2.0, 0.0, -1.0, -3.0, 5.0])
     y = np.array([1, 1, 0, 0, 1.0])
-    logits, labels, groups = per_face(out, y, ["a", "a", "b", "b", None], {"source": ["u", "u", "v", "v", "k"],
-                                                                          "size": [None] * 4 + ["<48px"]})
+    logits, labels, groups, ages = per_face(out, y, ["a", "a", "b", "b", None], {
+        "source": ["u", "u", "v", "v", "k"], "size": [None] * 4 + ["<48px"], FACE_AGE: [7.0, 7.0, None, None, None]})
     assert logits.tolist() == [1.0, -2.0] and labels.tolist() == [1, 0]
-    assert groups == {"source": ["u", "v"]}
+    assert groups == {"source": ["u", "v"]}  # the face's age is not a breakdown
+    assert ages[0] == 7.0 and np.isnan(ages[1])
 
 
 def test_face_temperature_is_fitted_on_combined_eyes_and_used_for_faces() -> None:
@@ -73,36 +81,51 @@ def test_face_temperature_is_fitted_on_combined_eyes_and_used_for_faces() -> Non
     ids = [str(i) for i in np.repeat(np.arange(2000), 2)]
     fitted = calibrate("binary", out.reshape(-1, 1), np.repeat(y, 2), {FACE_ID: ids})
     assert fitted["face_temperature"] == pytest.approx(3.0, rel=0.2)
-    assert "child_face_temperature" not in fitted  # no ages: no children's temperature
+    assert "age_band_calibration" not in fitted  # no ages: no per-band calibration
     p = decode_face_logits(np.array([3.0]), fitted)
     assert p[0] == pytest.approx(sigmoid(np.array([3.0 / fitted["face_temperature"]]))[0])
     assert decode_face_logits(np.array([2.0]), {"temperature": 2.0})[0] == pytest.approx(sigmoid(np.array([1.0]))[0])
 
 
-def _faces_with_children(n: int, n_child: int, child_overconfidence: float, seed: int = 0):
-    """Two eye logits per face: adults' calibrated, children's ``child_overconfidence`` times too confident."""
+def _faces_by_age(ages: np.ndarray, lean: dict[int, float], seed: int = 0):
+    """Two eye logits per face, calibrated except for a constant ``lean[band]`` added to the logit of the
+    faces in ``CALIBRATION_BANDS[band]`` (their answers lean to one sex whatever the eyes show)."""
     rng = np.random.default_rng(seed)
-    z = np.concatenate([rng.normal(0, 3, n - n_child), rng.normal(0, 0.7, n_child)])  # children: weak evidence
-    y = (rng.random(n) < sigmoid(z)).astype(float)
-    child = np.arange(n) >= n - n_child
-    logits = np.where(child, child_overconfidence * z, z)
-    groups = {FACE_ID: [str(i) for i in np.repeat(np.arange(n), 2)],
-              "child_or_not": ["0-12" if c else "13+" for c in np.repeat(child, 2)]}
-    return np.repeat(logits, 2).reshape(-1, 1), np.repeat(y, 2), groups, child
+    z = rng.normal(0, 2, len(ages))  # the true log-odds of each face
+    y = (rng.random(len(ages)) < sigmoid(z)).astype(float)
+    band = face_band_index(ages)
+    logits = z + np.array([lean.get(int(b), 0.0) for b in band])
+    groups = {FACE_ID: [str(i) for i in np.repeat(np.arange(len(ages)), 2)], FACE_AGE: list(np.repeat(ages, 2))}
+    return np.repeat(logits, 2).reshape(-1, 1), np.repeat(y, 2), groups
 
 
-def test_children_get_their_own_temperature_chosen_per_face() -> None:
-    out, y, groups, child = _faces_with_children(4000, 800, child_overconfidence=4.0)
+def test_each_age_band_gets_a_calibration_that_removes_its_lean() -> None:
+    ages = np.repeat([6.0, 16.0, 35.0, 70.0], 1500)
+    out, y, groups = _faces_by_age(ages, lean={1: 1.0, 3: -1.0})  # teenagers lean +1 (female), 60+ -1
     fitted = calibrate("binary", out, y, groups)
-    assert fitted["face_temperature"] < 2.0 and fitted["child_face_temperature"] == pytest.approx(4.0, rel=0.25)
-    logit = np.array([2.0, 2.0])
-    adult, kid = decode_face_logits(logit, fitted, np.array([False, True]))
-    assert adult == pytest.approx(sigmoid(np.array([2.0 / fitted["face_temperature"]]))[0])
-    assert kid == pytest.approx(sigmoid(np.array([2.0 / fitted["child_face_temperature"]]))[0]) and kid < adult
-    assert decode_face_logits(logit, fitted)[1] == adult  # without ages every face gets the all-ages temperature
-    # too few children in validation: no separate fit
-    out, y, groups, _ = _faces_with_children(2000, 30, child_overconfidence=4.0)
-    assert "child_face_temperature" not in calibrate("binary", out, y, groups)
+    bands = {(b["low"], b["high"]): b for b in fitted["age_band_calibration"]}
+    assert set(bands) == set(CALIBRATION_BANDS) and all(b["n"] == 1500 for b in bands.values())
+    assert bands[(13, 20)]["offset"] == pytest.approx(-1.0, abs=0.25)
+    assert bands[(60, None)]["offset"] == pytest.approx(1.0, abs=0.25)
+    assert bands[(20, 60)]["offset"] == pytest.approx(0.0, abs=0.25)
+    # Decoding picks each face's band by the age given (the estimate in predict): a teen's logit 1 is ~even.
+    teen, adult, old, unknown = decode_face_logits(np.ones(4), fitted, np.array([16.0, 35.0, 70.0, np.nan]))
+    assert teen == pytest.approx(0.5, abs=0.07) and old > adult > teen
+    assert unknown == pytest.approx(sigmoid(np.array([1.0 / fitted["face_temperature"]]))[0])
+    assert decode_face_logits(np.ones(2), fitted)[0] == unknown  # without ages: the all-ages temperature
+
+
+def test_a_band_with_too_few_validation_faces_gets_no_calibration_of_its_own() -> None:
+    ages = np.concatenate([np.full(MIN_BAND_FACES - 1, 70.0), np.full(2000, 35.0)])
+    out, y, groups = _faces_by_age(ages, lean={3: -2.0})
+    bands = calibrate("binary", out, y, groups)["age_band_calibration"]
+    assert [(b["low"], b["high"]) for b in bands] == [(20, 60)]
+
+
+def test_older_models_with_a_childrens_temperature_still_decode_with_it() -> None:
+    meta = {"temperature": 1.0, "face_temperature": 1.0, "child_face_temperature": 4.0}
+    adult, kid, unknown = decode_face_logits(np.full(3, 2.0), meta, np.array([30.0, 8.0, np.nan]))
+    assert kid == pytest.approx(sigmoid(np.array([0.5]))[0]) and adult == unknown == pytest.approx(sigmoid(np.array([2.0]))[0])
 
 
 def test_eye_metrics_report_whole_faces_per_source_and_age_band() -> None:

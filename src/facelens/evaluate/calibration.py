@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 T_BOUNDS = (0.05, 20.0)
 SCALE_BOUNDS = (0.05, 20.0)
@@ -50,6 +50,29 @@ def fit_temperature(logits: Any, y01: Any, bounds: tuple[float, float] = T_BOUND
     res = minimize_scalar(lambda t: binary_nll(z, y, float(np.exp(t))), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-5})
     return float(np.exp(res.x))
+
+
+def fit_platt(logits: Any, y01: Any, bounds: tuple[float, float] = T_BOUNDS) -> tuple[float, float]:
+    """(T, c) minimising the NLL of sigmoid(logit / T + c): temperature scaling plus an offset (Platt 1999).
+
+    Why an offset: a group whose probabilities lean to one class on average (a bias, not over-confidence)
+    is not helped by a temperature, which only scales the logit around 0. Fitted on log T so T stays positive.
+    """
+    z, y = _vec(logits, "logits"), _vec(y01, "y01")
+    if len(z) != len(y) or len(z) == 0:
+        raise ValueError(f"need matching, non-empty logits and labels (got {len(z)} and {len(y)})")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 0 or 1")
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+
+    def nll_and_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
+        log_t, c = params
+        u = z * np.exp(-log_t) + c
+        r = 0.5 * (1.0 + np.tanh(0.5 * u)) - y  # d nll / d u per sample
+        return float(np.mean(np.logaddexp(0.0, u) - y * u)), np.array([np.mean(r * -z * np.exp(-log_t)), np.mean(r)])
+
+    res = minimize(nll_and_grad, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(lo, hi), (-10.0, 10.0)])
+    return float(np.exp(res.x[0])), float(res.x[1])
 
 
 def apply_temperature(logits: Any, temperature: float) -> np.ndarray:

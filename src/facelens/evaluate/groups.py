@@ -40,7 +40,7 @@ def _eye_groups(groups: dict[str, list], prep: PreparedData, recs: list[Record],
                 positions: np.ndarray) -> None:
     """Eye crops: colour, source image size, the age band of the face an eye was cut from, and that face."""
     groups["colour"] = ["grayscale" if is_grayscale(c) else "colour" for c in crops]
-    sizes, bands, under_13, faces = [], [], [], []
+    sizes, bands, under_13, faces, ages = [], [], [], [], []
     for r, i in zip(recs, positions, strict=True):
         meta = r.meta_dict()
         if "eye_side" in meta:  # cut from a face: its size is the face's, its age the face's label
@@ -49,6 +49,7 @@ def _eye_groups(groups: dict[str, list], prep: PreparedData, recs: list[Record],
             bands.append(age_band_label(age, EYE_AGE_BANDS) if age is not None else None)
             under_13.append(None if age is None else CHILD_VALUE if age < 13 else "13+")
             faces.append(prep.digests[i])
+            ages.append(age)
             continue
         with Image.open(r.path) as im:
             s = min(im.size)
@@ -56,6 +57,7 @@ def _eye_groups(groups: dict[str, list], prep: PreparedData, recs: list[Record],
         bands.append(None)
         under_13.append(None)
         faces.append(None)
+        ages.append(None)
     if any(sizes):
         groups["size"] = sizes
     if any(bands):
@@ -63,6 +65,8 @@ def _eye_groups(groups: dict[str, list], prep: PreparedData, recs: list[Record],
         groups[CHILD_GROUP] = under_13  # the targets' split: 0-12 (eyes weak evidence) vs 13+
     if any(faces):
         groups[FACE_ID] = faces
+    if any(a is not None for a in ages):
+        groups[FACE_AGE] = ages
 
 
 #: Per task (``facelens.tasks``): adds the task's group labels to ``groups`` (which holds the source).
@@ -72,5 +76,10 @@ GROUPERS: dict[str, Callable[[dict[str, list], PreparedData, list[Record], np.nd
 
 #: ``record_groups`` key of the face an eye crop was cut from (an id for pairing, not a breakdown).
 FACE_ID = "face"
+#: ``record_groups`` key of the labelled age (years, a float) of the face an eye crop was cut from: what a
+#: per-age-band calibration is fitted and evaluated on (``predict`` uses the age estimate instead).
+FACE_AGE = "face_age"
+#: Keys of ``record_groups`` that pair or describe records but are not breakdowns of the metrics.
+NOT_BREAKDOWNS = (FACE_ID, FACE_AGE)
 #: ``record_groups`` key and value marking a crop of a face under 13 by its label (eye task).
 CHILD_GROUP, CHILD_VALUE = "child_or_not", "0-12"

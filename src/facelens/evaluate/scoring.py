@@ -12,17 +12,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from facelens.evaluate.calibration import fit_interval_scale, fit_temperature
-from facelens.evaluate.groups import CHILD_GROUP, CHILD_VALUE, FACE_ID
+from facelens.evaluate.calibration import fit_interval_scale, fit_platt, fit_temperature
+from facelens.evaluate.groups import FACE_AGE, FACE_ID, NOT_BREAKDOWNS
 from facelens.evaluate.metrics import age_metrics, binary_metrics
 from facelens.infer.postprocess import MetaLike, age_from_bins, decode_age, decode_eyes, decode_face_logits
 from facelens.tasks import task_spec
 
 
 def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], groups: dict[str, list] | None = None
-             ) -> tuple[np.ndarray, np.ndarray, dict[str, list]]:
+             ) -> tuple[np.ndarray, np.ndarray, dict[str, list], np.ndarray | None]:
     """Eye-crop logits averaged per face (as ``Analyzer`` combines a face's two eyes), with the face's
-    label and groups; crops not cut from a face are left out."""
+    label, breakdown groups and labelled age (NaN unknown; None when no face has one); crops not cut
+    from a face are left out."""
     order: dict[str, list[int]] = {}
     for k, f in enumerate(face_ids):
         if f is not None:
@@ -30,19 +31,42 @@ def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], gro
     idx = list(order.values())
     logits = np.array([outputs.reshape(-1)[ks].mean() for ks in idx])
     labels = np.array([y[ks[0]] for ks in idx])
-    face_groups = {key: [vals[ks[0]] for ks in idx] for key, vals in (groups or {}).items() if key != FACE_ID}
+    face_groups = {key: [vals[ks[0]] for ks in idx] for key, vals in (groups or {}).items()
+                   if key not in NOT_BREAKDOWNS}
     face_groups = {key: vals for key, vals in face_groups.items() if any(v is not None for v in vals)}
-    return logits, labels, face_groups
+    age_vals = (groups or {}).get(FACE_AGE)
+    ages = None if age_vals is None else np.array([np.nan if (a := age_vals[ks[0]]) is None else a for ks in idx],
+                                                  dtype=np.float64)
+    return logits, labels, face_groups, ages
 
 
-#: Fewest validation children (faces under 13) a children's temperature is fitted on; fewer: none is fitted.
-MIN_CHILD_FACES = 50
+#: Age bands [low, high) of the whole-face calibration (``models.meta.BandCalibration``): children, whose
+#: eyes say little; teenagers; adults; people over 60, whose answers lean male.
+CALIBRATION_BANDS: tuple[tuple[int, int | None], ...] = ((0, 13), (13, 20), (20, 60), (60, None))
+#: Fewest validation faces a band's calibration is fitted on; fewer: the band gets the all-ages temperature.
+MIN_BAND_FACES = 50
 
 
-def child_mask(face_groups: dict[str, list]) -> np.ndarray | None:
-    """A boolean per face: under 13 by its label; None when the faces carry no ages."""
-    vals = face_groups.get(CHILD_GROUP)
-    return None if vals is None else np.array([v == CHILD_VALUE for v in vals])
+def face_band_index(ages: np.ndarray | None) -> np.ndarray:
+    """Index into ``CALIBRATION_BANDS`` per face; ``len(CALIBRATION_BANDS)`` for an unknown age."""
+    if ages is None:
+        return np.zeros(0, dtype=int)
+    out = np.full(len(ages), len(CALIBRATION_BANDS))
+    for b, (lo, hi) in enumerate(CALIBRATION_BANDS):
+        out[(ages >= lo) & ((ages < hi) if hi is not None else True)] = b
+    return out
+
+
+def fit_band_calibration(logits: np.ndarray, labels: np.ndarray, ages: np.ndarray) -> list[dict]:
+    """Platt calibration (``fit_platt``) per ``CALIBRATION_BANDS`` band holding >= ``MIN_BAND_FACES`` faces."""
+    band = face_band_index(ages)
+    out = []
+    for b, (lo, hi) in enumerate(CALIBRATION_BANDS):
+        inside = band == b
+        if inside.sum() >= MIN_BAND_FACES:
+            t, c = fit_platt(logits[inside], labels[inside])
+            out.append({"low": lo, "high": hi, "temperature": t, "offset": c, "n": int(inside.sum())})
+    return out
 
 
 def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, groups: dict[str, list] | None = None) -> dict:
@@ -50,8 +74,8 @@ def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, groups: dict[st
 
     Eyes: one temperature for single crops and, when crops were cut from faces (``groups[FACE_ID]``), a
     second for the face's two eyes combined (their mean logit), which is the probability ``predict``
-    reports, and a third for the faces of children (by their labels) when there are enough of them.
-    ``predict`` chooses the children's temperature by the age estimate, evaluation by the label.
+    reports, and, when the faces carry ages, a calibration per age band (``fit_band_calibration``).
+    ``predict`` chooses the band by the age estimate, evaluation by the label.
     """
     if head == "age-bins":
         value, low, high = age_from_bins(val_out)
@@ -62,11 +86,10 @@ def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, groups: dict[st
     out = {"temperature": float(fit_temperature(val_out.reshape(-1), val_y))}
     face_ids = (groups or {}).get(FACE_ID)
     if face_ids is not None and sum(f is not None for f in face_ids) >= 20:
-        logits, labels, face_groups = per_face(val_out, val_y, face_ids, groups)
+        logits, labels, _, ages = per_face(val_out, val_y, face_ids, groups)
         out["face_temperature"] = float(fit_temperature(logits, labels))
-        child = child_mask(face_groups)
-        if child is not None and child.sum() >= MIN_CHILD_FACES:
-            out["child_face_temperature"] = float(fit_temperature(logits[child], labels[child]))
+        if ages is not None and (bands := fit_band_calibration(logits, labels, ages)):
+            out["age_band_calibration"] = bands
     return out
 
 
@@ -88,12 +111,12 @@ def _age_metrics(outputs: np.ndarray, y: np.ndarray, meta: MetaLike, groups: dic
 def _eye_metrics(outputs: np.ndarray, y: np.ndarray, meta: MetaLike, groups: dict[str, list[str]]) -> dict:
     """Single crops, and whole faces (their eyes' mean logit, as ``predict`` answers) where crops were cut from faces."""
     face_ids = groups.get(FACE_ID)
-    crop_groups = {k: v for k, v in groups.items() if k != FACE_ID}
+    crop_groups = {k: v for k, v in groups.items() if k not in NOT_BREAKDOWNS}
     p_crop = decode_eyes(outputs, meta)
     out = binary_metrics(y, p_crop, groups=crop_groups) | _by_source(y, p_crop, crop_groups)
     if face_ids and any(f is not None for f in face_ids):
-        logits, labels, face_groups = per_face(outputs, y, face_ids, crop_groups)
-        p = decode_face_logits(logits, meta, child_mask(face_groups))
+        logits, labels, face_groups, ages = per_face(outputs, y, face_ids, groups)
+        p = decode_face_logits(logits, meta, ages)
         out["faces"] = binary_metrics(labels, p, groups=face_groups) | _by_source(labels, p, face_groups)
     return out
 

@@ -31,12 +31,12 @@ from facelens.face.align import (
 from facelens.face.detect import Detection
 from facelens.infer.postprocess import decode_age, decode_eyes, decode_face_logits
 from facelens.infer.predictor import Predictor
+from facelens.models.meta import CHILD_AGE
 from facelens.reduced import ReducedImage
 from facelens.schema import AgeEstimate, Box, EyeEstimate, SexEstimate
 
-#: Below this estimated age the eyes say little about sex (puberty changes the brow and eye region):
-#: the answer carries ``CHILD_CAUTION`` (shown by the text output and the web page).
-CHILD_AGE = 13
+#: Below ``CHILD_AGE`` by the age estimate the eyes say little about sex (puberty changes the brow and eye
+#: region): the answer carries this caution (shown by the text output and the web page).
 CHILD_CAUTION = "a child by the age estimate: the eyes tell sex poorly before puberty; treat this as a guess"
 
 Point = tuple[float, float]
@@ -170,8 +170,9 @@ class EyesTask(FaceTask):
         logits = self.predictor(crops).reshape(-1)
         p = decode_eyes(logits, meta)
         ages: list[AgeEstimate] | None = earlier.get(AgeTask.face_field)
-        young = None if ages is None else np.array([a.value < CHILD_AGE for a in ages])
-        p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), meta, young)
+        age_values = None if ages is None else np.array([a.value for a in ages], dtype=np.float64)
+        young = None if age_values is None else age_values < CHILD_AGE
+        p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), meta, age_values)
         sexes = []
         for i in range(len(p_face)):
             eyes = (EyeEstimate(side="left", p_female=float(p[2 * i]), box=boxes[2 * i]),

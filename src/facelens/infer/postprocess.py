@@ -99,16 +99,18 @@ def decode_eyes(outputs: np.ndarray, meta: MetaLike) -> np.ndarray:
     return p_female_from_logits(outputs, decoding_of(meta).temperature)
 
 
-def decode_face_logits(face_logits: np.ndarray, meta: MetaLike, child: np.ndarray | None = None) -> np.ndarray:
+def decode_face_logits(face_logits: np.ndarray, meta: MetaLike, ages: np.ndarray | None = None) -> np.ndarray:
     """Calibrated P(female) of whole faces from the mean logit of their eye crops.
 
     Models trained on crops cut from faces carry a ``face_temperature`` fitted on such faces; older
     ones fall back to the single-crop temperature, which makes this the mean of the eyes' calibrated
-    log-odds (``combine_eye_probabilities``). ``child`` (a boolean per face: ``predict`` takes it from the
-    age estimate) selects the children's temperature where the model has one.
+    log-odds (``combine_eye_probabilities``). ``ages`` (years per face, NaN unknown: ``predict`` passes the
+    age estimate, evaluation the label) select the age band's calibration where the model has one
+    (``Decoding.face_calibration``).
     """
     logits = np.asarray(face_logits, dtype=np.float64).reshape(-1)
-    return sigmoid(logits / decoding_of(meta).face_temperatures(child))
+    temps, offsets = decoding_of(meta).face_calibration(ages, len(logits))
+    return sigmoid(logits / temps + offsets)
 
 
 #: The per-crop decoder of each task (``facelens.tasks``): raw outputs -> the task's estimate

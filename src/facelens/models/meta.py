@@ -26,6 +26,35 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from facelens.agebins import head_width
 from facelens.tasks import TaskSpec, task_spec
 
+#: Under this age (years) a face is a child's: the eyes say little about sex before puberty, so the sex
+#: estimate of such a face (by the age estimate) carries a caution and, in older models, its own temperature.
+CHILD_AGE = 13
+
+
+class BandCalibration(BaseModel):
+    """Calibration of whole-face eye logits for faces aged [low, high): p = sigmoid(logit / temperature + offset).
+
+    Why per age band and why an offset: the eyes' evidence and its bias change with age (children's and
+    teenagers' answers lean female, those of people over 60 male); one temperature cannot remove a lean.
+    Fitted on validation faces by their labelled age; ``predict`` chooses the band by the age estimate.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: Inclusive lower bound, whole years.
+    low: int
+    #: Exclusive upper bound, whole years; None: no upper bound.
+    high: int | None = None
+    temperature: float
+    offset: float = 0.0
+    #: Validation faces it was fitted on.
+    n: int | None = None
+
+    def contains(self, ages: np.ndarray) -> np.ndarray:
+        """A boolean per age (NaN, an unknown age, is in no band)."""
+        inside = ages >= self.low
+        return inside if self.high is None else inside & (ages < self.high)
+
 
 class Decoding(BaseModel):
     """The part of the metadata that turns raw outputs into estimates: the head and its calibration.
@@ -53,17 +82,32 @@ class Decoding(BaseModel):
     #: ``face_temperature`` for every age. Why: before puberty the eyes say little about sex, and one temperature
     #: fitted on all ages (mostly adults) leaves children's probabilities more confident than they are right.
     child_face_temperature: float | None = None
+    #: Binary head: per-age-band calibration of faces, superseding ``child_face_temperature``; faces outside
+    #: every band, or of unknown age, get ``face_logit_temperature``. None: older models.
+    age_band_calibration: list[BandCalibration] | None = None
 
     @property
     def face_logit_temperature(self) -> float:
         """The temperature for whole faces (the mean logit of their eyes), falling back to the single-crop one."""
         return self.temperature if self.face_temperature is None else self.face_temperature
 
-    def face_temperatures(self, child: np.ndarray | None) -> np.ndarray | float:
-        """Per-face temperature: the children's one where ``child`` (a boolean per face) says so, if fitted."""
-        if child is None or self.child_face_temperature is None:
-            return self.face_logit_temperature
-        return np.where(np.asarray(child, dtype=bool), self.child_face_temperature, self.face_logit_temperature)
+    def face_calibration(self, ages: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(temperature, offset) for each of ``n`` faces of the given ``ages`` (years; NaN or None: unknown):
+        the age band's where the model has per-band calibration, else the children's temperature under
+        ``CHILD_AGE`` if fitted, else the all-ages face temperature."""
+        temps, offsets = np.full(n, self.face_logit_temperature), np.zeros(n)
+        if ages is None:
+            return temps, offsets
+        a = np.asarray(ages, dtype=np.float64).reshape(-1)
+        if len(a) != n:
+            raise ValueError(f"got {len(a)} ages for {n} faces")
+        if self.age_band_calibration:
+            for band in self.age_band_calibration:
+                inside = band.contains(a)
+                temps[inside], offsets[inside] = band.temperature, band.offset
+        elif self.child_face_temperature is not None:
+            temps[a < CHILD_AGE] = self.child_face_temperature
+        return temps, offsets
 
 
 #: The metadata keys a calibration fit writes (``evaluate.scoring.calibrate``): a re-fit replaces all of them.
@@ -136,4 +180,4 @@ class ModelMeta(Decoding):
         return head_width(self.head)
 
 
-__all__ = ["Decoding", "ModelMeta", "decoding_of"]
+__all__ = ["CHILD_AGE", "BandCalibration", "Decoding", "ModelMeta", "decoding_of"]
