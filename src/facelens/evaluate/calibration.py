@@ -27,6 +27,16 @@ def _vec(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _logits_and_labels(logits: Any, y01: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (logits, 0/1 labels) of one calibration fit."""
+    z, y = _vec(logits, "logits"), _vec(y01, "y01")
+    if len(z) != len(y) or len(z) == 0:
+        raise ValueError(f"need matching, non-empty logits and labels (got {len(z)} and {len(y)})")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 0 or 1")
+    return z, y
+
+
 def binary_nll(logits: Any, y01: Any, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of sigmoid(logits / T), computed stably via log(1 + e^z)."""
     z = _vec(logits, "logits") / temperature
@@ -41,11 +51,7 @@ def fit_temperature(logits: Any, y01: Any, bounds: tuple[float, float] = T_BOUND
     method, because a single parameter needs no gradient machinery. Fit on validation data
     only, never on test (see module docstring). T > 1 softens over-confident predictions.
     """
-    z, y = _vec(logits, "logits"), _vec(y01, "y01")
-    if len(z) != len(y) or len(z) == 0:
-        raise ValueError(f"need matching, non-empty logits and labels (got {len(z)} and {len(y)})")
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError("labels must be 0 or 1")
+    z, y = _logits_and_labels(logits, y01)
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     res = minimize_scalar(lambda t: binary_nll(z, y, float(np.exp(t))), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-5})
@@ -58,11 +64,7 @@ def fit_platt(logits: Any, y01: Any, bounds: tuple[float, float] = T_BOUNDS) -> 
     Why an offset: a group whose probabilities lean to one class on average (a bias, not over-confidence)
     is not helped by a temperature, which only scales the logit around 0. Fitted on log T so T stays positive.
     """
-    z, y = _vec(logits, "logits"), _vec(y01, "y01")
-    if len(z) != len(y) or len(z) == 0:
-        raise ValueError(f"need matching, non-empty logits and labels (got {len(z)} and {len(y)})")
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError("labels must be 0 or 1")
+    z, y = _logits_and_labels(logits, y01)
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
 
     def nll_and_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
