@@ -24,46 +24,41 @@ import sys
 
 import numpy as np
 
-from facelens.evaluate.calibration import fit_platt, fit_temperature
+from facelens.evaluate.calibration import fit_temperature
 from facelens.evaluate.groups import record_groups
 from facelens.evaluate.metrics import binary_metrics
-from facelens.evaluate.scoring import CALIBRATION_BANDS, MIN_BAND_FACES, face_band_index, per_face
+from facelens.evaluate.scoring import (
+    CALIBRATION_BANDS,
+    MIN_BAND_FACES,
+    face_band_index,
+    fit_band_calibration,
+    per_face,
+)
+from facelens.infer.postprocess import decode_face_logits
 from facelens.infer.predictor import load_predictor
+from facelens.models.meta import CHILD_AGE
 from facelens.train.export import load_split_crops
 
 
-def _fit(z: np.ndarray, y: np.ndarray, band: np.ndarray, method: str) -> list[tuple[float, float]]:
-    """(T, c) per band index (one more for faces of unknown age) fitted on the training folds."""
+def _fit(z: np.ndarray, y: np.ndarray, ages: np.ndarray, method: str) -> dict:
+    """The calibration metadata of ``method``, fitted on the training folds."""
     t_all = fit_temperature(z, y)
-    params = [(t_all, 0.0)] * (len(CALIBRATION_BANDS) + 1)
-    if method == "current":
-        child = band == 0
-        if child.sum() >= MIN_BAND_FACES:
-            params[0] = (fit_temperature(z[child], y[child]), 0.0)
-        return params
-    for b in range(len(CALIBRATION_BANDS)):
-        m = band == b
-        if m.sum() >= MIN_BAND_FACES:
-            params[b] = fit_platt(z[m], y[m])
-    return params
+    if method == "bands":
+        return {"face_temperature": t_all, "age_band_calibration": fit_band_calibration(z, y, ages)}
+    child = ages < CHILD_AGE
+    if child.sum() >= MIN_BAND_FACES:
+        return {"face_temperature": t_all, "child_face_temperature": fit_temperature(z[child], y[child])}
+    return {"face_temperature": t_all}
 
 
-def cross_validate(z: np.ndarray, y: np.ndarray, band: np.ndarray, method: str, folds: int, seed: int) -> np.ndarray:
-    """Out-of-fold P(female) per face."""
+def cross_validate(z: np.ndarray, y: np.ndarray, ages: np.ndarray, method: str, folds: int, seed: int) -> np.ndarray:
+    """Out-of-fold P(female) per face, decoded as ``predict`` decodes (``decode_face_logits``)."""
     fold = np.random.default_rng(seed).permutation(len(z)) % folds
     p = np.empty(len(z))
     for k in range(folds):
         train, held = fold != k, fold == k
-        params = _fit(z[train], y[train], band[train], method)
-        t = np.array([params[b][0] for b in band[held]])
-        c = np.array([params[b][1] for b in band[held]])
-        p[held] = 1.0 / (1.0 + np.exp(-(z[held] / t + c)))
+        p[held] = decode_face_logits(z[held], _fit(z[train], y[train], ages[train], method), ages[held])
     return p
-
-
-def _nll(p: np.ndarray, y: np.ndarray) -> float:
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     src = np.asarray(face_groups["source"])
     result: dict = {"model": args.model, "split": "val", "folds": args.folds, "n_faces": len(z), "methods": {}}
     for method in ("current", "bands"):
-        p = cross_validate(z, y, band, method, args.folds, args.seed)
-        rows = {"all": {"n": len(z), "log_loss": _nll(p, y), "ece": binary_metrics(y, p)["ece"]}}
+        p = cross_validate(z, y, ages, method, args.folds, args.seed)
+        bm = binary_metrics(y, p)
+        rows = {"all": {"n": len(z), "log_loss": bm["log_loss"], "ece": bm["ece"]}}
         for b, (lo, hi) in [*enumerate(CALIBRATION_BANDS), (len(CALIBRATION_BANDS), (None, None))]:
             for s in ["all", *sorted(set(src.tolist()))]:
                 m = (band == b) & ((src == s) if s != "all" else True)
@@ -93,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 bm = binary_metrics(y[m], p[m])
                 name = "unknown age" if lo is None else f"{lo}-{hi - 1}" if hi is not None else f"{lo}+"
-                rows[f"{name} {s}"] = {"n": int(m.sum()), "log_loss": _nll(p[m], y[m]), "ece": bm["ece"],
+                rows[f"{name} {s}"] = {"n": int(m.sum()), "log_loss": bm["log_loss"], "ece": bm["ece"],
                                        "mean_p": float(p[m].mean()), "share": float(y[m].mean())}
         result["methods"][method] = rows
     cur, new = result["methods"]["current"], result["methods"]["bands"]

@@ -16,6 +16,7 @@ from facelens.evaluate.calibration import fit_interval_scale, fit_platt, fit_tem
 from facelens.evaluate.groups import FACE_AGE, FACE_ID, NOT_BREAKDOWNS
 from facelens.evaluate.metrics import age_metrics, binary_metrics
 from facelens.infer.postprocess import MetaLike, age_from_bins, decode_age, decode_eyes, decode_face_logits
+from facelens.models.meta import in_age_band
 from facelens.tasks import task_spec
 
 
@@ -53,7 +54,7 @@ def face_band_index(ages: np.ndarray | None) -> np.ndarray:
         return np.zeros(0, dtype=int)
     out = np.full(len(ages), len(CALIBRATION_BANDS))
     for b, (lo, hi) in enumerate(CALIBRATION_BANDS):
-        out[(ages >= lo) & ((ages < hi) if hi is not None else True)] = b
+        out[in_age_band(ages, lo, hi)] = b
     return out
 
 

@@ -31,6 +31,12 @@ from facelens.tasks import TaskSpec, task_spec
 CHILD_AGE = 13
 
 
+def in_age_band(ages: np.ndarray, low: int, high: int | None) -> np.ndarray:
+    """A boolean per age: in [low, high) (``high`` None: no upper bound); NaN, an unknown age, is in no band."""
+    inside = ages >= low
+    return inside if high is None else inside & (ages < high)
+
+
 class BandCalibration(BaseModel):
     """Calibration of whole-face eye logits for faces aged [low, high): p = sigmoid(logit / temperature + offset).
 
@@ -52,8 +58,7 @@ class BandCalibration(BaseModel):
 
     def contains(self, ages: np.ndarray) -> np.ndarray:
         """A boolean per age (NaN, an unknown age, is in no band)."""
-        inside = ages >= self.low
-        return inside if self.high is None else inside & (ages < self.high)
+        return in_age_band(ages, self.low, self.high)
 
 
 class Decoding(BaseModel):
