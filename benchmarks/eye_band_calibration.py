@@ -1,18 +1,20 @@
-"""Does a per-age-band calibration of the eye model's face answers beat the current one? (issue #17)
+"""Which age bands should the eye model's whole-face calibration use? (issue #17)
 
-The shipped eye model's whole-face probabilities lean by age band (teenagers and children towards
-female, people over 60 towards male; ``docs/experiments.md``). A temperature cannot fix a lean, an
-offset can. This measures, on the *validation* split only, by K-fold cross-validation over faces
-(both eyes of a face always together), the log loss and ECE of:
+The shipped eye model's whole-face probabilities lean by age band (children and teenagers towards
+female, people over 60 towards male; ``docs/experiments.md``), so they are calibrated per band of age:
+sigmoid(z / T + c) fitted per band (``evaluate.scoring.fit_band_calibration``). This measures, on the
+*validation* split only, by K-fold cross-validation over faces (both eyes of a face always together),
+the log loss and ECE of:
 
-- ``current``: one face temperature, plus the children's temperature (under 13, by label) when the
-  training folds hold >= 50 children (what ``evaluate.scoring.calibrate`` fits today);
-- ``bands``: Platt scaling, sigmoid(z / T + c), per age band (``evaluate.scoring.CALIBRATION_BANDS``)
-  with >= 50 faces in the training folds, the all-ages face temperature elsewhere.
+- ``temperature``: one face temperature, plus the children's temperature (under 13, by label) when the
+  training folds hold >= 50 children (the calibration before bands);
+- ``shipped``: Platt scaling per band of ``evaluate.scoring.CALIBRATION_BANDS`` with >= 50 faces in the
+  training folds, the all-ages face temperature elsewhere;
+- ``candidate``: the same with the band edges of ``--bands`` (e.g. ``0,3,13,20,60``), when given.
 
-The test split is not read. ::
+Rows are the issue's reporting bands (0-2, 3-12, 13-19, 20-59, 60+) by source. The test split is not read. ::
 
-    python benchmarks/eye_band_calibration.py --model models/eyes-mobilenetv2.onnx \\
+    python benchmarks/eye_band_calibration.py --model models/eyes-mobilenetv2.onnx --bands 0,3,13,20,60 \\
         --data ../shared/data/eyes --data ../shared/data/utkface --data ../shared/data/all-age-faces
 """
 
@@ -26,10 +28,11 @@ import numpy as np
 
 from facelens.evaluate.calibration import fit_temperature
 from facelens.evaluate.groups import record_groups
-from facelens.evaluate.metrics import binary_metrics
+from facelens.evaluate.metrics import EYE_AGE_BANDS, binary_metrics
 from facelens.evaluate.scoring import (
     CALIBRATION_BANDS,
     MIN_BAND_FACES,
+    Bands,
     face_band_index,
     fit_band_calibration,
     per_face,
@@ -39,19 +42,31 @@ from facelens.infer.predictor import load_predictor
 from facelens.models.meta import CHILD_AGE
 from facelens.train.export import load_split_crops
 
+#: The issue's reporting bands as [low, high) edges (``EYE_AGE_BANDS`` holds them inclusive).
+EYE_AGE_ROWS: Bands = tuple((lo, None if hi is None else hi + 1) for lo, hi in EYE_AGE_BANDS)
 
-def _fit(z: np.ndarray, y: np.ndarray, ages: np.ndarray, method: str) -> dict:
-    """The calibration metadata of ``method``, fitted on the training folds."""
+
+def parse_bands(text: str) -> Bands:
+    """'0,3,13,20,60' -> ((0, 3), (3, 13), (13, 20), (20, 60), (60, None))."""
+    edges = [int(e) for e in text.split(",")]
+    if len(edges) < 2 or edges != sorted(set(edges)):
+        raise SystemExit(f"--bands: give increasing age edges such as 0,3,13,20,60, not {text!r}")
+    return tuple(zip(edges, [*edges[1:], None], strict=True))
+
+
+def _fit(z: np.ndarray, y: np.ndarray, ages: np.ndarray, method: Bands | None) -> dict:
+    """The calibration metadata of ``method`` (band edges; None: temperatures), fitted on the training folds."""
     t_all = fit_temperature(z, y)
-    if method == "bands":
-        return {"face_temperature": t_all, "age_band_calibration": fit_band_calibration(z, y, ages)}
+    if method is not None:
+        return {"face_temperature": t_all, "age_band_calibration": fit_band_calibration(z, y, ages, method)}
     child = ages < CHILD_AGE
     if child.sum() >= MIN_BAND_FACES:
         return {"face_temperature": t_all, "child_face_temperature": fit_temperature(z[child], y[child])}
     return {"face_temperature": t_all}
 
 
-def cross_validate(z: np.ndarray, y: np.ndarray, ages: np.ndarray, method: str, folds: int, seed: int) -> np.ndarray:
+def cross_validate(z: np.ndarray, y: np.ndarray, ages: np.ndarray, method: Bands | None, folds: int, seed: int
+                   ) -> np.ndarray:
     """Out-of-fold P(female) per face, decoded as ``predict`` decodes (``decode_face_logits``)."""
     fold = np.random.default_rng(seed).permutation(len(z)) % folds
     p = np.empty(len(z))
@@ -67,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bands", type=parse_bands, help="candidate band edges, e.g. 0,3,13,20,60")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     pred = load_predictor(args.model)
@@ -75,14 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     val = splits["val"]
     groups = record_groups("eyes", prep, val.crops, val.positions)
     z, y, face_groups, ages = per_face(pred(val.crops), val.y, groups["face"], groups)
-    band = face_band_index(ages)
+    band = face_band_index(ages, EYE_AGE_ROWS)
     src = np.asarray(face_groups["source"])
-    result: dict = {"model": args.model, "split": "val", "folds": args.folds, "n_faces": len(z), "methods": {}}
-    for method in ("current", "bands"):
-        p = cross_validate(z, y, ages, method, args.folds, args.seed)
+    methods: dict[str, Bands | None] = {"temperature": None, "shipped": CALIBRATION_BANDS}
+    if args.bands:
+        methods["candidate"] = args.bands
+    result: dict = {"model": args.model, "split": "val", "folds": args.folds, "n_faces": len(z),
+                    "bands": {k: v for k, v in methods.items()}, "methods": {}}
+    for method, edges in methods.items():
+        p = cross_validate(z, y, ages, edges, args.folds, args.seed)
         bm = binary_metrics(y, p)
         rows = {"all": {"n": len(z), "log_loss": bm["log_loss"], "ece": bm["ece"]}}
-        for b, (lo, hi) in [*enumerate(CALIBRATION_BANDS), (len(CALIBRATION_BANDS), (None, None))]:
+        for b, (lo, hi) in [*enumerate(EYE_AGE_ROWS), (len(EYE_AGE_ROWS), (None, None))]:
             for s in ["all", *sorted(set(src.tolist()))]:
                 m = (band == b) & ((src == s) if s != "all" else True)
                 if m.sum() == 0:
@@ -92,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                 rows[f"{name} {s}"] = {"n": int(m.sum()), "log_loss": bm["log_loss"], "ece": bm["ece"],
                                        "mean_p": float(p[m].mean()), "share": float(y[m].mean())}
         result["methods"][method] = rows
-    cur, new = result["methods"]["current"], result["methods"]["bands"]
-    print(f"{'group':24} {'n':>5}  {'LL current':>10} {'LL bands':>9}  {'ECE cur':>7} {'ECE bands':>9}  "
-          f"{'meanP cur':>9} {'meanP bands':>11} {'share':>6}")
-    for k in cur:
-        a, b = cur[k], new[k]
-        print(f"{k:24} {a['n']:5d}  {a['log_loss']:10.4f} {b['log_loss']:9.4f}  {a['ece']:7.3f} {b['ece']:9.3f}  "
-              f"{a.get('mean_p', float('nan')):9.3f} {b.get('mean_p', float('nan')):11.3f} {a.get('share', float('nan')):6.3f}")
+    names = list(methods)
+    print(f"{'group':24} {'n':>5}  " + " ".join(f"{'LL ' + n:>14}" for n in names) + "  "
+          + " ".join(f"{'ECE ' + n:>14}" for n in names) + "  " + " ".join(f"{'meanP ' + n:>16}" for n in names)
+          + f" {'share':>6}")
+    for k, first in result["methods"][names[0]].items():
+        rows = [result["methods"][n][k] for n in names]
+        print(f"{k:24} {first['n']:5d}  " + " ".join(f"{r['log_loss']:14.4f}" for r in rows) + "  "
+              + " ".join(f"{r['ece']:14.3f}" for r in rows) + "  "
+              + " ".join(f"{r.get('mean_p', float('nan')):16.3f}" for r in rows) + f" {first.get('share', float('nan')):6.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -191,3 +191,31 @@ def test_failed_export_keeps_the_previous_file_and_leaves_no_temporary_files(tmp
         export_onnx(pt, out)
     assert out.read_bytes() == b"the previous model"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_pt_out_recalibrates_the_checkpoint_on_its_own_outputs(tmp_path, exported, monkeypatch):
+    """``--out X.pt``: the .pt twin gets calibration fitted on its own val outputs, test metrics that
+    ``evaluate`` reproduces, and the same weights; without --data it is a clear error and nothing is written."""
+    monkeypatch.setenv("FACELENS_CACHE", str(tmp_path / "cache"))
+    pt, _, _ = exported
+    ck = torch.load(pt, weights_only=False)
+    ck["meta"] |= {"split": {"strategy": "random", "seed": 0, "fractions": [0.5, 0.25, 0.25], "block_size": None},
+                   "class_map": {"femaleeyes": 1, "maleeyes": 0}, "temperature": 123.0}
+    torch.save(ck, tmp_path / "eyes.pt")
+    data = eye_folder_dataset(tmp_path / "eyes")
+    res = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "eyes.pt"), "--out", str(tmp_path / "r.pt")])
+    assert res.exit_code != 0 and "--data" in res.output and not (tmp_path / "r.pt").exists()
+    res = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "eyes.pt"), "--out", str(tmp_path / "r.pt"),
+                                   "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    r = TorchPredictor(tmp_path / "r.pt")
+    assert r.meta["temperature"] != 123.0 and r.meta["recalibration"]["on"] == "val"
+    assert r.meta["tta"] == "flip-average" and r.meta.get("split") == ck["meta"]["split"]
+    new = torch.load(tmp_path / "r.pt", weights_only=True)
+    assert all(torch.equal(new["state_dict"][k], v) for k, v in ck["state_dict"].items())
+    res = CliRunner().invoke(app, ["evaluate", "eyes", "--model", str(tmp_path / "r.pt"), "--data", str(data),
+                                   "--out", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    measured = next(iter(json.loads((tmp_path / "m.json").read_text())["models"].values()))
+    assert measured["n"] == r.meta["metrics"]["n"]
+    assert measured["ece"] == pytest.approx(r.meta["metrics"]["ece"])

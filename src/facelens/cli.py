@@ -357,7 +357,8 @@ _AUGMENT = Annotated[str, typer.Option(help="augmentation: basic (geometry, colo
                                              "blur, noise, JPEG, low resolution and frame edges, so a photo's source "
                                              "cannot be read from its style)")]
 _BALANCE = Annotated[str, typer.Option(help="none, or source: sample so every data source has an equal share of each "
-                                             "label bin (5-year age bins / classes), validating on the mean per-source score")]
+                                             "label bin (5-year age bins / classes), validating on the mean per-source score; "
+                                             "source+age: also lift rare bins (share ~ sqrt(count)): teenagers, over 60s")]
 _RESUME = Annotated[bool, typer.Option("--resume/--no-resume",
                                        help="continue from RUN_DIR/<arch>/checkpoints/last.pt; --no-resume starts "
                                             "afresh, also when the --config file says resume")]
@@ -548,18 +549,33 @@ def evaluate_eyes(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", rep
 @app.command()
 def export(
     model: Annotated[Path, typer.Option(help="trained PyTorch model (RUN_DIR/<arch>/model.pt)")],
-    out: Annotated[Path, typer.Option(help="ONNX file to write")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write; a .pt file: the checkpoint itself with its calibration "
+                                           "re-fitted on val and test metrics re-measured (needs --data)")],
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="bake the flip-average test-time augmentation in (2x compute); "
                                        "--no-tta for a faster model")] = True,
     int8: Annotated[bool, typer.Option("--int8", help="quantise to int8 (needs --data: calibrated on the training split)")] = False,
     data: Annotated[list[str] | None, typer.Option(
         "--data", help="the model's training data (repeatable): re-fit calibration on val, re-measure on test")] = None,
 ) -> None:
-    """Export to ONNX and check parity with PyTorch; optionally a faster variant (--no-tta, --int8)."""
-    from facelens.train.export import export_onnx
+    """Export to ONNX and check parity with PyTorch; optionally a faster variant (--no-tta, --int8).
 
+    With ``--out X.pt`` the checkpoint is re-calibrated instead (the ``.pt`` twin that ``--backend torch`` serves
+    then decodes the way its ONNX sibling does); it keeps its own test-time augmentation setting.
+    """
+    from facelens.train.export import export_onnx, recalibrate_checkpoint
+
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
+    if out.suffix == ".pt":
+        if not data or int8:
+            _fail(f"{out}: re-calibrating a .pt checkpoint needs --data (the model's training data) and no --int8")
+        try:
+            res = recalibrate_checkpoint(model, out, data, log=log)
+        except (FacelensError, ValueError) as exc:
+            _fail(str(exc))
+        typer.echo(f"wrote {res['out']}: calibration re-fitted on val, metrics re-measured on test")
+        return
     try:
-        res = export_onnx(model, out, tta=tta, int8=int8, data=data, log=lambda m: typer.echo(m, err=True))
+        res = export_onnx(model, out, tta=tta, int8=int8, data=data, log=log)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {res['out']}; parity with PyTorch on {res['samples']} random crops: "

@@ -30,7 +30,7 @@ import numpy as np
 from facelens.data.prepare import PreparedData, prepare_records
 from facelens.evaluate.groups import record_groups
 from facelens.evaluate.scoring import calibrate, compute_metrics, headline
-from facelens.fileio import atomic_path, write_json_atomic
+from facelens.fileio import atomic_path, atomic_write_with, write_json_atomic
 from facelens.infer.predictor import META_KEY, OnnxPredictor, TorchPredictor
 from facelens.models.meta import CALIBRATION_KEYS
 from facelens.models.wrappers import FlipAverage, to_input
@@ -153,7 +153,27 @@ def export_onnx(model_path: Path, out: Path, *, tta: bool = True, int8: bool = F
             "metrics": meta.get("metrics") if splits is not None else None}
 
 
-def _refit_and_measure(meta: dict, pred: OnnxPredictor, prep: PreparedData, splits: dict[str, SplitCrops],
+def recalibrate_checkpoint(model_path: Path, out: Path, data: list[str], log: Callable[[str], None] = print) -> dict:
+    """Write ``out``: the checkpoint ``model_path`` with calibration re-fitted on val and metrics re-measured on test.
+
+    Why: the ``.pt`` twin beside a shipped ONNX file serves ``--backend torch``; when the calibration method
+    changes (e.g. per-age-band eye calibration) the twin must decode the way the ONNX file does, from
+    parameters fitted on its own float32 outputs. Written atomically; ``out`` may be ``model_path``.
+    """
+    import torch
+
+    from facelens.models.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(model_path)
+    pred = TorchPredictor(model_path)
+    prep, splits = load_split_crops(pred.meta, data, log)
+    meta = _refit_and_measure(dict(pred.meta), pred, prep, splits, log)
+    meta["recalibration"] = {"on": "val", "data": list(data)}
+    atomic_write_with(out, lambda tmp: torch.save({**ck, "meta": meta}, tmp))
+    return {"out": str(out), "metrics": meta["metrics"]}
+
+
+def _refit_and_measure(meta: dict, pred: OnnxPredictor | TorchPredictor, prep: PreparedData, splits: dict[str, SplitCrops],
                        log: Callable[[str], None]) -> dict:
     """Calibration re-fitted on val and metrics re-measured on test, for exactly this exported file."""
     val, test = splits["val"], splits["test"]
@@ -164,5 +184,6 @@ def _refit_and_measure(meta: dict, pred: OnnxPredictor, prep: PreparedData, spli
     groups = record_groups(meta["task"], prep, test.crops, test.positions)
     metrics = compute_metrics(meta["task"], pred(test.crops), test.y, meta, groups)
     meta["metrics"] = {"split": "test", **metrics}
-    log(f"exported variant ({meta['precision']}, tta {meta['tta']}) on the test split: {headline(meta['task'], metrics)}")
+    log(f"{type(pred).__name__.removesuffix('Predictor')} model (tta {meta['tta']}) on the test split: "
+        f"{headline(meta['task'], metrics)}")
     return meta
