@@ -51,6 +51,20 @@ def test_balanced_weights_make_sources_equal_within_each_age_bin() -> None:
     assert capped.max() <= 1.2 * (1 + 1e-6) and capped.mean() == pytest.approx(1.0)
 
 
+def test_flattened_weights_lift_rare_age_bins_by_the_square_root_and_keep_sources_equal() -> None:
+    # Bin 20-24: 90 images (a: 60, b: 30); bin 60-64: 10 images (a only).
+    src = np.array(["a"] * 60 + ["b"] * 30 + ["a"] * 10)
+    age = np.array([22.0] * 90 + [62.0] * 10)
+    w = balanced_weights(src, age, bin_width=5, cap=0, flatten=0.5)
+    assert w[90:].sum() / w[:90].sum() == pytest.approx(np.sqrt(10) / np.sqrt(90))  # share ~ sqrt(count)
+    assert w[:60].sum() == pytest.approx(w[60:90].sum())  # still an equal share per source within the bin
+    flat = balanced_weights(src, age, bin_width=5, cap=0, flatten=1.0)
+    assert flat[90:].sum() == pytest.approx(flat[:90].sum())  # flatten 1: every bin the same mass
+    assert np.allclose(balanced_weights(src, age, bin_width=5, cap=0, flatten=0.0), balanced_weights(src, age, cap=0))
+    with pytest.raises(ValueError, match="flatten"):
+        balanced_weights(src, age, flatten=1.5)
+
+
 def test_balanced_weights_check_their_inputs() -> None:
     with pytest.raises(ValueError, match="2 sources for 3 labels"):
         balanced_weights(["a", "b"], np.zeros(3))

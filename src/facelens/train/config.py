@@ -32,7 +32,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "eyes": {"epochs": 5, "ema_decay": 0.998, "augment": "photo", "balance": "source", "eye_crop": "1.6,-0.05"},
 }
 
-BALANCE_CHOICES = ("none", "source")
+BALANCE_CHOICES = ("none", "source", "source+age")
+#: ``--balance source+age``: label bins also flattened, each bin's share ~ count ** (1 - this) (``balanced_weights``).
+AGE_FLATTEN = 0.5
 
 #: Options added after runs were first recorded, with the value every earlier run used: a config.json
 #: without them repeats that run, not today's default.

@@ -49,7 +49,7 @@ from facelens.models.wrappers import FlipAverage
 from facelens.tasks import task_spec
 from facelens.train import distributed as ddp
 from facelens.train.augment import AUGMENT_PRESETS
-from facelens.train.config import TrainRequest
+from facelens.train.config import AGE_FLATTEN, TrainRequest
 from facelens.train.loop import FitConfig, check_precision, fit, predict_outputs
 from facelens.train.sampling import balanced_weights
 
@@ -214,14 +214,18 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
                     weight_decay=req.weight_decay, precision=req.precision, augment=AUGMENT_PRESETS[req.augment])
     many = len(set(d.sources.tolist())) > 1
     weights = None
-    if req.balance == "source" and many:
+    if (req.balance == "source" and many) or req.balance == "source+age":
         spec = task_spec(req.task)
-        weights = balanced_weights(d.sources[idx["train"]], d.y[idx["train"]], bin_width=spec.balance_bin_width)
-        log(f"[{arch}] sampling balanced by source within each {spec.balance_unit} "
-            f"(weights {weights.min():.2f}-{weights.max():.2f}); validation: mean of the per-source scores")
+        flatten = AGE_FLATTEN if req.balance == "source+age" else 0.0
+        weights = balanced_weights(d.sources[idx["train"]], d.y[idx["train"]], bin_width=spec.balance_bin_width,
+                                   flatten=flatten)
+        log(f"[{arch}] sampling balanced by source within each {spec.balance_unit}"
+            + (f", {spec.balance_unit}s flattened (share ~ count^{1 - flatten:g})" if flatten else "")
+            + f" (weights {weights.min():.2f}-{weights.max():.2f})"
+            + ("; validation: mean of the per-source scores" if many else ""))
     summary = fit(model, d.crops[idx["train"]], d.y[idx["train"]], d.crops[idx["val"]], d.y[idx["val"]], cfg,
                   out / arch, device, resume=req.resume, log=log, train_weights=weights,
-                  val_groups=d.sources[idx["val"]] if many and req.balance == "source" else None)
+                  val_groups=d.sources[idx["val"]] if many and req.balance != "none" else None)
     if env is not None and not env.is_main:  # rank 0 calibrates, tests and writes the model; this rank's part is done
         return None
     meta = _model_meta(req, arch, head, size, strategy, prep, d, summary, device, env)

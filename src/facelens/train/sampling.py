@@ -15,13 +15,20 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def balanced_weights(sources: Sequence[str], labels: np.ndarray, bin_width: float = 5.0, cap: float = 5.0) -> np.ndarray:
+def balanced_weights(sources: Sequence[str], labels: np.ndarray, bin_width: float = 5.0, cap: float = 5.0,
+                     flatten: float = 0.0) -> np.ndarray:
     """Sampling weights (mean 1) that equalise the sources within each label bin.
 
     ``labels`` are ages (binned by ``bin_width`` years) or classes (``bin_width`` 0: one bin per
     value). ``cap`` bounds any image's weight at ``cap`` times the mean, so a handful of images of
-    a rare (source, bin) pair is not repeated until the network memorises them.
+    a rare (source, bin) pair is not repeated until the network memorises them. ``flatten`` sets a
+    bin's share of the samples to ``count ** (1 - flatten)``: 0 keeps the data's label distribution;
+    0.5 (inverse square root, as in Yang et al., "Delving into Deep Imbalanced Regression", 2021)
+    lifts rare ages, whose answers are otherwise pulled towards the crowded middle, without the
+    heavy repetition of 1 (every bin equal).
     """
+    if not 0.0 <= flatten <= 1.0:
+        raise ValueError(f"flatten must be in [0, 1], got {flatten}")
     src = np.asarray(sources)
     y = np.asarray(labels, dtype=np.float64)
     if len(src) != len(y):
@@ -33,7 +40,7 @@ def balanced_weights(sources: Sequence[str], labels: np.ndarray, bin_width: floa
     for b in np.unique(bins):
         in_bin = bins == b
         present = np.unique(src[in_bin])
-        share = in_bin.sum() / len(present)  # the bin keeps its pooled mass, split evenly between sources
+        share = in_bin.sum() ** (1.0 - flatten) / len(present)  # the bin's mass, split evenly between sources
         for s in present:
             m = in_bin & (src == s)
             w[m] = share / m.sum()
