@@ -6,6 +6,7 @@ behind, and a target that existed before is kept as it was.
 
 from __future__ import annotations
 
+import os
 import stat
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from facelens.data import crops
-from facelens.fileio import atomic_path, atomic_write_with, write_bytes_atomic
+from facelens.fileio import atomic_path, atomic_write_with, new_file_mode, write_bytes_atomic
 from facelens.models.checkpoint import load_checkpoint
 from facelens.train.checkpoint import save_checkpoint
 
@@ -111,3 +112,15 @@ def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path) -
         atomic_write_with(path, half_then_fail)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path):
+    """Not the temporary file's 0600: a report or model written by facelens is as readable as any file the user
+    writes, and replacing a file keeps the permissions someone gave it."""
+    fresh = write_bytes_atomic(tmp_path / "report.json", b"{}")
+    assert stat.S_IMODE(fresh.stat().st_mode) == new_file_mode()
+    kept = tmp_path / "model.json"
+    kept.write_bytes(b"old")
+    os.chmod(kept, 0o640)
+    write_bytes_atomic(kept, b"new")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_bytes() == b"new"

@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 
+def new_file_mode() -> int:
+    """0666 less the process's umask: the permission bits ``open()`` gives a new file."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it is fsynced and renamed onto ``path``.
@@ -29,18 +36,20 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     ``path`` is left as it was: readers see the old file or the new one, never a part of it.
     The temporary name starts with ``.{path.name}.`` and ends with ``.tmp``, so leftovers of a
     killed process are hidden and easy to recognise. ``mode``: permission bits for the file (the
-    temporary file is created 0600); set before the rename, so the file never appears with the
-    wrong ones.
+    temporary file is created 0600); by default those of the file being replaced, else what ``open()``
+    would give a new file (``new_file_mode``), so a report or model file is as readable as any other
+    the user writes. Set before the rename, so the file never appears with the wrong ones.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
+    if mode is None:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else new_file_mode()
     try:
         yield tmp
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as fh:  # the bytes reach the disk before the name points at them
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import time
 import types
@@ -130,14 +129,6 @@ def _require_pyarrow() -> None:
         import pyarrow.parquet  # noqa: F401
     except ImportError as exc:
         raise FacelensError("--format parquet needs pyarrow: pip install 'facelens[ray]'") from exc
-
-
-def file_mode() -> int:
-    """0666 less the umask, as ``open()`` would create: shards are for other tools and users to read, like the
-    local engine's output file (the atomic writer's temporary files start as 0600)."""
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def finished_shards(out: Path) -> list[Path]:
@@ -285,12 +276,12 @@ class ShardWriter:
 
                 buf = pa.BufferOutputStream()
                 pq.write_table(pa.Table.from_pylist(self._pending, schema=parquet_schema()), buf)
-                write_bytes_atomic(path, buf.getvalue().to_pybytes(), file_mode())
+                write_bytes_atomic(path, buf.getvalue().to_pybytes())
             else:
-                write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self._pending), file_mode())
+                write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self._pending))
             if self.errors:  # the failures of the finished shards, rewritten whole: never ahead of or behind them
                 write_text_atomic(self.out / ERRORS_FILE,
-                                  "".join([_csv_line(["path", "error"]), *(_csv_line([p, e]) for p, e in self.errors)]), file_mode())
+                                  "".join([_csv_line(["path", "error"]), *(_csv_line([p, e]) for p, e in self.errors)]))
         except OSError as exc:
             raise FacelensError(f"{exc.filename or path}: cannot write the results ({exc.strerror or exc}); "
                                 "choose another --out") from exc
@@ -308,4 +299,4 @@ class ShardWriter:
                     **(extra or {})}
         if not self.errors:
             (self.out / ERRORS_FILE).unlink(missing_ok=True)
-        return write_text_atomic(self.out / SUCCESS_FILE, json.dumps(manifest, indent=2) + "\n", file_mode())
+        return write_text_atomic(self.out / SUCCESS_FILE, json.dumps(manifest, indent=2) + "\n")
