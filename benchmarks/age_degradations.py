@@ -27,7 +27,7 @@ from facelens.api import default_model_path
 from facelens.data.crops import face_crop_from_image
 from facelens.data.prepare import prepare_records
 from facelens.errors import ImageLoadError
-from facelens.evaluate.metrics import AGE_BANDS, age_band_label
+from facelens.evaluate.metrics import AGE_BANDS, age_metrics
 from facelens.face.align import FaceTemplate
 from facelens.images import load_image
 from facelens.infer.postprocess import age_from_bins
@@ -75,15 +75,10 @@ DEGRADATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]]
 
 
 def band_rows(y: np.ndarray, pred: np.ndarray) -> dict[str, dict]:
-    """n / MAE / bias per ``AGE_BANDS`` band and for all."""
-    bands = np.array([age_band_label(a) for a in y])
-    out = {"all": {"n": len(y), "mae": float(np.abs(pred - y).mean()), "bias": float((pred - y).mean())}}
-    for lo, hi in AGE_BANDS:
-        name = f"{lo}+" if hi is None else f"{lo}-{hi}"
-        m = bands == name
-        if m.any():
-            out[name] = {"n": int(m.sum()), "mae": float(np.abs(pred[m] - y[m]).mean()), "bias": float((pred[m] - y[m]).mean())}
-    return out
+    """n / MAE / bias for all and per ``AGE_BANDS`` band (``evaluate.metrics.age_metrics``)."""
+    m = age_metrics(y, pred)
+    return {k: {"n": v["n"], "mae": v["mae"], "bias": v["mean_signed_error"]}
+            for k, v in {"all": m, **m["by_age_band"]}.items()}
 
 
 def main() -> None:
@@ -110,24 +105,23 @@ def main() -> None:
         chosen.extend(idx.tolist())
     template = FaceTemplate.from_meta(meta.crop)
     result: dict = {"model": str(args.model or default_model_path("age")), "split": "test", "variants": {}}
-    for name, degrade in DEGRADATIONS.items():
-        crops, ys, srcs = [], [], []
-        missed = {"utkface": 0, "all-age-faces": 0}
-        for i in tqdm(chosen, desc=name, leave=False):
-            try:
-                rgb = load_image(prep.records[i].path)
-            except ImageLoadError:
-                continue
-            found = face_crop_from_image(degrade(rgb, np.random.default_rng(i)), meta.input_size, template)
-            if found is None:
-                missed[prep.sources[i]] += 1
-                continue
-            crops.append(found[0])
-            ys.append(prep.targets[i])
-            srcs.append(prep.sources[i])
-        y, src = np.asarray(ys, dtype=np.float64), np.asarray(srcs)
-        ages = age_from_bins(pred(np.stack(crops)))[0]
-        result["variants"][name] = {s: {"no_face": missed[s], **band_rows(y[src == s], ages[src == s])}
+    found: dict[str, list[tuple[np.ndarray, float, str]]] = {name: [] for name in DEGRADATIONS}
+    missed = {name: {"utkface": 0, "all-age-faces": 0} for name in DEGRADATIONS}
+    for i in tqdm(chosen, desc="photos"):  # each photo decoded once, every degradation cut from it
+        try:
+            rgb = load_image(prep.records[i].path)
+        except ImageLoadError:
+            continue
+        for name, degrade in DEGRADATIONS.items():
+            face = face_crop_from_image(degrade(rgb, np.random.default_rng(i)), meta.input_size, template)
+            if face is None:
+                missed[name][prep.sources[i]] += 1
+            else:
+                found[name].append((face[0], prep.targets[i], prep.sources[i]))
+    for name, rows in found.items():
+        crops, y, src = np.stack([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+        ages = age_from_bins(pred(crops))[0]
+        result["variants"][name] = {s: {"no_face": missed[name][s], **band_rows(y[src == s], ages[src == s])}
                                     for s in ("utkface", "all-age-faces")}
     cols = ["all"] + [f"{lo}+" if hi is None else f"{lo}-{hi}" for lo, hi in AGE_BANDS]
     print(f"model: {result['model']} (test split; MAE / bias by true age)\n")
