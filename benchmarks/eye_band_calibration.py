@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bands:
         methods["candidate"] = args.bands
     result: dict = {"model": args.model, "split": "val", "folds": args.folds, "n_faces": len(z),
-                    "bands": {k: v for k, v in methods.items()}, "methods": {}}
+                    "bands": dict(methods), "methods": {}}
     for method, edges in methods.items():
         p = cross_validate(z, y, ages, edges, args.folds, args.seed)
         bm = binary_metrics(y, p)
