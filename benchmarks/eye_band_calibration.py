@@ -6,13 +6,17 @@ sigmoid(z / T + c) fitted per band (``evaluate.scoring.fit_band_calibration``). 
 *validation* split only, by K-fold cross-validation over faces (both eyes of a face always together),
 the log loss and ECE of:
 
-- ``temperature``: one face temperature, plus the children's temperature (under 13, by label) when the
+- ``temperature``: one face temperature, plus the children's temperature (under 13) when the
   training folds hold >= 50 children (the calibration before bands);
-- ``shipped``: Platt scaling per band of ``evaluate.scoring.CALIBRATION_BANDS`` with >= 50 faces in the
-  training folds, the all-ages face temperature elsewhere;
-- ``candidate``: the same with the band edges of ``--bands`` (e.g. ``0,3,13,20,60``), when given.
+- ``label-fit``: Platt scaling per band of ``evaluate.scoring.CALIBRATION_BANDS`` with >= 50 faces in the
+  training folds, the all-ages face temperature elsewhere, each band fitted on the faces whose *labelled*
+  age falls in it (the calibration shipped until December 2026);
+- ``estimate-fit``: the same, each band fitted on the faces whose *estimated* age falls in it;
+- ``candidate``: ``estimate-fit`` with the band edges of ``--bands`` (e.g. ``0,3,13,20,60``), when given.
 
-Rows are the issue's reporting bands (0-2, 3-12, 13-19, 20-59, 60+) by source. The test split is not read. ::
+Every method is applied as ``predict`` applies it: the band is picked by the age model's estimate
+(``--age-model``, default the shipped one). Rows are the issue's reporting bands (0-2, 3-12, 13-19, 20-59,
+60+) of the *labelled* age, by source. The test split is not read. ::
 
     python benchmarks/eye_band_calibration.py --model models/eyes-mobilenetv2.onnx --bands 0,3,13,20,60 \\
         --data ../shared/data/eyes --data ../shared/data/utkface --data ../shared/data/all-age-faces
@@ -27,7 +31,7 @@ import sys
 import numpy as np
 
 from facelens.evaluate.calibration import fit_temperature
-from facelens.evaluate.groups import record_groups
+from facelens.evaluate.groups import FACE_AGE_ESTIMATE, FACE_ID, record_groups
 from facelens.evaluate.metrics import EYE_AGE_BANDS, binary_metrics
 from facelens.evaluate.scoring import (
     CALIBRATION_BANDS,
@@ -65,14 +69,15 @@ def _fit(z: np.ndarray, y: np.ndarray, ages: np.ndarray, method: Bands | None) -
     return {"face_temperature": t_all}
 
 
-def cross_validate(z: np.ndarray, y: np.ndarray, ages: np.ndarray, method: Bands | None, folds: int, seed: int
-                   ) -> np.ndarray:
-    """Out-of-fold P(female) per face, decoded as ``predict`` decodes (``decode_face_logits``)."""
+def cross_validate(z: np.ndarray, y: np.ndarray, fit_ages: np.ndarray, method: Bands | None, folds: int, seed: int,
+                   pick_ages: np.ndarray) -> np.ndarray:
+    """Out-of-fold P(female) per face: fitted with ``fit_ages``, decoded as ``predict`` decodes
+    (``decode_face_logits``, the band picked by ``pick_ages``)."""
     fold = np.random.default_rng(seed).permutation(len(z)) % folds
     p = np.empty(len(z))
     for k in range(folds):
         train, held = fold != k, fold == k
-        p[held] = decode_face_logits(z[held], _fit(z[train], y[train], ages[train], method), ages[held])
+        p[held] = decode_face_logits(z[held], _fit(z[train], y[train], fit_ages[train], method), pick_ages[held])
     return p
 
 
@@ -83,23 +88,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bands", type=parse_bands, help="candidate band edges, e.g. 0,3,13,20,60")
+    ap.add_argument("--age-model", default=None, help="age model whose estimate picks the band (default: the shipped one)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     pred = load_predictor(args.model)
     meta = pred.meta
     prep, splits = load_split_crops(meta, args.data, log=lambda s: print(s, file=sys.stderr))
     val = splits["val"]
-    groups = record_groups("eyes", prep, val.crops, val.positions)
-    z, y, face_groups, ages = per_face(pred(val.crops), val.y, groups["face"], groups)
+    groups = record_groups("eyes", prep, val.crops, val.positions, age_model=args.age_model)
+    if FACE_AGE_ESTIMATE not in groups:
+        raise SystemExit("no age model to estimate the faces' ages: pass --age-model")
+    outputs = pred(val.crops)
+    z, y, face_groups, ages = per_face(outputs, val.y, groups[FACE_ID], groups)
+    estimates = per_face(outputs, val.y, groups[FACE_ID], groups, FACE_AGE_ESTIMATE)[3]
     band = face_band_index(ages, EYE_AGE_ROWS)
     src = np.asarray(face_groups["source"])
-    methods: dict[str, Bands | None] = {"temperature": None, "shipped": CALIBRATION_BANDS}
+    methods: dict[str, tuple[Bands | None, np.ndarray]] = {
+        "temperature": (None, estimates), "label-fit": (CALIBRATION_BANDS, ages), "estimate-fit": (CALIBRATION_BANDS, estimates)}
     if args.bands:
-        methods["candidate"] = args.bands
+        methods["candidate"] = (args.bands, estimates)
     result: dict = {"model": args.model, "split": "val", "folds": args.folds, "n_faces": len(z),
-                    "bands": dict(methods), "methods": {}}
-    for method, edges in methods.items():
-        p = cross_validate(z, y, ages, edges, args.folds, args.seed)
+                    "bands": {m: edges for m, (edges, _) in methods.items()}, "picked_by": "estimate", "methods": {}}
+    for method, (edges, fit_ages) in methods.items():
+        p = cross_validate(z, y, fit_ages, edges, args.folds, args.seed, estimates)
         bm = binary_metrics(y, p)
         rows = {"all": {"n": len(z), "log_loss": bm["log_loss"], "ece": bm["ece"]}}
         for b, (lo, hi) in [*enumerate(EYE_AGE_ROWS), (len(EYE_AGE_ROWS), (None, None))]:

@@ -10,11 +10,12 @@ import pytest
 
 from facelens.data.prepare import expand_faces_to_eyes, prepare_records, sex_of_face, split_key
 from facelens.data.readers import Record, read_dataset
-from facelens.evaluate.groups import FACE_AGE, FACE_ID
+from facelens.evaluate.groups import FACE_AGE, FACE_AGE_ESTIMATE, FACE_ID
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label
 from facelens.evaluate.scoring import (
     CALIBRATION_BANDS,
     MIN_BAND_FACES,
+    band_age_key,
     calibrate,
     compute_metrics,
     face_band_index,
@@ -191,3 +192,57 @@ def test_analyzer_cuts_eyes_the_way_its_eye_model_was_trained(analyzer) -> None:
     assert analyzer.eye_geometry == expected
     forced = Analyzer(age_model=analyzer.age, eye_model=analyzer.eyes, eye_geometry=EyeCropGeometry(0.9, 0.0))
     assert forced.eye_geometry == EyeCropGeometry(0.9, 0.0)
+
+
+def test_evaluation_picks_a_faces_calibration_band_by_the_age_estimate_as_predict_does() -> None:
+    ages = np.repeat([6.0, 16.0, 35.0, 70.0], 600)
+    out, y, groups = _faces_by_age(ages, lean={1: 1.5, 3: -1.5})
+    fitted = calibrate("binary", out, y, groups)
+    estimates = np.where(ages == 16.0, 35.0, ages)  # every teenager taken for an adult by the age model
+    groups["age_band"] = [age_band_label(a, EYE_AGE_BANDS) for a in np.repeat(ages, 2)]
+    with_estimate = groups | {FACE_AGE_ESTIMATE: list(np.repeat(estimates, 2))}
+    assert band_age_key(with_estimate) == FACE_AGE_ESTIMATE and band_age_key(groups) == FACE_AGE
+    logits = out.reshape(-1)[::2]
+    means = []
+    for g, picked_by in ((groups, ages), (with_estimate, estimates)):
+        means.append(compute_metrics("eyes", out, y, fitted, g)["faces"]["mean_p_positive"])
+        assert means[-1] == pytest.approx(decode_face_logits(logits, fitted, picked_by).mean())
+    assert abs(means[0] - means[1]) > 0.01  # the teenagers' lean is no longer taken out
+    # The breakdown stays by the labelled age: the teenagers' row is there, answered with the adults' calibration.
+    by_band = compute_metrics("eyes", out, y, fitted, with_estimate)["faces"]["by_group"]["age_band"]
+    assert by_band["13-19"]["n"] == 600
+
+
+def test_band_calibration_is_fitted_on_labelled_ages_even_where_estimates_are_known() -> None:
+    ages = np.repeat([6.0, 16.0, 35.0, 70.0], 600)
+    out, y, groups = _faces_by_age(ages, lean={1: 1.0})
+    everyone_35 = groups | {FACE_AGE_ESTIMATE: [35.0] * len(out)}
+    bands = calibrate("binary", out, y, everyone_35)["age_band_calibration"]
+    assert [(b["low"], b["high"]) for b in bands] == list(CALIBRATION_BANDS)  # by label: four bands, not one
+
+
+def test_face_age_estimates_are_the_age_models_answer_for_the_photo_each_eye_was_cut_from(tmp_path: Path) -> None:
+    from PIL import Image
+    from skimage import data as skdata
+
+    from facelens.api import Analyzer, default_model_path
+    from facelens.evaluate.face_ages import estimate_face_ages, resolve_age_model
+
+    age_model = resolve_age_model(None)
+    if age_model is None:
+        pytest.skip("no shipped age model")
+    assert age_model == default_model_path("age")
+    (tmp_path / "utk").mkdir()
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "utk" / "40_1_0_20170101.jpg.chip.jpg")
+    for k, name in enumerate(("femaleeyes", "maleeyes")):
+        (tmp_path / "eyes" / name).mkdir(parents=True)
+        Image.fromarray(skdata.astronaut()[180 + k:240 + k, 200:260]).save(tmp_path / "eyes" / name / "1.jpg")
+    prep = prepare_records("eyes", [str(tmp_path / "utk"), str(tmp_path / "eyes")], "content", 0, (1.0, 0.0, 0.0), log=lambda m: None)
+    positions = np.arange(len(prep.records))
+    estimates = estimate_face_ages(prep, positions, age_model)
+    sides = [prep.records[i].meta_dict().get("eye_side") for i in positions]
+    from_face = [e for e, s in zip(estimates, sides, strict=True) if s]
+    assert len(from_face) == 2 and from_face[0] == from_face[1]  # both eyes: one photo, one estimate
+    assert [e for e, s in zip(estimates, sides, strict=True) if not s] == [None, None]  # ready-cut crops: no face to age
+    answered = Analyzer(eye_model=False).analyze(tmp_path / "utk" / "40_1_0_20170101.jpg.chip.jpg").faces[0].age.value
+    assert from_face[0] == pytest.approx(answered, abs=0.05)

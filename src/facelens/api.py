@@ -37,7 +37,9 @@ from facelens.infer.postprocess import decode_eyes
 from facelens.infer.predictor import Predictor, load_predictor
 from facelens.reduced import ReducedImage, coarsest_factor
 from facelens.schema import EyeCropResult, Face, ImageResult
-from facelens.tasks import AGE, EYES, TASKS, task_spec
+from facelens.tasks import AGE, EYES, TASKS
+from facelens.tasks import default_model_path as default_model_path  # re-exported: the public API's name
+from facelens.tasks import models_dir as models_dir
 
 AGE_MODEL_FILE = AGE.model_file
 EYE_MODEL_FILE = EYES.model_file
@@ -51,21 +53,6 @@ FIRST_DECODE_SIDE = 1280
 #: threads each falling back to full size for a small face queue instead of doubling the peak;
 #: reduced decodes (~10 MB) pass freely. A photo needing more than the budget still runs, alone.
 DECODE_MEMORY_BYTES = 200_000_000
-
-
-def models_dir() -> Path:
-    """Where the shipped default models live: $FACELENS_MODELS, else the package's ``shipped_models``.
-
-    ``shipped_models`` is the repository's ``models/`` (a link in a source checkout, copied into the
-    wheel), so a pip-installed facelens finds its defaults without a clone.
-    """
-    env = os.environ.get("FACELENS_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parent / "shipped_models"
-
-
-def default_model_path(task: str) -> Path:
-    """The shipped default model of ``task`` (its ``TaskSpec.model_file`` in ``models_dir()``)."""
-    return models_dir() / task_spec(task).model_file
 
 
 @dataclass

@@ -504,7 +504,7 @@ def cross_source(
 
 
 def _evaluate(task: str, models: list[Path] | None, data: list[str], split: str, report: Path | None, out: Path | None,
-              backend: str, device: str, context_check: int = 0) -> None:
+              backend: str, device: str, context_check: int = 0, age_model: Path | None = None) -> None:
     from facelens.api import default_model_path
     from facelens.evaluate.pipeline import evaluate_models
 
@@ -516,7 +516,8 @@ def _evaluate(task: str, models: list[Path] | None, data: list[str], split: str,
         models = [default]
     try:
         evaluate_models(task, models, data, split=split, report_dir=report, out=out, backend=backend, device=device,
-                        log=lambda m: typer.echo(m, err=True), echo=typer.echo, context_check=context_check)
+                        log=lambda m: typer.echo(m, err=True), echo=typer.echo, context_check=context_check,
+                        age_model=age_model)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
 
@@ -541,9 +542,14 @@ def evaluate_age(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", repo
 
 @evaluate_app.command("eyes")
 def evaluate_eyes(data: _DATA, model: _MODEL = None, split: _SPLIT = "test", report: _REPORT = None, out: _JSON_OUT = None,
-                  backend: Backend = "auto", device: Device = "cpu") -> None:
-    """Accuracy, balanced accuracy, ROC-AUC, ECE, confusion matrix, grayscale vs colour."""
-    _evaluate("eyes", model, data, split, report, out, backend, device)
+                  backend: Backend = "auto", device: Device = "cpu",
+                  age_model: Annotated[Path | None, typer.Option(
+                      help="age model whose estimate picks a face's calibration band, as `predict --age-model` "
+                           "(default: the shipped one)")] = None) -> None:
+    """Accuracy, balanced accuracy, ROC-AUC, ECE, confusion matrix, grayscale vs colour; whole faces per age band."""
+    if age_model is not None and not age_model.is_file():
+        _fail(f"{age_model}: --age-model file not found")
+    _evaluate("eyes", model, data, split, report, out, backend, device, age_model=age_model)
 
 
 @app.command()

@@ -44,7 +44,9 @@ has every task (10's ``FACE_TASKS`` too); ``tests/test_face_tasks.py`` runs each
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 #: Ages a face dataset label may take; anything outside is reported and dropped (data hygiene).
@@ -171,3 +173,19 @@ def task_spec(name: str) -> TaskSpec:
 
 
 __all__ = ["AGE", "AGE_RANGE", "EYES", "TASKS", "TaskSpec", "task_spec"]
+
+
+def models_dir() -> Path:
+    """Where the shipped default models live: $FACELENS_MODELS, else the package's ``shipped_models``.
+
+    ``shipped_models`` is the repository's ``models/`` (a link in a source checkout, copied into the
+    wheel), so a pip-installed facelens finds its defaults without a clone. Here, on the ground floor,
+    so evaluation can find the age model that ``predict`` pairs with an eye model.
+    """
+    env = os.environ.get("FACELENS_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parent / "shipped_models"
+
+
+def default_model_path(task: str) -> Path:
+    """The shipped default model of ``task`` (its ``TaskSpec.model_file`` in ``models_dir()``)."""
+    return models_dir() / task_spec(task).model_file

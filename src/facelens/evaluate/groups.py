@@ -7,23 +7,29 @@ groups, so the labels are computed in one place from the prepared records.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from facelens.data.prepare import PreparedData
 from facelens.data.readers import Record
+from facelens.evaluate.face_ages import estimate_face_ages, resolve_age_model
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label
 from facelens.images import is_grayscale
 from facelens.tasks import task_spec
 
 
-def record_groups(task: str, prep: PreparedData, crops: np.ndarray, positions: np.ndarray) -> dict[str, list[str]]:
+def record_groups(task: str, prep: PreparedData, crops: np.ndarray, positions: np.ndarray,
+                  age_model: Path | None = None) -> dict[str, list[str]]:
     """Per-record group labels used for bias breakdowns in the metrics: the source, then the task's own
-    (``GROUPERS[task]``)."""
+    (``GROUPERS[task]``). Eye crops cut from faces also get the age estimate ``predict`` would pick their
+    calibration band by (``FACE_AGE_ESTIMATE``), from ``age_model`` (default: the shipped one)."""
     recs = [prep.records[i] for i in positions]
     groups: dict[str, list[str]] = {"source": [prep.sources[i] for i in positions]}
     GROUPERS[task_spec(task).name](groups, prep, recs, crops, positions)
+    if FACE_ID in groups and (model := resolve_age_model(age_model)) is not None:
+        groups[FACE_AGE_ESTIMATE] = estimate_face_ages(prep, positions, model)
     return groups
 
 
@@ -76,10 +82,13 @@ GROUPERS: dict[str, Callable[[dict[str, list], PreparedData, list[Record], np.nd
 
 #: ``record_groups`` key of the face an eye crop was cut from (an id for pairing, not a breakdown).
 FACE_ID = "face"
-#: ``record_groups`` key of the labelled age (years, a float) of the face an eye crop was cut from: what a
-#: per-age-band calibration is fitted and evaluated on (``predict`` uses the age estimate instead).
+#: ``record_groups`` key of the labelled age (years, a float) of the face an eye crop was cut from: what the
+#: metrics are broken down by (bands of the true age).
 FACE_AGE = "face_age"
+#: ``record_groups`` key of the age model's estimate for that face: what a per-age-band calibration is
+#: fitted on and chosen by, as in ``predict`` (``evaluate.face_ages``); absent without an age model.
+FACE_AGE_ESTIMATE = "face_age_estimate"
 #: Keys of ``record_groups`` that pair or describe records but are not breakdowns of the metrics.
-NOT_BREAKDOWNS = (FACE_ID, FACE_AGE)
+NOT_BREAKDOWNS = (FACE_ID, FACE_AGE, FACE_AGE_ESTIMATE)
 #: ``record_groups`` key and value marking a crop of a face under 13 by its label (eye task).
 CHILD_GROUP, CHILD_VALUE = "child_or_not", "0-12"

@@ -41,9 +41,10 @@ def _model_label(path: Path, meta: dict, seen: set[str]) -> str:
 
 def evaluate_models(task: str, models: list[Path], data: list[str], split: str = "test", report_dir: Path | None = None,
                     out: Path | None = None, backend: str = "auto", device: str = "cpu", log: Callable[[str], None] = print,
-                    echo: Callable[[str], None] = print, context_check: int = 0) -> dict:
+                    echo: Callable[[str], None] = print, context_check: int = 0, age_model: Path | None = None) -> dict:
     """Metrics of each model on ``split`` of ``data`` (see the module doc); ``context_check`` > 0 adds the
-    context check (``evaluate.context``) on up to that many photos per source (age models)."""
+    context check (``evaluate.context``) on up to that many photos per source (age models); ``age_model``
+    (eyes; default the shipped one) estimates the ages that pick a face's calibration band, as in ``predict``."""
     if split not in SPLIT_CHOICES:
         raise ValueError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     if not models:
@@ -72,7 +73,7 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
             log(f"{len(cs.failures)} images gave no crop and are not scored, e.g. {cs.failures[:3]}")
         outputs = pred(cs.crops)
         y = prep.targets[pos]
-        groups = record_groups(task, prep, cs.crops, pos)
+        groups = record_groups(task, prep, cs.crops, pos, age_model=age_model)
         m = compute_metrics(task, outputs, y, pred.model_meta, groups)
         m |= {"split": split, "n_images": int(len(chosen)), "n_scored": int(len(pos)), "model": str(path)}
         label = _model_label(path, pred.meta, seen)

@@ -13,18 +13,18 @@ from collections.abc import Callable
 import numpy as np
 
 from facelens.evaluate.calibration import fit_interval_scale, fit_platt, fit_temperature
-from facelens.evaluate.groups import FACE_AGE, FACE_ID, NOT_BREAKDOWNS
+from facelens.evaluate.groups import FACE_AGE, FACE_AGE_ESTIMATE, FACE_ID, NOT_BREAKDOWNS
 from facelens.evaluate.metrics import age_metrics, binary_metrics
 from facelens.infer.postprocess import MetaLike, age_from_bins, decode_age, decode_eyes, decode_face_logits
 from facelens.models.meta import in_age_band
 from facelens.tasks import task_spec
 
 
-def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], groups: dict[str, list] | None = None
-             ) -> tuple[np.ndarray, np.ndarray, dict[str, list], np.ndarray | None]:
+def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], groups: dict[str, list] | None = None,
+             age_key: str = FACE_AGE) -> tuple[np.ndarray, np.ndarray, dict[str, list], np.ndarray | None]:
     """Eye-crop logits averaged per face (as ``Analyzer`` combines a face's two eyes), with the face's
-    label, breakdown groups and labelled age (NaN unknown; None when no face has one); crops not cut
-    from a face are left out."""
+    label, breakdown groups and age from ``groups[age_key]`` (the label by default; NaN unknown; None when
+    no face has one); crops not cut from a face are left out."""
     order: dict[str, list[int]] = {}
     for k, f in enumerate(face_ids):
         if f is not None:
@@ -35,7 +35,7 @@ def per_face(outputs: np.ndarray, y: np.ndarray, face_ids: list[str | None], gro
     face_groups = {key: [vals[ks[0]] for ks in idx] for key, vals in (groups or {}).items()
                    if key not in NOT_BREAKDOWNS}
     face_groups = {key: vals for key, vals in face_groups.items() if any(v is not None for v in vals)}
-    age_vals = (groups or {}).get(FACE_AGE)
+    age_vals = (groups or {}).get(age_key)
     ages = None if age_vals is None else np.array([np.nan if (a := age_vals[ks[0]]) is None else a for ks in idx],
                                                   dtype=np.float64)
     return logits, labels, face_groups, ages
@@ -48,6 +48,12 @@ Bands = tuple[tuple[int, int | None], ...]
 CALIBRATION_BANDS: Bands = ((0, 13), (13, 20), (20, 60), (60, None))
 #: Fewest validation faces a band's calibration is fitted on; fewer: the band gets the all-ages temperature.
 MIN_BAND_FACES = 50
+
+
+def band_age_key(groups: dict[str, list] | None) -> str:
+    """Which age picks a face's calibration band: the age model's estimate where the groups carry it
+    (as ``predict`` picks it), else the label (no age model available)."""
+    return FACE_AGE_ESTIMATE if FACE_AGE_ESTIMATE in (groups or {}) else FACE_AGE
 
 
 def face_band_index(ages: np.ndarray | None, bands: Bands = CALIBRATION_BANDS) -> np.ndarray:
@@ -79,7 +85,9 @@ def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, groups: dict[st
     Eyes: one temperature for single crops and, when crops were cut from faces (``groups[FACE_ID]``), a
     second for the face's two eyes combined (their mean logit), which is the probability ``predict``
     reports, and, when the faces carry ages, a calibration per age band (``fit_band_calibration``).
-    ``predict`` chooses the band by the age estimate, evaluation by the label.
+    Bands are fitted on the faces' labelled ages and chosen, in ``predict`` and in evaluation, by the age
+    model's estimate (``band_age_key``); fitting on the estimate was measured and not better
+    (docs/rules/RULE-eyes-band-by-estimate.txt, docs/experiments.md).
     """
     if head == "age-bins":
         value, low, high = age_from_bins(val_out)
@@ -119,7 +127,7 @@ def _eye_metrics(outputs: np.ndarray, y: np.ndarray, meta: MetaLike, groups: dic
     p_crop = decode_eyes(outputs, meta)
     out = binary_metrics(y, p_crop, groups=crop_groups) | _by_source(y, p_crop, crop_groups)
     if face_ids and any(f is not None for f in face_ids):
-        logits, labels, face_groups, ages = per_face(outputs, y, face_ids, groups)
+        logits, labels, face_groups, ages = per_face(outputs, y, face_ids, groups, band_age_key(groups))
         p = decode_face_logits(logits, meta, ages)
         out["faces"] = binary_metrics(labels, p, groups=face_groups) | _by_source(labels, p, face_groups)
     return out

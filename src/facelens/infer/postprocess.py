@@ -104,8 +104,8 @@ def decode_face_logits(face_logits: np.ndarray, meta: MetaLike, ages: np.ndarray
 
     Models trained on crops cut from faces carry a ``face_temperature`` fitted on such faces; older
     ones fall back to the single-crop temperature, which makes this the mean of the eyes' calibrated
-    log-odds (``combine_eye_probabilities``). ``ages`` (years per face, NaN unknown: ``predict`` passes the
-    age estimate, evaluation the label) select the age band's calibration where the model has one
+    log-odds (``combine_eye_probabilities``). ``ages`` (years per face, NaN unknown: the age model's
+    estimate, in ``predict`` and in evaluation alike) select the age band's calibration where the model has one
     (``Decoding.face_calibration``).
     """
     logits = np.asarray(face_logits, dtype=np.float64).reshape(-1)

@@ -42,7 +42,7 @@ class BandCalibration(BaseModel):
 
     Why per age band and why an offset: the eyes' evidence and its bias change with age (children's and
     teenagers' answers lean female, those of people over 60 male); one temperature cannot remove a lean.
-    Fitted on validation faces by their labelled age; ``predict`` chooses the band by the age estimate.
+    Fitted on validation faces by their labelled age; ``predict`` and evaluation choose the band by the age estimate.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
