@@ -172,9 +172,6 @@ def task_spec(name: str) -> TaskSpec:
         raise ValueError(f"unknown task {name!r}: choose from {', '.join(TASKS)}") from None
 
 
-__all__ = ["AGE", "AGE_RANGE", "EYES", "TASKS", "TaskSpec", "task_spec"]
-
-
 def models_dir() -> Path:
     """Where the shipped default models live: $FACELENS_MODELS, else the package's ``shipped_models``.
 
@@ -189,3 +186,6 @@ def models_dir() -> Path:
 def default_model_path(task: str) -> Path:
     """The shipped default model of ``task`` (its ``TaskSpec.model_file`` in ``models_dir()``)."""
     return models_dir() / task_spec(task).model_file
+
+
+__all__ = ["AGE", "AGE_RANGE", "EYES", "TASKS", "TaskSpec", "default_model_path", "models_dir", "task_spec"]

@@ -85,8 +85,8 @@ FACE_ID = "face"
 #: ``record_groups`` key of the labelled age (years, a float) of the face an eye crop was cut from: what the
 #: metrics are broken down by (bands of the true age).
 FACE_AGE = "face_age"
-#: ``record_groups`` key of the age model's estimate for that face: what a per-age-band calibration is
-#: fitted on and chosen by, as in ``predict`` (``evaluate.face_ages``); absent without an age model.
+#: ``record_groups`` key of the age model's estimate for that face: what picks the face's calibration band,
+#: as in ``predict`` (``evaluate.face_ages``); absent without an age model.
 FACE_AGE_ESTIMATE = "face_age_estimate"
 #: Keys of ``record_groups`` that pair or describe records but are not breakdowns of the metrics.
 NOT_BREAKDOWNS = (FACE_ID, FACE_AGE, FACE_AGE_ESTIMATE)

@@ -4,7 +4,8 @@ An age-bins head trained with cross-entropy learns ``p(age | face)`` under the a
 crowded at 20-39; where the face is ambiguous, that prior pulls the answer towards the crowd (teenagers
 answered too old, the over-40s too young). Subtracting ``tau * log(prior)`` from the logits removes a
 share ``tau`` of that pull (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021). The
-adjustment is a fixed vector, so it can be added to the head's bias: no change at inference.
+adjustment is a fixed vector, so it could be added to the head's bias at no cost per face; measured in
+``benchmarks/age_prior_adjustment.py`` and not shipped (it trades error for band bias: docs/experiments.md).
 Pure functions (no I/O).
 """
 
