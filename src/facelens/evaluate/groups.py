@@ -21,14 +21,15 @@ from facelens.tasks import task_spec
 
 
 def record_groups(task: str, prep: PreparedData, crops: np.ndarray, positions: np.ndarray,
-                  age_model: Path | None = None) -> dict[str, list[str]]:
+                  age_model: Path | None = None, estimate_ages: bool = True) -> dict[str, list[str]]:
     """Per-record group labels used for bias breakdowns in the metrics: the source, then the task's own
     (``GROUPERS[task]``). Eye crops cut from faces also get the age estimate ``predict`` would pick their
-    calibration band by (``FACE_AGE_ESTIMATE``), from ``age_model`` (default: the shipped one)."""
+    calibration band by (``FACE_AGE_ESTIMATE``), from ``age_model`` (default: the shipped one), unless
+    ``estimate_ages`` is False (fitting the calibration needs only the labelled ages: ``scoring.calibrate``)."""
     recs = [prep.records[i] for i in positions]
     groups: dict[str, list[str]] = {"source": [prep.sources[i] for i in positions]}
     GROUPERS[task_spec(task).name](groups, prep, recs, crops, positions)
-    if FACE_ID in groups and (model := resolve_age_model(age_model)) is not None:
+    if estimate_ages and FACE_ID in groups and (model := resolve_age_model(age_model)) is not None:
         groups[FACE_AGE_ESTIMATE] = estimate_face_ages(prep, positions, model)
     return groups
 

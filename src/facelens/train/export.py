@@ -177,7 +177,7 @@ def _refit_and_measure(meta: dict, pred: OnnxPredictor | TorchPredictor, prep: P
                        log: Callable[[str], None]) -> dict:
     """Calibration re-fitted on val and metrics re-measured on test, for exactly this exported file."""
     val, test = splits["val"], splits["test"]
-    val_groups = record_groups(meta["task"], prep, val.crops, val.positions)
+    val_groups = record_groups(meta["task"], prep, val.crops, val.positions, estimate_ages=False)
     fitted = calibrate(meta["head"], pred(val.crops), val.y, val_groups)
     meta = {k: v for k, v in meta.items() if k not in CALIBRATION_KEYS}
     meta |= fitted

@@ -276,7 +276,7 @@ def _calibrate_test_and_save(req: TrainRequest, model: torch.nn.Module, meta: di
     tta = FlipAverage(model).eval()
     val_out = predict_outputs(tta, d.crops[idx["val"]], device)
     meta |= calibrate(meta["head"], val_out, d.y[idx["val"]],
-                      record_groups(req.task, prep, d.crops[idx["val"]], d.positions[idx["val"]]))
+                      record_groups(req.task, prep, d.crops[idx["val"]], d.positions[idx["val"]], estimate_ages=False))
     test_out = predict_outputs(tta, d.crops[idx["test"]], device, desc="test")
     groups = record_groups(req.task, prep, d.crops[idx["test"]], d.positions[idx["test"]])
     metrics = compute_metrics(req.task, test_out, d.y[idx["test"]], meta, groups)
