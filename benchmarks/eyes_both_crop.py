@@ -111,6 +111,10 @@ def main() -> None:
     ap.add_argument("--max-steps-per-epoch", type=int, default=None, help="for a quick check of the script")
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
                     help="score the both-eye model with flip averaging too (twice the compute; the shipped eye model has none)")
+    ap.add_argument("--ema-decay", type=float, default=0.998)
+    ap.add_argument("--crops", type=Path, default=None, help="both-eye crop cache (default: OUT/both-eye-crops.npz)")
+    ap.add_argument("--train-source", action="append", default=None,
+                    help="leave-one-source-out: train on these sources' faces only and print each source's test error")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,7 @@ def main() -> None:
     ref = shipped.meta["split"]
     prep = prepare_records("eyes", EYE_DATA, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
     faces = face_table(prep)
-    crops_file = args.out / "both-eye-crops.npz"
+    crops_file = args.crops or args.out / "both-eye-crops.npz"
     if crops_file.exists():
         with np.load(crops_file) as z:
             crops = z["crops"]
@@ -128,17 +132,29 @@ def main() -> None:
                                                      strict=True), chunksize=64)))
         np.savez(crops_file, crops=crops)
     part = {s: faces["split"] == s for s in ("train", "val", "test")}
+    if args.train_source:  # the protocol's runs: the other sources' faces are never trained or validated on
+        for s in ("train", "val"):
+            part[s] &= np.isin(faces["source"], args.train_source)
     print(f"faces: train {part['train'].sum()}, val {part['val'].sum()}, test {part['test'].sum()}; crops {crops.shape}")
 
     model = create_model("mobilenetv2", "eyes")
     cfg = FitConfig(head="binary", epochs=args.epochs, batch_size=64, lr=1e-3, weight_decay=1e-4, patience=args.epochs,
-                    ema_decay=0.998, precision="bf16", augment=PHOTO_AUGMENT, max_steps_per_epoch=args.max_steps_per_epoch)
+                    ema_decay=args.ema_decay, precision="bf16", augment=PHOTO_AUGMENT, max_steps_per_epoch=args.max_steps_per_epoch)
     weights = balanced_weights(faces["source"][part["train"]], faces["y"][part["train"]], bin_width=0)
     summary = fit(model, crops[part["train"]], faces["y"][part["train"]], crops[part["val"]], faces["y"][part["val"]], cfg,
         args.out / "mobilenetv2", torch.device("cpu"), resume=True, train_weights=weights,
         val_groups=faces["source"][part["val"]])
     minutes = summary["train_seconds"] / 60  # over every part of a resumed run
     net = (FlipAverage(model) if args.tta else model).eval()
+    if args.train_source:
+        test = faces["split"] == "test"
+        z = predict_outputs(net, crops[test], torch.device("cpu")).reshape(-1)
+        right = (z >= 0) == (faces["y"][test] == 1)
+        errors = {s: float(1 - right[faces["source"][test] == s].mean()) for s in sorted(set(faces["source"][test].tolist()))}
+        write_json_atomic(args.out / "errors.json", {"train_sources": args.train_source, "test_error": errors,
+                                                     "train_minutes": minutes})
+        print("test error rate (whole faces): " + ", ".join(f"{s} {e:.3f}" for s, e in errors.items()))
+        return
 
     # The shipped model's whole-face logit: the mean of its two eye logits, for the same faces.
     eye_cs, eye_pos = prep.model_crops(np.flatnonzero(np.isin(prep.digests, faces["digest"]) & (prep.splits != "train")),
