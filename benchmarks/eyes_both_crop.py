@@ -28,7 +28,7 @@ from facelens.evaluate.calibration import fit_temperature
 from facelens.evaluate.groups import FACE_ID, record_groups
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label, binary_metrics
 from facelens.evaluate.scoring import per_face
-from facelens.face.align import warp_crop
+from facelens.face.align import cut_both_eyes
 from facelens.fileio import write_json_atomic
 from facelens.images import load_image
 from facelens.infer.postprocess import sigmoid
@@ -42,29 +42,13 @@ from facelens.train.sampling import balanced_weights
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 EYE_DATA = [str(DATA / "eyes"), str(DATA / "utkface"), str(DATA / "all-age-faces")]
-WIDTH, HEIGHT, EYE_BELOW_MIDDLE = 2.6, 1.6, 0.08  # in inter-ocular distances
-SIZE = 96
-
-
-def both_eyes_transform(anchors: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """2x3 matrix cutting the both-eye rectangle (``WIDTH`` x ``HEIGHT`` eye distances) into a ``size`` square."""
-    right, left, mouth = np.asarray(anchors, dtype=np.float64)
-    vec = left - right
-    dist = float(np.hypot(*vec))
-    angle = np.arctan2(vec[1], vec[0])
-    centre = (right + left) / 2
-    down = mouth - centre
-    if -np.sin(angle) * down[0] + np.cos(angle) * down[1] < 0:  # mouth above the eyes: turn the crop over
-        angle += np.pi
-    c, s = np.cos(-angle), np.sin(-angle)
-    a = np.diag([size / (WIDTH * dist), size / (HEIGHT * dist)]) @ np.array([[c, -s], [s, c]])
-    target = np.array([size / 2.0, size / 2.0 + EYE_BELOW_MIDDLE * dist * size / (HEIGHT * dist)])
-    return np.hstack([a, (target - a @ centre)[:, None]])
+SIZE = 96  # the rectangle is ``face.align.BOTH_EYES_GEOMETRY``: 2.6 x 1.6 eye distances, eyes 0.08 below the middle
 
 
 def _cut(job: tuple[str, np.ndarray]) -> np.ndarray:
     path, anchors = job
-    return warp_crop(load_image(path), both_eyes_transform(anchors), SIZE)
+    right, left, mouth = anchors
+    return cut_both_eyes(load_image(path), right, left, mouth, SIZE)[0]
 
 
 def face_table(prep) -> dict[str, np.ndarray]:

@@ -7,11 +7,15 @@ import pytest
 
 from facelens.face.align import (
     AGE_TEMPLATE,
+    BOTH_EYES_GEOMETRY,
     DEFAULT_EYE_GEOMETRY,
+    BothEyesGeometry,
     EyeCropGeometry,
     align_face,
     anchors,
     apply_transform,
+    both_eyes_transform,
+    cut_both_eyes,
     cut_eye,
     eye_crop_transform,
     invert_transform,
@@ -267,3 +271,31 @@ def test_cut_eye_samples_the_eye_pixel():
     crop, _ = cut_eye(img, np.array([60.0, 100.0]), np.array([140.0, 100.0]), 64, EyeCropGeometry(side=0.65, dy=0.0))
     assert crop[32, 32].min() == 255
     assert crop[2, 2].max() == 0
+
+
+@pytest.mark.parametrize("roll", [-150.0, -60.0, 0.0, 45.0, 100.0, 180.0])
+def test_both_eyes_crop_puts_the_eyes_where_its_geometry_says_at_any_roll(roll):
+    pts = _face_points(centre=(300, 300), iod=80, roll_deg=roll)
+    g = BothEyesGeometry(width=2.6, height=1.6, below=0.08)
+    size = 96
+    m = both_eyes_transform(pts["right_eye"], pts["left_eye"], pts["mouth"], size, g)
+    right_c, left_c, mouth_c, forehead_c = apply_transform(
+        m, np.stack([pts["right_eye"], pts["left_eye"], pts["mouth"], pts["forehead"]]))
+    # The person's right eye on the left, as on an upright face; both on one line, below the middle by `below`.
+    np.testing.assert_allclose(right_c, [size / 2 - size / (2 * g.width), size / 2 + size * g.below / g.height], atol=1e-9)
+    np.testing.assert_allclose(left_c, [size / 2 + size / (2 * g.width), size / 2 + size * g.below / g.height], atol=1e-9)
+    assert mouth_c[1] > right_c[1] + 10 and forehead_c[1] < right_c[1] - 10
+    assert np.linalg.det(m[:, :2]) > 0  # squeezed, never mirrored
+
+
+def test_both_eyes_crop_box_holds_both_eyes_and_is_wider_than_tall():
+    pts = _face_points(centre=(200, 150), iod=60, roll_deg=0.0)
+    img = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    crop, (x, y, w, h) = cut_both_eyes(img, pts["right_eye"], pts["left_eye"], pts["mouth"], 96)
+    assert crop.shape == (96, 96, 3) and crop.dtype == np.uint8
+    for eye in ("right_eye", "left_eye"):
+        ex, ey = pts[eye]
+        assert x < ex < x + w and y < ey < y + h
+    np.testing.assert_allclose([w, h], [BOTH_EYES_GEOMETRY.width * 60, BOTH_EYES_GEOMETRY.height * 60], atol=1e-6)
+    with pytest.raises(ValueError, match="coincide"):
+        both_eyes_transform(pts["right_eye"], pts["right_eye"], pts["mouth"], 96)
