@@ -15,7 +15,8 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-from age_prior_adjustment import AGE_DATA, summary  # same folder: the shared validation summary
+from age_prior_adjustment import summary  # same folder: the shared validation summary
+from targets import AGE_DATA
 
 from facelens.data.prepare import prepare_records
 from facelens.infer.predictor import TorchPredictor

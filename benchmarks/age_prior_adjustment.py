@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from targets import AGE_DATA  # same folder: the datasets the shipped models were trained on
 
 from facelens.api import default_model_path
 from facelens.data.prepare import PreparedData, prepare_records
@@ -30,9 +31,6 @@ from facelens.train.loop import validation_score
 from facelens.train.prior import age_prior, prior_adjustment
 from facelens.train.sampling import balanced_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-AGE_DATA = [str(DATA / "utkface"), str(DATA / "faces-20-50" / "train"), str(DATA / "all-age-faces")]
 TAUS = [round(0.1 * i, 1) for i in range(11)]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from targets import EYE_DATA  # same folder: the datasets the shipped models were trained on
 
 from facelens.api import default_model_path
 from facelens.data.crops import PIPELINE_VERSION, AnchorStore, default_cache_dir
@@ -39,9 +40,6 @@ from facelens.train.augment import PHOTO_AUGMENT
 from facelens.train.loop import FitConfig, fit, predict_outputs
 from facelens.train.sampling import balanced_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-EYE_DATA = [str(DATA / "eyes"), str(DATA / "utkface"), str(DATA / "all-age-faces")]
 SIZE = 96  # the rectangle is ``face.align.BOTH_EYES_GEOMETRY``: 2.6 x 1.6 eye distances, eyes 0.08 below the middle
 
 

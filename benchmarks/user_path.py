@@ -21,17 +21,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from targets import AGE_DATA, EYE_DATA  # same folder: the datasets the shipped models were trained on
 
 from facelens.api import default_model_path
 from facelens.data.prepare import prepare_records, sex_of_face
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label, age_metrics, expected_calibration_error
 from facelens.fileio import write_json_atomic
 from facelens.infer.predictor import load_predictor
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-AGE_DATA = [str(DATA / "utkface"), str(DATA / "faces-20-50" / "train"), str(DATA / "all-age-faces")]
-EYE_DATA = [str(DATA / "eyes"), str(DATA / "utkface"), str(DATA / "all-age-faces")]
 
 
 def test_photos(task: str, data: list[str]) -> dict[str, dict]:
