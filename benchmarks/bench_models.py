@@ -1,4 +1,4 @@
-"""Model-only throughput: faces (crops) per second for the age and eye models, torch vs ONNX Runtime.
+"""Model-only throughput: crops per second for the age and eye models, torch vs ONNX Runtime.
 
 Feeds random uint8 crops of the model's input size (what the analyzer feeds after cropping)
 straight to ``load_predictor(...)``, so it measures the network plus any flip-average TTA
@@ -9,6 +9,9 @@ Each configuration gets one warm-up run, then the median of
 
     python benchmarks/bench_models.py                        # shipped models, batch 1 and 32, both backends
     python benchmarks/bench_models.py --backends onnx --runs 3 --age-model /tmp/m/age-mobilenetv2.onnx
+
+A face is one crop for the age model and the photo eye model (both eyes in one crop), two for a single-eye
+model (``predict-eyes``'s, also run on photos by ``--eye-model`` of that kind).
 
 Targets (issue): age model >= 400 faces/s and eye model >= 2,000 crops/s at batch 32, judged
 on the ONNX rows (the file the CLI, API and service run); torch rows are shown for comparison.
@@ -30,6 +33,7 @@ import numpy as np
 
 from facelens.api import default_model_path
 from facelens.errors import ModelLoadError
+from facelens.face.align import eye_geometry_from_meta
 from facelens.infer.predictor import Predictor, load_predictor
 
 TARGETS = {"age": 400.0, "eyes": 2000.0}
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--age-model", type=Path, default=default_model_path("age"))
     ap.add_argument("--eye-model", type=Path, default=default_model_path("eyes"))
+    ap.add_argument("--eye-crop-model", type=Path, default=default_model_path("eyes", ready_cut=True),
+                    help="the single-eye model of predict-eyes (skipped when it is --eye-model)")
     ap.add_argument("--backends", default="torch,onnx", help="comma-separated: torch, onnx")
     ap.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per configuration (median reported)")
@@ -67,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     rows = []
-    for task, path in (("age", args.age_model), ("eyes", args.eye_model)):
+    models = [("age", args.age_model), ("eyes", args.eye_model)]
+    if args.eye_crop_model != args.eye_model:
+        models.append(("eyes", args.eye_crop_model))
+    for task, path in models:
         for backend in args.backends.split(","):
             try:
                 pred = load_predictor(path, backend=backend)
@@ -83,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                 judged = batch >= 32 and pred.backend == "onnx"
                 verdict = ("met" if med >= target else "MISSED") if judged else "-"
                 variant = f"{pred.meta.get('precision', 'fp32')}, TTA {pred.meta.get('tta', 'flip-average')}"
-                rows.append(f"| {task} | {pred.meta['input_size']} | {variant} | {backend} | {batch} | {med:,.0f} | "
+                per_face = len(eye_geometry_from_meta(pred.meta.get("eye_crop")).sides) if task == "eyes" else 1
+                rows.append(f"| {task} | {path.name} | {pred.meta['input_size']} | {per_face} | {variant} | {backend} | "
+                            f"{batch} | {med:,.0f} | "
                             f"{min(rates):,.0f}-{max(rates):,.0f} | {f'>= {target:,.0f}' if judged else '-'} | {verdict} |")
                 print(rows[-1], file=sys.stderr, flush=True)
             del pred
@@ -91,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"\nModel throughput, median of {args.runs} runs (TTA, where a model has it, included; "
           f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end)\n")
-    print("| model | input px | variant | backend | batch | faces/s (median) | range | target | |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| task | model | input px | crops per face | variant | backend | batch | crops/s (median) | range | target | |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
     return 0

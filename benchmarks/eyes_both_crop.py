@@ -10,6 +10,8 @@ the same way (one temperature fitted on validation faces). Validation decides (5
 faces; docs/rules/RULE-eyes-both-crop.txt); the test split is printed after.
 
     python benchmarks/eyes_both_crop.py --out runs/eyes-both          # ~25 min on 2 cores (training)
+    python benchmarks/eyes_both_crop.py --out runs/eyes-both --model models/eyes-both-mobilenetv2.onnx
+        # score a both-eye model trained by `facelens train eyes --eye-crop both` instead (no training here)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from facelens.evaluate.calibration import fit_temperature
 from facelens.evaluate.groups import FACE_ID, record_groups
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label, binary_metrics
 from facelens.evaluate.scoring import per_face
-from facelens.face.align import cut_both_eyes
+from facelens.face.align import BOTH_EYES_GEOMETRY, cut_both_eyes
 from facelens.fileio import write_json_atomic
 from facelens.images import load_image
 from facelens.infer.postprocess import sigmoid
@@ -95,12 +97,14 @@ def main() -> None:
                     help="score the both-eye model with flip averaging too (twice the compute; the shipped eye model has none)")
     ap.add_argument("--ema-decay", type=float, default=0.998)
     ap.add_argument("--crops", type=Path, default=None, help="both-eye crop cache (default: OUT/both-eye-crops.npz)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a both-eye model (.pt or .onnx, `facelens train eyes --eye-crop both`) to score instead of training one")
     ap.add_argument("--train-source", action="append", default=None,
                     help="leave-one-source-out: train on these sources' faces only and print each source's test error")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    shipped = load_predictor(default_model_path("eyes"))
+    shipped = load_predictor(default_model_path("eyes", ready_cut=True))  # the single-eye model
     ref = shipped.meta["split"]
     prep = prepare_records("eyes", EYE_DATA, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
     faces = face_table(prep)
@@ -119,6 +123,12 @@ def main() -> None:
             part[s] &= np.isin(faces["source"], args.train_source)
     print(f"faces: train {part['train'].sum()}, val {part['val'].sum()}, test {part['test'].sum()}; crops {crops.shape}")
 
+    if args.model is not None:
+        given = load_predictor(args.model)
+        if given.model_meta.eye_crop != BOTH_EYES_GEOMETRY.meta() or given.model_meta.input_size != SIZE:
+            raise SystemExit(f"{args.model}: not a {SIZE} px model of this both-eye crop ({given.model_meta.eye_crop})")
+        compare(args, prep, faces, crops, part, shipped, lambda x: given(x).reshape(-1), None)
+        return
     model = create_model("mobilenetv2", "eyes")
     cfg = FitConfig(head="binary", epochs=args.epochs, batch_size=64, lr=1e-3, weight_decay=1e-4, patience=args.epochs,
                     ema_decay=args.ema_decay, precision="bf16", augment=PHOTO_AUGMENT, max_steps_per_epoch=args.max_steps_per_epoch)
@@ -137,7 +147,12 @@ def main() -> None:
                                                      "train_minutes": minutes})
         print("test error rate (whole faces): " + ", ".join(f"{s} {e:.3f}" for s, e in errors.items()))
         return
+    compare(args, prep, faces, crops, part, shipped, lambda x: predict_outputs(net, x, torch.device("cpu")).reshape(-1),
+            minutes)
 
+
+def compare(args, prep, faces: dict, crops: np.ndarray, part: dict, shipped, both_logits, minutes: float | None) -> None:
+    """Score the shipped single-eye answer and the both-eye one (``both_logits`` of crops) on the same faces."""
     # The shipped model's whole-face logit: the mean of its two eye logits, for the same faces.
     eye_cs, eye_pos = prep.model_crops(np.flatnonzero(np.isin(prep.digests, faces["digest"]) & (prep.splits != "train")),
                                        shipped.model_meta, desc="single-eye crops")
@@ -149,8 +164,8 @@ def main() -> None:
     scored &= np.isin(faces["digest"], list(pair_by_digest))  # both answers on the same faces
     z = {"two single-eye answers (shipped)": np.array([pair_by_digest.get(d, np.nan) for d in faces["digest"]]),
          "one both-eye crop": np.full(len(crops), np.nan)}
-    z["one both-eye crop"][scored] = predict_outputs(net, crops[scored], torch.device("cpu")).reshape(-1)
-    result: dict = {"train_minutes": minutes, "n_train": int(part["train"].sum()),
+    z["one both-eye crop"][scored] = both_logits(crops[scored])
+    result: dict = {"train_minutes": minutes, "model": str(args.model) if args.model else None, "n_train": int(part["train"].sum()),
                     "n_scored": {s: int((part[s] & scored).sum()) for s in ("val", "test")}}
     val = part["val"] & scored
     for name, logits in z.items():
@@ -159,7 +174,9 @@ def main() -> None:
         for split in ("val", "test"):
             m = part[split] & scored
             result[name][split] |= scores(logits[m], faces["y"][m], t, faces["source"][m], faces["age"][m])
-    write_json_atomic(args.out / ("results-tta.json" if args.tta else "results.json"), result)
+    name = f"results-{'_'.join(args.model.with_suffix('').parts[-3:])}.json" if args.model else (
+        "results-tta.json" if args.tta else "results.json")
+    write_json_atomic(args.out / name, result)
     for split in ("val", "test"):
         print(f"\n{split} split:")
         for name in ("two single-eye answers (shipped)", "one both-eye crop"):
@@ -171,7 +188,8 @@ def main() -> None:
                 b = r[s]
                 print(f"    {s}: accuracy {b['accuracy']:.3f} (13+ {b['accuracy_13_plus']:.3f}), ECE {b['ece']:.3f}; by band "
                       + ", ".join(f"{k} {b[k]:.3f}" for k in ("0-2", "3-12", "13-19", "20-59", "60+") if b.get(k) is not None))
-    print(f"\nboth-eye training: {minutes:.1f} min")
+    if minutes is not None:
+        print(f"\nboth-eye training: {minutes:.1f} min")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from targets import AGE_DATA, EYE_DATA  # same folder: the datasets the shipped models were trained on
+from targets import AGE_DATA, FACE_EYE_DATA  # same folder: the datasets the shipped models were trained on
 
 from facelens.api import default_model_path
-from facelens.data.prepare import prepare_records, sex_of_face
+from facelens.data.prepare import prepare_as_model, sex_of_face
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label, age_metrics, expected_calibration_error
 from facelens.fileio import write_json_atomic
 from facelens.infer.predictor import load_predictor
@@ -32,8 +32,7 @@ from facelens.infer.predictor import load_predictor
 
 def test_photos(task: str, data: list[str]) -> dict[str, dict]:
     """path -> {source, age, sex} of the test split the shipped ``task`` model was scored on (whole photos only)."""
-    ref = load_predictor(default_model_path(task)).meta["split"]
-    prep = prepare_records(task, data, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
+    prep = prepare_as_model(load_predictor(default_model_path(task)).model_meta, data, log=lambda m: None)
     out = {}
     for i in np.flatnonzero(prep.splits == "test"):
         r, meta = prep.records[i], prep.records[i].meta_dict()
@@ -106,7 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = ap.parse_args()
-    age_photos, eye_photos = test_photos("age", AGE_DATA), test_photos("eyes", EYE_DATA)
+    age_photos, eye_photos = test_photos("age", AGE_DATA), test_photos("eyes", FACE_EYE_DATA)
     faces = largest_faces(sorted(set(age_photos) | set(eye_photos)))
     a_lines, a_res = age_lines(age_photos, faces)
     e_lines, e_res = eye_lines(eye_photos, faces)

@@ -120,6 +120,23 @@ def test_tiny_eye_training_and_predict_eyes(tmp_path: Path, shared_data: Path) -
     assert res["error"] is None and abs(res["p_female"] + res["p_male"] - 1) < 1e-3
 
 
+def test_tiny_both_eye_training_predicts_one_crop_per_face_and_refuses_eye_crops(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "both-run"
+    facelens("train", "eyes", "--data", str(shared_data / "utkface"), "--out", str(out), "--epochs", "1",
+             "--max-images", "48", "--max-steps-per-epoch", "2", "--batch-size", "16", "--eye-crop", "both")
+    model = out / "mobilenetv2" / "model.pt"
+    meta = json.loads((out / "mobilenetv2" / "meta.json").read_text())
+    assert meta["eye_crop"]["both_eyes"] is True and meta["input_size"] == 96
+    photo = next((shared_data / "utkface").glob("*.jpg"))
+    res = json.loads(facelens("predict", str(photo), "--json", "--no-age", "--eye-model", str(model)).stdout)
+    assert [e["side"] for e in res["faces"][0]["sex"]["eyes"]] == ["both"]
+    crop = next((shared_data / "eyes" / "maleeyes").glob("*.jpg"))
+    refused = facelens("predict-eyes", str(crop), "--eye-model", str(model), check=False)
+    assert refused.returncode != 0 and "reads both eyes" in refused.stderr
+    refused = facelens("evaluate", "eyes", "--model", str(model), "--data", str(shared_data / "eyes"), check=False)
+    assert refused.returncode != 0 and "ready-cut single-eye crops" in refused.stderr
+
+
 def _sample(task: str, shared_data: Path, n: int, data: list[Path]):
     from facelens.data.prepare import prepare_records
     from facelens.data.splits import DEFAULT_FRACTIONS
@@ -152,11 +169,11 @@ def test_shipped_age_model_beats_the_mean_on_held_out_faces(shared_data: Path) -
 
 
 def test_shipped_eye_model_beats_the_majority_class_on_a_held_out_block(shared_data: Path) -> None:
-    model = default_model_path("eyes")
+    model = default_model_path("eyes", ready_cut=True)
     if not model.is_file():
         pytest.fail(f"shipped eye model missing: {model}")
     records, labels, train_rate = _sample("eyes", shared_data, 300, [shared_data / "eyes"])
-    results = Analyzer(age_model=False).predict_eye_crops([r.path for r in records])
+    results = Analyzer(age_model=False, eye_model=model).predict_eye_crops([r.path for r in records])
     p = np.array([r.p_female for r in results])
     accuracy = np.mean((p >= 0.5) == (labels >= 0.5))
     majority = max(labels.mean(), 1 - labels.mean())

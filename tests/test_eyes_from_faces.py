@@ -155,10 +155,23 @@ def test_eye_task_reads_the_kaggle_crops_and_a_face_set_together(shared_data: Pa
 def test_eye_crop_geometry_comes_from_the_model_metadata_and_defaults_to_the_tight_crop() -> None:
     from dataclasses import asdict
 
-    from facelens.face.align import EYE_GEOMETRIES, TIGHT_EYE_GEOMETRY, WIDE_EYE_GEOMETRY, EyeCropGeometry
+    from facelens.face.align import (
+        BOTH_EYES_GEOMETRY,
+        EYE_GEOMETRIES,
+        TIGHT_EYE_GEOMETRY,
+        WIDE_EYE_GEOMETRY,
+        BothEyesGeometry,
+        eye_geometry_from_meta,
+        parse_eye_geometry,
+    )
 
-    assert EyeCropGeometry.from_meta(None) == TIGHT_EYE_GEOMETRY  # models from before the option
-    assert EyeCropGeometry.from_meta(asdict(WIDE_EYE_GEOMETRY)) == WIDE_EYE_GEOMETRY
+    assert eye_geometry_from_meta(None) == TIGHT_EYE_GEOMETRY  # models from before the option
+    assert eye_geometry_from_meta(asdict(WIDE_EYE_GEOMETRY)) == WIDE_EYE_GEOMETRY
+    assert eye_geometry_from_meta(WIDE_EYE_GEOMETRY.meta()) == WIDE_EYE_GEOMETRY
+    other = BothEyesGeometry(width=3.0, height=1.2, below=0.0)
+    assert eye_geometry_from_meta(other.meta()) == other
+    assert parse_eye_geometry("both") == BOTH_EYES_GEOMETRY and BOTH_EYES_GEOMETRY.sides == ("both",)
+    assert TIGHT_EYE_GEOMETRY.sides == ("left", "right")
     assert set(EYE_GEOMETRIES) == {"tight", "wide"}
 
 
@@ -186,9 +199,9 @@ def test_eye_crops_cut_with_another_geometry_are_cached_apart() -> None:
 
 def test_analyzer_cuts_eyes_the_way_its_eye_model_was_trained(analyzer) -> None:
     from facelens.api import Analyzer
-    from facelens.face.align import EyeCropGeometry
+    from facelens.face.align import EyeCropGeometry, eye_geometry_from_meta
 
-    expected = EyeCropGeometry.from_meta(analyzer.eyes.meta.get("eye_crop"))
+    expected = eye_geometry_from_meta(analyzer.eyes.meta.get("eye_crop"))
     assert analyzer.eye_geometry == expected
     forced = Analyzer(age_model=analyzer.age, eye_model=analyzer.eyes, eye_geometry=EyeCropGeometry(0.9, 0.0))
     assert forced.eye_geometry == EyeCropGeometry(0.9, 0.0)

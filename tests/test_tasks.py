@@ -25,7 +25,7 @@ from facelens.tasks import TASKS, TaskSpec, task_spec
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 SPECS = list(TASKS.values())
-OPTIONAL = {"label_range", "pipeline_tag", "positive_class"}  # None has a meaning for these (see TaskSpec)
+OPTIONAL = {"label_range", "pipeline_tag", "positive_class", "crop_model_file"}  # None has a meaning for these (see TaskSpec)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=list(TASKS))

@@ -25,7 +25,7 @@ import numpy as np
 from facelens.data.crops import eye_crop_from_image
 from facelens.devices import check_device_name
 from facelens.errors import ImageLoadError, ModelLoadError
-from facelens.face.align import EyeCropGeometry, FaceTemplate, crop_footprint, crop_scale
+from facelens.face.align import EyeGeometry, FaceTemplate, crop_footprint, crop_scale, eye_geometry_from_meta
 from facelens.face.detect import DEFAULT_MIN_SCORE, DETECT_MAX_SIDE, Detection, check_detect_max_side, detect_faces
 from facelens.face.eyecheck import FACE_PHOTO_WARNING, looks_like_face_photo
 from facelens.face.order import reading_order
@@ -161,7 +161,7 @@ class Analyzer:
         device: str = "cpu",
         min_face_score: float = DEFAULT_MIN_SCORE,
         max_faces: int = 50,
-        eye_geometry: EyeCropGeometry | None = None,
+        eye_geometry: EyeGeometry | None = None,
         detect_max_side: int | None = None,
         full_decode: bool = False,
     ) -> None:
@@ -174,7 +174,7 @@ class Analyzer:
                                            for name, pred in predictors.items() if pred is not None}
         if not self.tasks:
             raise ModelLoadError(f"no models to run: none given and no shipped defaults in {models_dir()}")
-        self._eye_geometry = eye_geometry or EyeCropGeometry.from_meta(None)
+        self._eye_geometry = eye_geometry or eye_geometry_from_meta(None)
         self.min_face_score = min_face_score
         self.max_faces = max_faces
         self.detect_max_side = detect_max_side or DETECT_MAX_SIDE
@@ -203,7 +203,7 @@ class Analyzer:
         return task.template if isinstance(task, AgeTask) else None
 
     @property
-    def eye_geometry(self) -> EyeCropGeometry:
+    def eye_geometry(self) -> EyeGeometry:
         """How eye crops are cut: as the eye model was trained (its metadata), unless given to the constructor."""
         task = self.tasks.get("eyes")
         return task.geometry if isinstance(task, EyesTask) else self._eye_geometry
@@ -425,6 +425,10 @@ class Analyzer:
         """
         if self.eyes is None:
             raise ModelLoadError("no eye model loaded")
+        if self.eye_geometry.sides == ("both",):
+            raise ModelLoadError(f"the eye model {self.eyes.model_meta.name!r} reads both eyes of a face in one crop; "
+                                 "ready-cut single-eye crops need a single-eye model (the shipped one: "
+                                 f"{default_model_path('eyes', ready_cut=True)})")
         size = self.eyes.model_meta.input_size
         names_l = list(names) if names is not None else None
         results: list[EyeCropResult | None] = []

@@ -188,15 +188,17 @@ def _predict_ray(inputs: list[str], out: Path | None, resume: bool, age_model: P
 def predict_eyes(
     crops: Annotated[list[str], typer.Argument(help="single-eye crops (files, folders or globs)")],
     json_out: Annotated[bool, typer.Option("--json", help="JSON Lines, one object per input")] = False,
-    eye_model: Annotated[Path | None, typer.Option(help="eye model (.onnx or .pt)")] = None,
+    eye_model: Annotated[Path | None, typer.Option(
+        help="single-eye model (.onnx or .pt); default: the shipped one for single-eye crops")] = None,
     backend: Backend = "auto",
     device: Device = "cpu",
 ) -> None:
     """P(female) / P(male) for ready-cut eye crops (calibrated probabilities)."""
+    from facelens.api import default_model_path
     from facelens.infer.batch import expand_inputs
 
     try:
-        analyzer = _analyzer(None, eye_model, backend, device, no_age=True)
+        analyzer = _analyzer(None, eye_model or default_model_path("eyes", ready_cut=True), backend, device, no_age=True)
         paths = expand_inputs(crops)
         results = analyzer.predict_eye_crops(paths, names=[str(p) for p in paths])
     except (FacelensError, ValueError) as exc:
@@ -423,8 +425,10 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("augment", _AUGMENT), ("balance", _BALANCE),
     ("eye_crop", {"eyes": Annotated[str, typer.Option(
         help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops), "
-             "wide (one eye distance across: brow, lid fold and the skin around them) or SIDE,DY (SIDE eye "
-             "distances wide, the eye moved up by DY of the side; default: the shipped recipe's, shown below)")]}),
+             "wide (one eye distance across: brow, lid fold and the skin around them), SIDE,DY (SIDE eye "
+             "distances wide, the eye moved up by DY of the side; default: the shipped single-eye recipe's, shown "
+             "below) or both (one crop holding both eyes, the shipped photo model's; whole-face data only, "
+             "input 96 px unless --input-size)")]}),
 )
 _NO_DEFAULT = ("data", "out", "arch", "nproc_per_node", "config")
 
@@ -468,13 +472,13 @@ def cross_source(
     task: Annotated[str, typer.Option(help="age or eyes: which recipe to test")] = "age",
     epochs: int = SHORT.epochs,
     input_size: Annotated[int | None, typer.Option(help="crop size (default: the task's short recipe, "
-                                                        "age 96, eyes 64)")] = None,
+                                                        "age 96, eyes 64, 96 with --eye-crop both)")] = None,
     max_steps_per_epoch: int | None = SHORT.max_steps_per_epoch, batch_size: int = SHORT.batch_size,
     seed: int = SHORT.seed, ema_decay: _EMA = SHORT.ema_decay, precision: _PRECISION = SHORT.precision,
     frozen_blocks: _FROZEN = SHORT.frozen_blocks,
     face_crop: Annotated[str, typer.Option(help="age: tight or loose (see train age --help)")] = SHORT.face_crop,
-    eye_crop: Annotated[str | None, typer.Option(help="eyes: tight, wide or SIDE,DY (see train eyes --help; default: "
-                                                      "the shipped recipe's)")] = None,
+    eye_crop: Annotated[str | None, typer.Option(help="eyes: tight, wide, SIDE,DY or both (see train eyes --help; "
+                                                      "default: the shipped single-eye recipe's)")] = None,
     augment: _AUGMENT = SHORT.augment, balance: _BALANCE = SHORT.balance,
     threads: _THREADS = SHORT.threads,
 ) -> None:
@@ -484,7 +488,7 @@ def cross_source(
     import os
     from dataclasses import replace
 
-    from facelens.train.config import TASKS, cross_source_recipe
+    from facelens.train.config import TASKS, cross_source_recipe, eye_crop_input_size
     from facelens.train.cross_source import leave_one_source_out
 
     if os.environ.get("RANK", "") != "":  # its runs and table would be written by every process at once
@@ -492,7 +496,8 @@ def cross_source(
     if task not in TASKS:
         _fail(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     recipe = cross_source_recipe(task)
-    req = replace(recipe, data=data, out=str(out), epochs=epochs, input_size=input_size or recipe.input_size,
+    req = replace(recipe, data=data, out=str(out), epochs=epochs,
+                  input_size=input_size or eye_crop_input_size(recipe.input_size, eye_crop),
                   patience=epochs, max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed,
                   ema_decay=ema_decay, precision=precision, frozen_blocks=frozen_blocks, face_crop=face_crop,
                   eye_crop=eye_crop or recipe.eye_crop, augment=augment, balance=balance, threads=threads)

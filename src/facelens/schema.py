@@ -19,7 +19,9 @@ face, declared once below as ``FLAT_COLUMNS`` (name and path into the JSON form 
 ``eyes_disagree`` is true when the two eyes' P(female) lie on opposite sides of 0.5 and differ by
 more than 0.5 (``EYES_DISAGREE_GAP``). ``left``/``right`` are the person's own left and right
 (a subject's left eye appears on the image's right side), as in anatomy and in every landmark
-model we use.
+model we use. An eye model that reads both eyes in one crop (the default for photos since December 2026)
+answers with a single entry in ``eyes``, side ``both`` (its box the crop's); the CSV's per-eye columns
+are then empty, and ``eyes_disagree`` is false.
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ class AgeEstimate(_Frozen):
 
 
 class EyeEstimate(_Frozen):
-    """One eye's answer; ``box`` is the crop's axis-aligned box in image pixels (x, y, w, h)."""
+    """One eye crop's answer; ``box`` is the crop's axis-aligned box in image pixels (x, y, w, h)."""
 
-    side: Literal["left", "right"] = Field(description="the person's own side")
+    side: Literal["left", "right", "both"] = Field(
+        description="the person's own side, or 'both' for a crop holding both eyes")
     p_female: float = Field(ge=0.0, le=1.0)
     box: Box
 
@@ -212,7 +215,9 @@ class FlatColumn:
     one_line: bool = False
 
 
-EYE_SIDES: tuple[str, ...] = get_args(EyeEstimate.model_fields["side"].annotation)
+EYE_CROPS: tuple[str, ...] = get_args(EyeEstimate.model_fields["side"].annotation)
+#: The sides with a CSV column of their own; the crop of both eyes answers what the face's ``p_female`` says.
+EYE_SIDES: tuple[str, ...] = ("left", "right")
 
 #: The CSV columns, in order. A new scalar in the per-face answer gets a column here (or an entry in
 #: ``FLAT_OMITTED``); tests/test_flat_view.py fails until it has one or the other.
@@ -245,6 +250,7 @@ FLAT_OMITTED: dict[str, tuple[tuple[PathStep, ...], ...]] = {
         ("sex", "eyes_disagree"),
         ("sex", "caution"),
         *(("sex", "eyes", Pick("side", side), name) for side in EYE_SIDES for name in ("p_male", "box")),
+        *(("sex", "eyes", Pick("side", side)) for side in EYE_CROPS if side not in EYE_SIDES),
     ),
 }
 

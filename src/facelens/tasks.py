@@ -97,6 +97,9 @@ class TaskSpec:
     #: Model card "Intended use": what is estimated, and an example of an aggregate analysis.
     estimates: str
     aggregate_example: str
+    #: The shipped model for ready-cut crops (``predict-eyes``), where the photo default cannot read them
+    #: (``default_model_path(task, ready_cut=True)``); None: ``model_file`` serves both.
+    crop_model_file: str | None = None
 
     @property
     def crops_from_faces(self) -> bool:
@@ -148,7 +151,7 @@ EYES = TaskSpec(
     lower_is_better=False,
     heads=("binary",),
     positive_class="female",
-    title="binary sex classification from the eye region (one crop per eye)",
+    title="binary sex classification from the eye region",
     card_tags=("periocular", "image-classification", "binary-classification"),
     pipeline_tag="image-classification",
     model_index_type="image-classification",
@@ -158,6 +161,7 @@ EYES = TaskSpec(
     returns="It returns a calibrated probability for the label \"female\" (versus \"male\") of the eye region.",
     estimates="a sex label from the eye region",
     aggregate_example="how a periocular classifier's errors depend on image quality, colour and crop size",
+    crop_model_file="eyes-mobilenetv2.onnx",
 )
 
 #: Every task facelens knows, by name (the order is the order of ``facelens train`` sub-commands).
@@ -183,9 +187,11 @@ def models_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent / "shipped_models"
 
 
-def default_model_path(task: str) -> Path:
-    """The shipped default model of ``task`` (its ``TaskSpec.model_file`` in ``models_dir()``)."""
-    return models_dir() / task_spec(task).model_file
+def default_model_path(task: str, ready_cut: bool = False) -> Path:
+    """The shipped default model of ``task`` (its ``TaskSpec.model_file`` in ``models_dir()``); ``ready_cut``: the one
+    for ready-cut crops such as the Kaggle single-eye set (``TaskSpec.crop_model_file``, ``predict-eyes``)."""
+    spec = task_spec(task)
+    return models_dir() / (spec.crop_model_file if ready_cut and spec.crop_model_file else spec.model_file)
 
 
 __all__ = ["AGE", "AGE_RANGE", "EYES", "TASKS", "TaskSpec", "default_model_path", "models_dir", "task_spec"]

@@ -26,10 +26,10 @@ from facelens.face.align import (
     AGE_TEMPLATE,
     DEFAULT_EYE_GEOMETRY,
     LOOSE_AGE_TEMPLATE,
-    EyeCropGeometry,
+    EyeGeometry,
     FaceTemplate,
     align_face,
-    cut_eye,
+    cut_eye_region,
 )
 from facelens.face.detect import Detection, detect_faces
 from facelens.fileio import atomic_path
@@ -80,14 +80,13 @@ def _detect_one(path: str) -> tuple[np.ndarray | None, str]:
 
 
 def eye_from_face(rgb: np.ndarray, anchor_points: np.ndarray, side: str, size: int,
-                  geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY) -> np.ndarray:
-    """One eye ('left' / 'right': the person's own) of a face, cut exactly as ``Analyzer`` cuts it."""
-    right, left, mouth = anchor_points
-    eye, other = (left, right) if side == "left" else (right, left)
-    return cut_eye(rgb, eye, other, size, geometry, mouth)[0]
+                  geometry: EyeGeometry = DEFAULT_EYE_GEOMETRY) -> np.ndarray:
+    """Eye crop ``side`` of a face ('left' / 'right': the person's own eye; 'both': the crop of both eyes),
+    cut exactly as ``Analyzer`` cuts it."""
+    return cut_eye_region(rgb, anchor_points, side, size, geometry)[0]
 
 
-def _crop_one(args: tuple[str, str, int, np.ndarray | None, FaceTemplate, str | None, EyeCropGeometry]
+def _crop_one(args: tuple[str, str, int, np.ndarray | None, FaceTemplate, str | None, EyeGeometry]
               ) -> tuple[np.ndarray | None, str | None]:
     """(crop, failure reason) for one file; crops from faces warp known anchors (no detection here)."""
     path, kind, size, known, template, side, geometry = args
@@ -108,7 +107,7 @@ class CropSet:
 
 
 def _cache_key(digests: Sequence[str], kind: str, size: int, template: FaceTemplate | None = None,
-               sides: Sequence[str | None] | None = None, geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY) -> str:
+               sides: Sequence[str | None] | None = None, geometry: EyeGeometry = DEFAULT_EYE_GEOMETRY) -> str:
     h = hashlib.sha256(f"{PIPELINE_VERSION}|{kind}|{size}|".encode())
     if kind == "face" or (sides is not None and any(sides)):  # crops cut from faces; ready-cut eye crops only resize
         h.update(CROP_VERSION.encode())
@@ -173,13 +172,13 @@ def build_crops(
     desc: str = "crops",
     template: FaceTemplate = AGE_TEMPLATE,
     sides: Sequence[str | None] | None = None,
-    eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY,
+    eye_geometry: EyeGeometry = DEFAULT_EYE_GEOMETRY,
 ) -> CropSet:
     """Crops for ``paths`` ('face' or 'eye' kind), from the cache when this exact set was seen.
 
     Face crops are aligned to ``template`` from anchors detected once per file content. Eye crops
-    are the files themselves (ready-cut crops) or, where ``sides[i]`` is 'left' / 'right', that eye
-    of the file's main face, cut as prediction cuts it with ``eye_geometry``.
+    are the files themselves (ready-cut crops) or, where ``sides[i]`` is 'left' / 'right' / 'both', that eye
+    (or both) of the file's main face, cut as prediction cuts it with ``eye_geometry``.
     """
     cache_dir = cache_dir or default_cache_dir()
     sides = list(sides) if sides is not None else [None] * len(paths)

@@ -18,9 +18,12 @@ from facelens.data.hygiene import check_hygiene
 from facelens.data.readers import Dataset, Record, read_dataset
 from facelens.data.splits import EYE_BLOCK_SIZE, assign_split, block_group, random_group
 from facelens.errors import DatasetError
-from facelens.face.align import AGE_TEMPLATE, DEFAULT_EYE_GEOMETRY, EyeCropGeometry, FaceTemplate
+from facelens.face.align import AGE_TEMPLATE, DEFAULT_EYE_GEOMETRY, EyeGeometry, FaceTemplate, eye_geometry_from_meta
 from facelens.models.meta import ModelMeta
 from facelens.tasks import task_spec
+
+#: The crops a whole face gives an eye task by default: the person's own left and right eye.
+EYE_SIDES = ("left", "right")
 
 FEMALE_WORDS = ("female", "woman", "women", "girl", "f")
 MALE_WORDS = ("male", "man", "men", "boy", "m")
@@ -88,7 +91,7 @@ class PreparedData:
 
     def crops(self, indices: np.ndarray, kind: str, size: int, workers: int | None = None,
               desc: str | None = None, template: FaceTemplate = AGE_TEMPLATE,
-              eye_geometry: EyeCropGeometry = DEFAULT_EYE_GEOMETRY) -> tuple[CropSet, np.ndarray]:
+              eye_geometry: EyeGeometry = DEFAULT_EYE_GEOMETRY) -> tuple[CropSet, np.ndarray]:
         """Aligned crops of the records at ``indices`` (cached by content digest) and the record
         position of each crop; images that gave none are missing and listed in ``failures``."""
         indices = np.asarray(indices)
@@ -103,7 +106,23 @@ class PreparedData:
         """``crops`` as the model described by ``meta`` sees them (its crop kind, size, face template, eye geometry)."""
         m = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
         return self.crops(indices, m.spec.crop_kind, m.input_size, desc=desc, template=FaceTemplate.from_meta(m.crop),
-                          eye_geometry=EyeCropGeometry.from_meta(m.eye_crop))
+                          eye_geometry=eye_geometry_from_meta(m.eye_crop))
+
+
+def model_eye_sides(meta: ModelMeta) -> tuple[str, ...]:
+    """The crops each whole face gives the model described by ``meta``: its two eyes, or one of both eyes."""
+    return eye_geometry_from_meta(meta.eye_crop).sides if meta.spec.crops_from_faces else EYE_SIDES
+
+
+def prepare_as_model(meta: ModelMeta | dict, data: list[str], log=print) -> PreparedData:
+    """``prepare_records`` with the split, class names and eye crops the model described by ``meta`` was trained
+    with: evaluation, export and the benchmarks rebuild its very split from this."""
+    m = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
+    if not m.split:
+        raise ValueError(f"model {m.name!r} records no split (meta['split']): cannot rebuild its test split")
+    classes = {v: k for k, v in (m.class_map or {}).items()}
+    return prepare_records(m.task, data, m.split["strategy"], m.split["seed"], tuple(m.split["fractions"]), log=log,
+                           female=classes.get(1), male=classes.get(0), eye_sides=model_eye_sides(m))
 
 
 def source_name(data: str | Path) -> str:
@@ -116,13 +135,21 @@ def source_name(data: str | Path) -> str:
 
 
 def prepare_records(task: str, data: list[str], strategy: str, seed: int, fractions, policy: str = "drop",
-                    female: str | None = None, male: str | None = None, log=print) -> PreparedData:
-    """Read, clean and split datasets exactly as training does (``evaluate`` reuses this)."""
+                    female: str | None = None, male: str | None = None, log=print,
+                    eye_sides: tuple[str, ...] = EYE_SIDES) -> PreparedData:
+    """Read, clean and split datasets exactly as training does (``evaluate`` reuses this).
+
+    ``eye_sides``: the crops each whole face of an eye task gives (``EyeGeometry.sides``): its two eyes, or
+    ``("both",)`` for a model of both eyes, which cannot read ready-cut single-eye crops (refused, naming the set).
+    """
     spec = task_spec(task)
     datasets: list[Dataset] = [read_dataset(d, task) for d in data]
     records, sources = [], {}
     face_files = {r.path for ds in datasets if ds.faces for r in ds.records}
     for d, ds in zip(data, datasets, strict=True):
+        if spec.crops_from_faces and tuple(eye_sides) == ("both",) and not ds.faces:
+            raise DatasetError(f"{d}: holds ready-cut single-eye crops ({ds.layout}); a model of both eyes "
+                               "(--eye-crop both) is trained and evaluated on whole faces (UTKFace names, a CSV of faces)")
         log(f"{d}: {ds.layout} layout, {len(ds)} labelled images" + (f", {len(ds.skipped)} skipped" if ds.skipped else ""))
         for path, why in ds.skipped[:10]:
             log(f"  skipped {path}: {why}")
@@ -144,7 +171,7 @@ def prepare_records(task: str, data: list[str], strategy: str, seed: int, fracti
         if class_map:
             log("classes: " + ", ".join(f"{n} -> {'female' if v else 'male'}" for n, v in sorted(class_map.items())))
     if spec.crops_from_faces:
-        kept, digests = expand_faces_to_eyes(kept, digests, face_files)
+        kept, digests = expand_faces_to_eyes(kept, digests, face_files, eye_sides)
     if spec.numeric_labels:
         targets = np.array([float(r.label) for r in kept], dtype=np.float32)
     else:
@@ -168,20 +195,19 @@ def _class_targets(records: list[Record], face_files: set[Path], class_map: dict
                     dtype=np.float32)
 
 
-EYE_SIDES = ("left", "right")
 
-
-def expand_faces_to_eyes(records: list[Record], digests: list[str], face_files: set[Path]) -> tuple[list[Record], list[str]]:
-    """Each whole-face record becomes two eye records (``eye_side`` left / right), with the face's digest:
-    the split key of both is the face's content (``split_key``), so the two eyes of a face and every
-    byte copy of it stay on one side of the split, the same side as in the age task."""
+def expand_faces_to_eyes(records: list[Record], digests: list[str], face_files: set[Path],
+                         sides: tuple[str, ...] = EYE_SIDES) -> tuple[list[Record], list[str]]:
+    """Each whole-face record becomes one eye record per side (``eye_side`` left / right, or both), with the
+    face's digest: the split key of each is the face's content (``split_key``), so the two eyes of a face and
+    every byte copy of it stay on one side of the split, the same side as in the age task."""
     out_r, out_d = [], []
     for r, d in zip(records, digests, strict=True):
         if r.path not in face_files:
             out_r.append(r)
             out_d.append(d)
             continue
-        for side in EYE_SIDES:
+        for side in sides:
             out_r.append(Record(r.path, r.label, r.group, (*r.meta, ("eye_side", side))))
             out_d.append(d)
     return out_r, out_d

@@ -68,6 +68,16 @@ def _metric_defs(task: str) -> tuple[tuple[str, str, str], ...]:
     return task_spec(task).card_metrics
 
 
+def model_title(meta: Mapping) -> str:
+    """What the model does, for its card: the task's title, and for eye models how a face is cut for them."""
+    task = str(meta.get("task", "age"))
+    title = TASK_TITLES.get(task, task)
+    if task_spec(task).crops_from_faces:
+        both = bool((meta.get("eye_crop") or {}).get("both_eyes"))
+        title += " (one crop holding both eyes)" if both else " (one crop per eye)"
+    return title
+
+
 def _front_matter(meta: Mapping, metrics: Mapping, task: str, datasets: list[dict]) -> str:
     spec = task_spec(task)
     name = meta.get("name") or f"facelens-{task}"
@@ -90,7 +100,7 @@ def _front_matter(meta: Mapping, metrics: Mapping, task: str, datasets: list[dic
         ds_name = ", ".join(d.get("name", "unknown") for d in datasets) or "unknown"
         lines += ["model-index:", f"- name: {_q(name)}", "  results:", "  - task:",
                   f"      type: {spec.model_index_type}",
-                  f"      name: {_q(TASK_TITLES.get(task, task))}", "    dataset:", f"      name: {_q(ds_name)}",
+                  f"      name: {_q(model_title(meta))}", "    dataset:", f"      name: {_q(ds_name)}",
                   "      type: facelens-split", f"      split: {_q(metrics.get('split', 'test'))}", "    metrics:"]
         for k, t, lab in present:
             lines += [f"    - type: {t}", f"      value: {round(float(metrics[k]), 4)}", f"      name: {_q(lab)}"]
@@ -100,7 +110,7 @@ def _front_matter(meta: Mapping, metrics: Mapping, task: str, datasets: list[dic
 
 def _details(meta: Mapping, task: str) -> str:
     tr = meta.get("training") or {}
-    rows: list[tuple[str, Any]] = [("task", TASK_TITLES.get(task, task)), ("architecture", meta.get("arch")),
+    rows: list[tuple[str, Any]] = [("task", model_title(meta)), ("architecture", meta.get("arch")),
                                    ("output head", meta.get("head")),
                                    ("input size", f"{meta['input_size']}x{meta['input_size']} px RGB"
                                     if meta.get("input_size") else None),
@@ -173,7 +183,7 @@ def card_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
     task = meta["task"]
     metrics = meta.get("metrics", {})
     return {
-        "title": TASK_TITLES.get(task, task),
+        "title": model_title(meta),
         "training_data": [{"name": d.get("name"), "terms": d.get("terms")} for d in _datasets(meta)],
         "test_split": {"n": metrics.get("n"), "strategy": meta.get("split", {}).get("strategy"),
                        "seed": meta.get("split", {}).get("seed")},
@@ -415,7 +425,7 @@ def render_model_card(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None
     metrics = dict(metrics if metrics is not None else meta.get("metrics") or {})
     datasets = _datasets(meta)
     name = meta.get("name") or f"facelens-{task}"
-    summary = (f"# {name}\n\nA facelens model for {TASK_TITLES[task]}. Outputs are statistical estimates from "
+    summary = (f"# {name}\n\nA facelens model for {model_title(meta)}. Outputs are statistical estimates from "
                "appearance, with uncertainty, for research and aggregate use only.")
     sections = [_front_matter(meta, metrics, task, datasets), summary, _details(meta, task), _intended(task, meta),
                 _out_of_scope(task), _training_data(datasets, meta), _evaluation(task, metrics),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facelens.data.prepare import prepare_records
+from facelens.data.prepare import model_eye_sides, prepare_as_model
 from facelens.errors import DatasetError
 from facelens.evaluate.context import context_lines, context_pairs, context_summary
 from facelens.evaluate.groups import record_groups
@@ -25,7 +25,6 @@ from facelens.evaluate.scoring import compute_metrics, headline
 from facelens.fileio import write_json_atomic
 from facelens.infer.postprocess import MetaLike, decode_age, decode_eyes
 from facelens.infer.predictor import load_predictor
-from facelens.models.meta import ModelMeta
 from facelens.tasks import task_spec
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
@@ -57,9 +56,12 @@ def evaluate_models(task: str, models: list[Path], data: list[str], split: str =
     warnings = [w for m, p in zip(models, preds, strict=True) if (w := in_sample_warning(m, p.meta, data, split))]
     for w in warnings:
         log(f"warning: {w}")
+    sides = {model_eye_sides(p.model_meta) for p in preds}
+    if len(sides) > 1:
+        raise ValueError("these models cut faces differently (one crop of both eyes against one crop per eye), so their "
+                         "test records differ: evaluate them one at a time")
     ref = preds[0].meta["split"]
-    prep = prepare_records(task, data, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=log,
-                           female=_class_for(preds[0].model_meta, 1), male=_class_for(preds[0].model_meta, 0))
+    prep = prepare_as_model(preds[0].model_meta, data, log=log)
     chosen = np.arange(len(prep.records)) if split == "all" else np.flatnonzero(prep.splits == split)
     if len(chosen) == 0:
         raise DatasetError(f"the {split} split of {', '.join(data)} is empty")
@@ -159,11 +161,6 @@ def _paired_line(task: str, label: str, cmp: dict) -> str:
 
     parts = [fmt(cmp["all"])] + [f"{s}: {fmt(d)}" for s, d in cmp.get("by_source", {}).items()]
     return f"{label} minus {cmp['against']}, {what} on the same images: " + " | ".join(parts)
-
-
-def _class_for(meta: ModelMeta, value: int) -> str | None:
-    cmap = meta.class_map or {}
-    return next((k for k, v in cmap.items() if v == value), None)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ which appears on the *left* of an upright, non-mirrored image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -187,12 +188,18 @@ class EyeCropGeometry:
     side: float = 0.7
     dy: float = -0.1
 
-    @classmethod
-    def from_meta(cls, crop: dict | None) -> EyeCropGeometry:
-        """The geometry an eye model's metadata names (``meta["eye_crop"]``); older models used the tight one."""
-        if not crop:
-            return TIGHT_EYE_GEOMETRY
-        return cls(side=float(crop["side"]), dy=float(crop["dy"]))
+    #: The crops one face gives, in order: the person's own left eye, then the right one.
+    sides: ClassVar[tuple[str, ...]] = ("left", "right")
+
+    def meta(self) -> dict:
+        """How a model's metadata names it (``meta["eye_crop"]``)."""
+        return {"side": self.side, "dy": self.dy}
+
+    def transform(self, anchor_points: np.ndarray, side: str, size: int) -> np.ndarray:
+        """2x3 matrix cutting eye ``side`` ('left' / 'right', the person's own) of a face given by its anchors."""
+        right, left, mouth = np.asarray(anchor_points, dtype=np.float64)
+        eye, other = (left, right) if side == "left" else (right, left)
+        return eye_crop_transform(eye, other, size, self, mouth)
 
 
 #: The first eye crop, matched to the Kaggle single-eye crops (eye and brow, little else).
@@ -221,12 +228,32 @@ class BothEyesGeometry:
     height: float = 1.6
     below: float = 0.08
 
+    #: One crop per face.
+    sides: ClassVar[tuple[str, ...]] = ("both",)
+
     def meta(self) -> dict:
         """How a model's metadata names it (``meta["eye_crop"]``)."""
         return {"both_eyes": True, "width": self.width, "height": self.height, "below": self.below}
 
+    def transform(self, anchor_points: np.ndarray, side: str, size: int) -> np.ndarray:
+        """2x3 matrix cutting the crop of both eyes (``side`` is 'both') of a face given by its anchors."""
+        right, left, mouth = np.asarray(anchor_points, dtype=np.float64)
+        return both_eyes_transform(right, left, mouth, size, self)
+
 
 BOTH_EYES_GEOMETRY = BothEyesGeometry()
+
+#: How an eye model's crops are cut from a face: one crop per eye, or one holding both.
+EyeGeometry = EyeCropGeometry | BothEyesGeometry
+
+
+def eye_geometry_from_meta(crop: dict | None) -> EyeGeometry:
+    """The geometry an eye model's metadata names (``meta["eye_crop"]``); models from before the option used the tight one."""
+    if not crop:
+        return TIGHT_EYE_GEOMETRY
+    if crop.get("both_eyes"):
+        return BothEyesGeometry(width=float(crop["width"]), height=float(crop["height"]), below=float(crop["below"]))
+    return EyeCropGeometry(side=float(crop["side"]), dy=float(crop["dy"]))
 
 
 def both_eyes_transform(right_eye: np.ndarray, left_eye: np.ndarray, mouth: np.ndarray, size: int,
@@ -250,14 +277,17 @@ def both_eyes_transform(right_eye: np.ndarray, left_eye: np.ndarray, mouth: np.n
     return np.hstack([a, (target - a @ centre)[:, None]])
 
 
-def parse_eye_geometry(text: str) -> EyeCropGeometry:
-    """A named geometry (``tight``, ``wide``) or ``SIDE,DY`` (e.g. ``1.3,-0.05``) for experiments."""
+def parse_eye_geometry(text: str) -> EyeGeometry:
+    """A named geometry (``tight``, ``wide``: one crop per eye; ``both``: one crop of both eyes) or ``SIDE,DY``
+    (e.g. ``1.3,-0.05``, one crop per eye) for experiments."""
+    if text == "both":
+        return BOTH_EYES_GEOMETRY
     if text in EYE_GEOMETRIES:
         return EYE_GEOMETRIES[text]
     try:
         side, dy = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--eye-crop must be one of {', '.join(EYE_GEOMETRIES)} or SIDE,DY (e.g. 1.3,-0.05), "
+        raise ValueError(f"--eye-crop must be one of {', '.join(EYE_GEOMETRIES)}, both or SIDE,DY (e.g. 1.3,-0.05), "
                          f"got {text!r}") from None
     if not (0.2 <= side <= 3.0 and -0.5 <= dy <= 0.5):
         raise ValueError(f"--eye-crop {text}: side must be in [0.2, 3] eye distances and dy in [-0.5, 0.5]")
@@ -312,6 +342,12 @@ def cut_both_eyes(
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Cut the crop holding both eyes; returns (crop, axis-aligned box of the crop in image pixels)."""
     return _crop_and_box(rgb, both_eyes_transform(right_eye, left_eye, mouth, size, geometry), size)
+
+
+def cut_eye_region(rgb: np.ndarray, anchor_points: np.ndarray, side: str, size: int, geometry: EyeGeometry
+                   ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Cut crop ``side`` (one of ``geometry.sides``) of the face with these anchors; returns (crop, box in image pixels)."""
+    return _crop_and_box(rgb, geometry.transform(anchor_points, side, size), size)
 
 
 def _crop_and_box(rgb: np.ndarray, m: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:

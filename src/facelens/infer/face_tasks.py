@@ -21,11 +21,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from facelens.face.align import (
-    EyeCropGeometry,
+    EyeGeometry,
     FaceTemplate,
     align_face,
-    cut_eye,
-    eye_crop_transform,
+    cut_eye_region,
+    eye_geometry_from_meta,
     similarity_transform,
 )
 from facelens.face.detect import Detection
@@ -39,7 +39,6 @@ from facelens.schema import AgeEstimate, Box, EyeEstimate, SexEstimate
 #: region): the answer carries this caution (shown by the text output and the web page).
 CHILD_CAUTION = "a child by the age estimate: the eyes tell sex poorly before puberty; treat this as a guess"
 
-Point = tuple[float, float]
 #: A crop's affine transform from full-image pixels and its side in pixels.
 CropTransform = tuple[np.ndarray, int]
 
@@ -133,33 +132,29 @@ class AgeTask(FaceTask):
 
 
 class EyesTask(FaceTask):
-    """Sex from the two eye crops of each face (left, then right): each eye's answer and the face's,
-    from the mean of the two logits; cautioned when the age estimate (if it ran) says a child."""
+    """Sex from the eye crops of each face, cut as the eye model was trained: one per eye (left, then right)
+    or one holding both eyes. Each crop's answer, and the face's from the mean of its crops' logits,
+    calibrated by the age estimate's band; cautioned when the age estimate (if it ran) says a child."""
 
     name = "eyes"
     face_field = "sex"
-    crops_per_face = 2
+    crops_per_face = 2  # the single-eye models'; an instance of a both-eye model has 1
 
-    def __init__(self, predictor: Predictor, geometry: EyeCropGeometry | None = None) -> None:
+    def __init__(self, predictor: Predictor, geometry: EyeGeometry | None = None) -> None:
         super().__init__(predictor)
         # How the eye model's crops were cut (its metadata names it; older models used the tight one).
-        self.geometry = geometry or EyeCropGeometry.from_meta(predictor.model_meta.eye_crop)
-
-    @staticmethod
-    def _eyes(d: Detection) -> tuple[tuple[Point, Point], tuple[Point, Point]]:
-        """(this eye, the other eye) for the person's left eye, then the right one."""
-        return (d.left_eye, d.right_eye), (d.right_eye, d.left_eye)
+        self.geometry = geometry or eye_geometry_from_meta(predictor.model_meta.eye_crop)
+        self.crops_per_face = len(self.geometry.sides)
 
     def crop_transforms(self, d: Detection) -> list[CropTransform]:
         size = self.input_size
-        return [(eye_crop_transform(np.array(eye), np.array(other), size, self.geometry, np.array(d.mouth)), size)
-                for eye, other in self._eyes(d)]
+        return [(self.geometry.transform(d.anchor_points(), side, size), size) for side in self.geometry.sides]
 
     def cut(self, src: ReducedImage, d: Detection) -> tuple[list[np.ndarray], list[Box]]:
         crops, boxes = [], []
-        for eye, other in self._eyes(d):
-            e, o, m = src.from_full_centre(np.array([eye, other, d.mouth]))
-            c, (x, y, w, h) = cut_eye(src.pixels, e, o, self.input_size, self.geometry, m)
+        anchors = src.from_full_centre(d.anchor_points())
+        for side in self.geometry.sides:
+            c, (x, y, w, h) = cut_eye_region(src.pixels, anchors, side, self.input_size, self.geometry)
             crops.append(c)
             (fx, fy), = src.to_full_centre(np.array([[x, y]]))
             boxes.append((float(fx), float(fy), w * src.factor, h * src.factor))
@@ -167,22 +162,23 @@ class EyesTask(FaceTask):
 
     def estimate(self, crops: np.ndarray, boxes: Sequence[Box], earlier: Mapping[str, list]) -> list[SexEstimate]:
         meta = self.predictor.model_meta
+        k = self.crops_per_face
         logits = self.predictor(crops).reshape(-1)
         p = decode_eyes(logits, meta)
         ages: list[AgeEstimate] | None = earlier.get(AgeTask.face_field)
         age_values = None if ages is None else np.array([a.value for a in ages], dtype=np.float64)
         young = None if age_values is None else age_values < CHILD_AGE
-        p_face = decode_face_logits(logits.reshape(-1, 2).mean(1), meta, age_values)
+        p_face = decode_face_logits(logits.reshape(-1, k).mean(1), meta, age_values)
         sexes = []
         for i in range(len(p_face)):
-            eyes = (EyeEstimate(side="left", p_female=float(p[2 * i]), box=boxes[2 * i]),
-                    EyeEstimate(side="right", p_female=float(p[2 * i + 1]), box=boxes[2 * i + 1]))
+            eyes = tuple(EyeEstimate(side=side, p_female=float(p[k * i + j]), box=boxes[k * i + j])
+                         for j, side in enumerate(self.geometry.sides))
             caution = CHILD_CAUTION if young is not None and young[i] else None
             sexes.append(SexEstimate(p_female=float(p_face[i]), eyes=eyes, caution=caution))
         return sexes
 
     def shown_crops(self, crops: np.ndarray) -> dict[str, Any]:
-        return {"eyes": {"left": crops[0], "right": crops[1]}}
+        return {"eyes": dict(zip(self.geometry.sides, crops, strict=True))}
 
 
 #: The face task of each task in ``facelens.tasks.TASKS`` (``tests/test_face_tasks.py`` checks all have one).

@@ -141,7 +141,8 @@ class ModelMeta(Decoding):
     pipeline: str | None = None
     #: Face template of an age model (``face.align.FaceTemplate.from_meta``); None: the loose crop of old models.
     crop: dict[str, Any] | None = None
-    #: Eye crop geometry of an eye model (``face.align.EyeCropGeometry.from_meta``); None: the tight crop.
+    #: Eye crop geometry of an eye model (``face.align.eye_geometry_from_meta``: one crop per eye, or
+    #: ``{"both_eyes": true, ...}`` for one crop of both); None: the tight single-eye crop.
     eye_crop: dict[str, Any] | None = None
     positive_class: str | None = None
     #: Class folder name -> 1 (female) / 0 (male) for eye models trained on class folders.

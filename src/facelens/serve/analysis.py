@@ -48,6 +48,7 @@ def _crops_dict(crops: Any) -> dict[str, str | None]:
         "face": _b64(render.to_png(face)) if face is not None else None,
         "right_eye": _b64(render.to_png(eyes["right"])) if "right" in eyes else None,
         "left_eye": _b64(render.to_png(eyes["left"])) if "left" in eyes else None,
+        "both_eyes": _b64(render.to_png(eyes["both"])) if "both" in eyes else None,
     }
 
 

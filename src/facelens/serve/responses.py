@@ -21,6 +21,8 @@ class FaceCrops(BaseModel):
     face: str | None = None
     right_eye: str | None = None
     left_eye: str | None = None
+    #: The crop holding both eyes, for an eye model that reads them together (then the single-eye crops are None).
+    both_eyes: str | None = None
 
 
 class ServedFace(Face):

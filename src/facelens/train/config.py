@@ -125,6 +125,13 @@ class TrainRequest:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         devices.check_device_name(self.device)
 
+def eye_crop_input_size(size: int, eye_crop: str | None) -> int:
+    """The input size for a single-eye ``size`` when eyes are cut as ``eye_crop``: a crop of both eyes gets 1.5x
+    the side (96 px for 64; whole multiples of 32), which keeps about the single-eye crop's pixels per eye
+    (``face.align.BothEyesGeometry``)."""
+    return int(round(size * 1.5 / 32) * 32) if eye_crop == "both" else size
+
+
 def cross_source_recipe(task: str = "age") -> TrainRequest:
     """The short recipe ``facelens cross-source --task TASK`` defaults to (~5 min a run on 2 cores):
     every run of the protocol trains it, so a short recipe is fine as long as the in-source twin

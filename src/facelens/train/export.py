@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facelens.data.prepare import PreparedData, prepare_records
+from facelens.data.prepare import PreparedData, prepare_as_model
 from facelens.evaluate.groups import record_groups
 from facelens.evaluate.scoring import calibrate, compute_metrics, headline
 from facelens.fileio import atomic_path, atomic_write_with, write_json_atomic
@@ -89,10 +89,7 @@ def _quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, batch_size: i
 
 def load_split_crops(meta: dict, data: list[str], log: Callable[[str], None] = print) -> tuple[PreparedData, dict[str, SplitCrops]]:
     """The model's own train/val/test split of ``data``, as crops (the training run's crop cache is reused)."""
-    sp = meta["split"]
-    classes = {v: k for k, v in (meta.get("class_map") or {}).items()}
-    prep = prepare_records(meta["task"], data, sp["strategy"], sp["seed"], tuple(sp["fractions"]), log=log,
-                           female=classes.get(1), male=classes.get(0))
+    prep = prepare_as_model(meta, data, log=log)
     # All records, as training cropped them: the same digest set hits the run's crop cache.
     cs, pos = prep.model_crops(np.arange(len(prep.records)), meta)
     out = {}

@@ -49,7 +49,7 @@ from facelens.models.wrappers import FlipAverage
 from facelens.tasks import task_spec
 from facelens.train import distributed as ddp
 from facelens.train.augment import AUGMENT_PRESETS
-from facelens.train.config import AGE_FLATTEN, TrainRequest
+from facelens.train.config import AGE_FLATTEN, TrainRequest, eye_crop_input_size
 from facelens.train.loop import FitConfig, check_precision, fit, predict_outputs
 from facelens.train.sampling import balanced_weights
 
@@ -108,7 +108,7 @@ def _run_training(req: TrainRequest, log, device: torch.device, env: ddp.DistEnv
         write_json_atomic(out / "config.json", config)
         # Rank 0 reads, hashes and splits the data once; the others receive the result (identical by construction).
         prep = prepare_records(req.task, req.data, strategy, req.seed, req.fractions, req.conflict_policy,
-                               req.female_class, req.male_class, log)
+                               req.female_class, req.male_class, log, eye_sides=parse_eye_geometry(req.eye_crop).sides)
     prep = ddp.broadcast_object(prep if main else None)
     if main:
         _write_split_files(out, prep)
@@ -194,11 +194,17 @@ def _arch_data(req: TrainRequest, arch: str, prep: PreparedData, out: Path, env:
     return ArchData(cs.crops, pos, idx, prep.targets[pos], np.asarray(prep.sources)[pos])
 
 
+def _default_size(req: TrainRequest, arch: str) -> int:
+    """The architecture's input size for the task and its eye crop (``train.config.eye_crop_input_size``)."""
+    size = default_input_size(arch, req.task)
+    return eye_crop_input_size(size, req.eye_crop) if task_spec(req.task).crop_kind == "eye" else size
+
+
 def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str, out: Path, device: torch.device,
                 env: ddp.DistEnv | None, log) -> dict | None:
     """Fit one architecture; on rank 0 also calibrate, test and save it. Its test metrics, or None on other ranks."""
     head = head_of(arch, req.task)
-    size = req.input_size or default_input_size(arch, req.task)
+    size = req.input_size or _default_size(req, arch)
     d = _arch_data(req, arch, prep, out, env, log, size)
     idx = d.idx
     log(f"[{arch}] {head} head, {size}px input, train {len(idx['train'])} / val {len(idx['val'])} / "
@@ -240,8 +246,9 @@ def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: st
 
     A plain dict, as stored in model.pt and meta.json (``facelens.models.meta.ModelMeta`` reads it)."""
     spec = task_spec(req.task)
+    eye_sides = parse_eye_geometry(req.eye_crop).sides if spec.crop_kind == "eye" else ()
     return {
-        "name": f"facelens-{req.task}-{arch}",
+        "name": f"facelens-{req.task}{'-both' if eye_sides == ('both',) else ''}-{arch}",
         "facelens_version": __version__,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "task": req.task,
@@ -250,7 +257,7 @@ def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: st
         "input_size": size,
         "pipeline": PIPELINE_VERSION,
         "crop": asdict(FACE_TEMPLATES[req.face_crop]) if spec.crop_kind == "face" else None,
-        "eye_crop": asdict(parse_eye_geometry(req.eye_crop)) if spec.crop_kind == "eye" else None,
+        "eye_crop": parse_eye_geometry(req.eye_crop).meta() if spec.crop_kind == "eye" else None,
         "positive_class": spec.positive_class,
         "class_map": prep.class_map,
         "tta": "flip-average",

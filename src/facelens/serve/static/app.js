@@ -42,6 +42,7 @@
       [".crop-face", crops.face],
       [".crop-right", crops.right_eye],
       [".crop-left", crops.left_eye],
+      [".crop-both", crops.both_eyes],
     ];
     for (const [sel, b64] of pairs) {
       const img = card.querySelector(sel);
@@ -67,7 +68,8 @@
       card.querySelector(".bar-male").style.width = `${100 * sex.p_male}%`;
       card.querySelector(".bar").setAttribute(
         "aria-label", `probability female ${pct(sex.p_female)}, male ${pct(sex.p_male)}`);
-      const eyes = (sex.eyes || []).map((e) => `${e.side} eye ${pct(e.p_female)}`).join(", ");
+      const perEye = (sex.eyes || []).filter((e) => e.side !== "both");
+      const eyes = perEye.map((e) => `${e.side} eye ${pct(e.p_female)}`).join(", ");
       card.querySelector(".eyes-detail").textContent =
         (sex.caution ? `Caution: ${sex.caution}. ` : "") + (eyes ? `P(female) per eye: ${eyes}` : "");
       const disagree = card.querySelector(".eyes-disagree");
