@@ -75,3 +75,17 @@ def test_evaluate_without_any_model_is_one_clear_line(tmp_path: Path, monkeypatc
     res = _evaluate(monkeypatch, tmp_path, "--data", str(tmp_path))
     assert res.exit_code == 2
     assert "no --model given and no shipped eyes model" in res.output and "Traceback" not in res.output
+
+
+def test_evaluate_defaults_to_the_single_eye_model_for_ready_cut_crops_and_the_photo_model_for_faces(
+        tmp_path: Path, write_jpeg, monkeypatch) -> None:
+    from facelens.evaluate.pipeline import default_model_for
+
+    monkeypatch.setenv("FACELENS_MODELS", str(tmp_path / "models"))
+    crops = eye_folder_dataset(tmp_path / "eyes", per_class=2)
+    write_jpeg(tmp_path / "utk" / "34_1_0_20170101.jpg.chip.jpg", seed=1)
+    faces = str(tmp_path / "utk")
+    assert default_model_for("eyes", [faces]).name == "eyes-both-mobilenetv2.onnx"
+    assert default_model_for("eyes", [str(crops)]).name == "eyes-mobilenetv2.onnx"
+    assert default_model_for("eyes", [str(crops), faces]).name == "eyes-mobilenetv2.onnx"  # only it reads both kinds
+    assert default_model_for("age", [faces]).name == "age-mobilenetv2.onnx"

@@ -115,8 +115,10 @@ def test_upload_shows_face_card(browser, server_url, photos, width, height, shot
     p_f = int(female.split()[-1].rstrip("%")) / 100
     assert bar_f["width"] / bar["width"] == pytest.approx(p_f, abs=0.02)
     # The crops the models saw and the annotated photo are actually rendered images.
-    for sel in (".crop-face", ".crop-right", ".crop-left"):
-        assert page.eval_on_selector(f".face-card {sel}", "img => img.complete && img.naturalWidth > 0")
+    # (the face, and each eye or both eyes in one crop, as the eye model reads them; crops not sent are removed)
+    assert page.eval_on_selector(".face-card .crop-face", "img => img.complete && img.naturalWidth > 0")
+    assert page.eval_on_selector_all(".face-card .crops img",
+                                     "imgs => imgs.length >= 2 && imgs.every(i => i.complete && i.naturalWidth > 0)")
     assert page.eval_on_selector(".annotated img", "img => img.naturalWidth > 0")
     # The interval is as prominent as the value, and the card's number badge matches the photo's.
     size = "el => getComputedStyle(el).fontSize + ' ' + getComputedStyle(el).fontWeight"

@@ -510,11 +510,10 @@ def cross_source(
 
 def _evaluate(task: str, models: list[Path] | None, data: list[str], split: str, report: Path | None, out: Path | None,
               backend: str, device: str, context_check: int = 0, age_model: Path | None = None) -> None:
-    from facelens.api import default_model_path
-    from facelens.evaluate.pipeline import evaluate_models
+    from facelens.evaluate.pipeline import default_model_for, evaluate_models
 
     if not models:
-        default = default_model_path(task)
+        default = default_model_for(task, data)
         if not default.is_file():
             _fail(f"no --model given and no shipped {task} model at {default}; pass --model FILE")
         typer.echo(f"no --model given: evaluating the shipped {task} model {default}", err=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from facelens.data.prepare import model_eye_sides, prepare_as_model
-from facelens.errors import DatasetError
+from facelens.data.readers import read_dataset
+from facelens.errors import DatasetError, FacelensError
 from facelens.evaluate.context import context_lines, context_pairs, context_summary
 from facelens.evaluate.groups import record_groups
 from facelens.evaluate.metrics import paired_difference, source_band_rows
@@ -25,7 +26,7 @@ from facelens.evaluate.scoring import compute_metrics, headline
 from facelens.fileio import write_json_atomic
 from facelens.infer.postprocess import MetaLike, decode_age, decode_eyes
 from facelens.infer.predictor import load_predictor
-from facelens.tasks import task_spec
+from facelens.tasks import default_model_path, task_spec
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
@@ -36,6 +37,18 @@ def _model_label(path: Path, meta: dict, seen: set[str]) -> str:
         label = f"{label} ({path.name})"
     seen.add(label)
     return label
+
+
+def default_model_for(task: str, data: list[str]) -> Path:
+    """The shipped model ``facelens evaluate TASK`` scores when given none: for the eye task, the single-eye model
+    when any ``data`` set holds ready-cut crops (only it reads them; it reads faces too), else the photo default."""
+    def ready_cut(d: str) -> bool:
+        try:
+            return not read_dataset(d, task).faces
+        except (FacelensError, ValueError):  # an unreadable set is reported once, by the evaluation itself
+            return False
+
+    return default_model_path(task, ready_cut=task_spec(task).crops_from_faces and any(ready_cut(d) for d in data))
 
 
 def evaluate_models(task: str, models: list[Path], data: list[str], split: str = "test", report_dir: Path | None = None,
