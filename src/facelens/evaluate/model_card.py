@@ -374,8 +374,8 @@ CARD_TEXTS: dict[str, CardTexts] = {
             "**Make-up shortcut risk:** in the training data many female eye crops show make-up, so the model may "
             "partly detect make-up rather than anatomy; expect errors on made-up men and bare-faced women.",
         ),
-        limitations=("Single-eye crops carry little information; glasses, blur, low resolution and grayscale images "
-                     "reduce accuracy.",
+        limitations=("The eye region carries less information than a whole face (a single eye least); glasses, blur, "
+                     "low resolution and grayscale images reduce accuracy.",
                      "The eye datasets have no person ids; related crops of one person can only be kept apart "
                      "approximately, so measured accuracy may still be optimistic.",
                      "The label is a binary female/male annotation from web data; it excludes intersex and "
