@@ -101,7 +101,8 @@ def eyes_disagree(p_a: float, p_b: float, gap: float = EYES_DISAGREE_GAP) -> boo
 
 
 class SexEstimate(_Frozen):
-    """P(female) of a face from its eyes (the calibrated mean of both eyes' logits)."""
+    """P(female) of a face from its eyes: the calibrated logit of the crop holding both eyes, or the calibrated
+    mean of the two single-eye crops' logits (a single-eye model)."""
 
     p_female: float = Field(ge=0.0, le=1.0)
     eyes: tuple[EyeEstimate, ...] = ()
