@@ -28,10 +28,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_wheel_carries_the_default_models_and_their_cards(wheel: Path) -> None:
+    from facelens.tasks import TASKS
+
     names = set(zipfile.ZipFile(wheel).namelist())
-    for stem in ("age-mobilenetv2", "eyes-mobilenetv2"):
-        assert f"facelens/shipped_models/{stem}.onnx" in names
-        assert f"facelens/shipped_models/{stem}.md" in names
+    files = {f for spec in TASKS.values() for f in (spec.model_file, spec.crop_model_file) if f}
+    assert {"age-mobilenetv2.onnx", "eyes-both-mobilenetv2.onnx", "eyes-mobilenetv2.onnx"} <= files
+    for file in files:  # every default model (photos, and ready-cut crops), with its card
+        assert f"facelens/shipped_models/{file}" in names
+        assert f"facelens/shipped_models/{Path(file).with_suffix('.md')}" in names
     assert not any(n.endswith(".pt") for n in names)  # training checkpoints stay in the repository
 
 
