@@ -90,3 +90,10 @@ def test_ready_cut_eye_crops_are_refused_by_a_both_eye_model_with_the_model_to_u
     analyzer = Analyzer(age_model=False, eye_model=BothEyesModel())
     with pytest.raises(ModelLoadError, match="reads both eyes.*single-eye model"):
         analyzer.predict_eye_crops([np.zeros((40, 40, 3), np.uint8)])
+
+
+def test_a_single_eye_geometry_cannot_be_forced_on_a_both_eye_model() -> None:
+    from facelens.face.align import WIDE_EYE_GEOMETRY
+
+    with pytest.raises(ValueError, match="reads one crop of both eyes; the eye geometry given cuts one crop per eye"):
+        Analyzer(age_model=False, eye_model=BothEyesModel(), eye_geometry=WIDE_EYE_GEOMETRY)

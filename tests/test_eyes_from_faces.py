@@ -198,12 +198,13 @@ def test_eye_crops_cut_with_another_geometry_are_cached_apart() -> None:
 
 
 def test_analyzer_cuts_eyes_the_way_its_eye_model_was_trained(analyzer) -> None:
-    from facelens.api import Analyzer
+    from facelens.api import Analyzer, default_model_path
     from facelens.face.align import EyeCropGeometry, eye_geometry_from_meta
 
     expected = eye_geometry_from_meta(analyzer.eyes.meta.get("eye_crop"))
     assert analyzer.eye_geometry == expected
-    forced = Analyzer(age_model=analyzer.age, eye_model=analyzer.eyes, eye_geometry=EyeCropGeometry(0.9, 0.0))
+    single = default_model_path("eyes", ready_cut=True)  # a geometry of one crop per eye needs a model of single eyes
+    forced = Analyzer(age_model=analyzer.age, eye_model=single, eye_geometry=EyeCropGeometry(0.9, 0.0))
     assert forced.eye_geometry == EyeCropGeometry(0.9, 0.0)
 
 

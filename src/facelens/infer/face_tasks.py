@@ -143,7 +143,11 @@ class EyesTask(FaceTask):
     def __init__(self, predictor: Predictor, geometry: EyeGeometry | None = None) -> None:
         super().__init__(predictor)
         # How the eye model's crops were cut (its metadata names it; older models used the tight one).
-        self.geometry = geometry or eye_geometry_from_meta(predictor.model_meta.eye_crop)
+        trained = eye_geometry_from_meta(predictor.model_meta.eye_crop)
+        if geometry is not None and geometry.sides != trained.sides:
+            raise ValueError(f"eye model {predictor.model_meta.name!r} reads {_crop_kind(trained)}; the eye geometry "
+                             f"given cuts {_crop_kind(geometry)}")
+        self.geometry = geometry or trained
         self.crops_per_face = len(self.geometry.sides)
 
     def crop_transforms(self, d: Detection) -> list[CropTransform]:
@@ -179,6 +183,10 @@ class EyesTask(FaceTask):
 
     def shown_crops(self, crops: np.ndarray) -> dict[str, Any]:
         return {"eyes": dict(zip(self.geometry.sides, crops, strict=True))}
+
+
+def _crop_kind(geometry: EyeGeometry) -> str:
+    return "one crop of both eyes" if geometry.sides == ("both",) else "one crop per eye"
 
 
 #: The face task of each task in ``facelens.tasks.TASKS`` (``tests/test_face_tasks.py`` checks all have one).
