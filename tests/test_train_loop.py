@@ -225,3 +225,21 @@ def test_reproduce_command_names_weight_decay_and_precision() -> None:
     cmd = reproduce_commands(RUN_CFG | {"weight_decay": 0.05, "precision": "bf16"}, "mobilenetv2")[0]
     assert "--weight-decay 0.05 --precision bf16" in cmd
     assert "--weight-decay 0.0001 --precision fp32" in reproduce_commands(RUN_CFG, "mobilenetv2")[0]
+
+
+def test_the_expectation_term_adds_the_weighted_error_of_the_mean_age_and_pulls_it_to_the_label() -> None:
+    from facelens.train.loop import expected_age, loss_fn
+
+    torch.manual_seed(0)
+    out = torch.randn(8, 101, requires_grad=True)
+    y = torch.tensor([3.0, 10, 25, 40, 55, 70, 85, 95])
+    plain = loss_fn("age-bins", out, y, 1.5)
+    both = loss_fn("age-bins", out, y, 1.5, age_l1=0.5)
+    assert float(both - plain) == pytest.approx(0.5 * float((expected_age(out) - y).abs().mean()), rel=1e-5)
+    # a gradient step on the expectation term alone moves every mean age towards its label
+    term = (expected_age(out) - y).abs().mean()
+    term.backward()
+    with torch.no_grad():
+        moved = expected_age(out - 1.0 * out.grad)
+        before = expected_age(out)
+    assert torch.all((moved - y).abs() < (before - y).abs())

@@ -423,6 +423,9 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
         help="tight (forehead to chin, as a UTKFace chip holds; default) or loose "
              "(the first models' crop, with hair and background)")]}),
     ("augment", _AUGMENT), ("balance", _BALANCE),
+    ("age_l1", {"age": Annotated[float, typer.Option(
+        help="weight of |expected age - label| added to the soft-label loss (DLDL-v2; 0: soft labels only, "
+             "the shipped recipe)")]}),
     ("eye_crop", {"eyes": Annotated[str, typer.Option(
         help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops), "
              "wide (one eye distance across: brow, lid fold and the skin around them), SIDE,DY (SIDE eye "

@@ -80,6 +80,7 @@ class TrainRequest:
     eye_crop: str | None = None  # eyes: how eyes are cut from faces (face.align.parse_eye_geometry); per task
     augment: str | None = None  # train.augment.AUGMENT_PRESETS; "photo" adds source-style degradations; per task
     balance: str | None = None  # "source": sample so every source has an equal share of each label bin; per task
+    age_l1: float = 0.0  # age: weight of |expected age - label| added to the soft-label loss (train.loop.loss_fn)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -123,6 +124,8 @@ class TrainRequest:
             raise ValueError(f"--balance must be one of {', '.join(BALANCE_CHOICES)}, got {self.balance!r}")
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.age_l1 < 0:
+            raise ValueError(f"--age-l1 must be >= 0, got {self.age_l1}")
         devices.check_device_name(self.device)
 
 def eye_crop_input_size(size: int, eye_crop: str | None) -> int:

@@ -44,6 +44,7 @@ class FitConfig:
     patience: int = 3
     seed: int = 0
     label_sigma: float = 1.5  # age-bins: std-dev (years) of the Gaussian soft label
+    age_l1: float = 0.0  # age-bins: weight of |expected age - label| added to the loss (DLDL-v2; see loss_fn)
     checkpoint_every: int = 200
     ema_decay: float = 0.0  # >0: validate, keep and ship an exponential moving average of the weights
     precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (see autocast_context)
@@ -58,9 +59,20 @@ def soft_age_targets(ages: torch.Tensor, sigma: float) -> torch.Tensor:
     return w / w.sum(1, keepdim=True)
 
 
-def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+def expected_age(out: torch.Tensor) -> torch.Tensor:
+    """The mean of the age-bins distribution, in years (what ``decode_age`` answers)."""
+    bins = torch.arange(NUM_AGE_BINS, device=out.device, dtype=out.dtype) + AGE_MIN
+    return out.softmax(1) @ bins
+
+
+def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float, age_l1: float = 0.0) -> torch.Tensor:
+    """The training loss. Age bins: cross-entropy to a Gaussian soft label, plus ``age_l1`` x the absolute error of
+    the distribution's mean (DLDL-v2, Gao et al. 2018): the soft label alone trains the shape of the distribution,
+    the second term the very number ``predict`` answers, whose pull to the middle of the training ages is the
+    bias the cross-entropy leaves."""
     if head == "age-bins":
-        return F.cross_entropy(out, soft_age_targets(y, sigma))
+        ce = F.cross_entropy(out, soft_age_targets(y, sigma))
+        return ce + age_l1 * (expected_age(out) - y).abs().mean() if age_l1 else ce
     if head == "regression":
         return F.mse_loss(out.view(-1), y)
     return F.binary_cross_entropy_with_logits(out.view(-1), y)
@@ -98,7 +110,7 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     """
     with autocast_context(cfg.precision, device):
         out = model(x)
-    loss = loss_fn(cfg.head, out.float(), y, cfg.label_sigma)
+    loss = loss_fn(cfg.head, out.float(), y, cfg.label_sigma, cfg.age_l1)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
