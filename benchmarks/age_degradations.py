@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from facelens.api import default_model_path
 from facelens.data.crops import face_crop_from_image
-from facelens.data.prepare import prepare_records
+from facelens.data.prepare import prepare_as_model
 from facelens.errors import ImageLoadError
 from facelens.evaluate.metrics import AGE_BANDS, age_metrics
 from facelens.face.align import FaceTemplate
@@ -93,9 +93,8 @@ def main() -> None:
     args = ap.parse_args()
     pred = load_predictor(args.model or default_model_path("age"))
     meta = pred.model_meta
-    ref = pred.meta["split"]
     data = args.data or [str(DATA / "utkface"), str(DATA / "faces-20-50" / "train"), str(DATA / "all-age-faces")]
-    prep = prepare_records("age", data, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
+    prep = prepare_as_model(pred.meta, data, log=lambda m: None)
     rng = np.random.default_rng(args.seed)
     chosen = []
     for src in ("utkface", "all-age-faces"):

@@ -18,7 +18,7 @@ import numpy as np
 from age_prior_adjustment import summary  # same folder: the shared validation summary
 from targets import AGE_DATA
 
-from facelens.data.prepare import prepare_records
+from facelens.data.prepare import prepare_as_model
 from facelens.infer.predictor import TorchPredictor
 from facelens.models.wrappers import FlipAverage
 
@@ -41,8 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.model) < 2:
         raise SystemExit("give at least two --model")
-    ref = TorchPredictor(args.model[0]).meta["split"]
-    prep = prepare_records("age", AGE_DATA, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
+    prep = prepare_as_model(TorchPredictor(args.model[0]).meta, AGE_DATA, log=lambda m: None)
     idx = np.flatnonzero(prep.splits == "val")
     outs, positions = {}, []
     for m in args.model:

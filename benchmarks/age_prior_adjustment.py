@@ -22,7 +22,7 @@ import numpy as np
 from targets import AGE_DATA  # same folder: the datasets the shipped models were trained on
 
 from facelens.api import default_model_path
-from facelens.data.prepare import PreparedData, prepare_records
+from facelens.data.prepare import PreparedData, prepare_as_model
 from facelens.evaluate.metrics import age_metrics
 from facelens.fileio import write_json_atomic
 from facelens.infer.postprocess import age_from_bins
@@ -110,8 +110,7 @@ def main() -> None:
     meta = load_predictor(model).meta
     if meta.get("head") != "age-bins":
         raise SystemExit(f"{model}: needs an age-bins model, not {meta.get('head')!r}")
-    ref = meta["split"]
-    prep = prepare_records("age", AGE_DATA, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
+    prep = prepare_as_model(meta, AGE_DATA, log=lambda m: None)
     prior = training_prior(prep)
     y, logits, sources = logits_of(model, prep, "val")
     grid = {tau: summary(y, logits + prior_adjustment(prior, tau), sources) for tau in TAUS}

@@ -26,7 +26,7 @@ from targets import EYE_DATA  # same folder: the datasets the shipped models wer
 
 from facelens.api import default_model_path
 from facelens.data.crops import PIPELINE_VERSION, AnchorStore, default_cache_dir
-from facelens.data.prepare import prepare_records
+from facelens.data.prepare import prepare_as_model
 from facelens.evaluate.calibration import fit_temperature
 from facelens.evaluate.groups import FACE_ID, record_groups
 from facelens.evaluate.metrics import EYE_AGE_BANDS, age_band_label, binary_metrics
@@ -105,8 +105,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     shipped = load_predictor(default_model_path("eyes", ready_cut=True))  # the single-eye model
-    ref = shipped.meta["split"]
-    prep = prepare_records("eyes", EYE_DATA, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
+    prep = prepare_as_model(shipped.meta, EYE_DATA, log=lambda m: None)
     faces = face_table(prep)
     crops_file = args.crops or args.out / "both-eye-crops.npz"
     if crops_file.exists():

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from facelens.api import default_model_path
-from facelens.data.prepare import prepare_records
+from facelens.data.prepare import prepare_as_model
 from facelens.evaluate.metrics import age_metrics
 from facelens.infer.postprocess import age_from_bins, distribution_quantile, softmax
 from facelens.infer.predictor import load_predictor
@@ -42,8 +42,7 @@ def main() -> None:
     pred = load_predictor(model)
     if pred.meta.get("head") != "age-bins":
         raise SystemExit(f"{model}: needs an age-bins model (a distribution over ages), not {pred.meta.get('head')!r}")
-    ref = pred.meta["split"]
-    prep = prepare_records("age", data, ref["strategy"], ref["seed"], tuple(ref["fractions"]), log=lambda m: None)
+    prep = prepare_as_model(pred.meta, data, log=lambda m: None)
     print(f"model: {model}\n")
     print("| split | point estimate | UTKFace MAE | 20-50 RMSE | 20-50 R² | all MAE | all RMSE |")
     print("|---|---|---|---|---|---|---|")

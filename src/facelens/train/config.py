@@ -128,6 +128,7 @@ class TrainRequest:
             raise ValueError(f"--age-l1 must be >= 0, got {self.age_l1}")
         devices.check_device_name(self.device)
 
+
 def eye_crop_input_size(size: int, eye_crop: str | None) -> int:
     """The input size for a single-eye ``size`` when eyes are cut as ``eye_crop``: a crop of both eyes gets 1.5x
     the side (96 px for 64; whole multiples of 32), which keeps about the single-eye crop's pixels per eye
