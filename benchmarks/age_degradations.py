@@ -30,7 +30,7 @@ from facelens.errors import ImageLoadError
 from facelens.evaluate.metrics import AGE_BANDS, age_metrics
 from facelens.face.align import FaceTemplate
 from facelens.images import load_image
-from facelens.infer.postprocess import age_from_bins
+from facelens.infer.postprocess import decode_age
 from facelens.infer.predictor import load_predictor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -119,7 +119,7 @@ def main() -> None:
                 found[name].append((face[0], prep.targets[i], prep.sources[i]))
     for name, rows in found.items():
         crops, y, src = np.stack([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
-        ages = age_from_bins(pred(crops))[0]
+        ages = decode_age(pred(crops), pred.model_meta)[0]  # the decoder predict uses (an int8 file's answer map too)
         result["variants"][name] = {s: {"no_face": missed[name][s], **band_rows(y[src == s], ages[src == s])}
                                     for s in ("utkface", "all-age-faces")}
     cols = ["all"] + [f"{lo}+" if hi is None else f"{lo}-{hi}" for lo, hi in AGE_BANDS]

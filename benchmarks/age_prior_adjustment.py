@@ -8,7 +8,7 @@ value minimising the training's validation score, the mean of the per-source MAE
 cross-source`` (each with the prior of its own training split) so the ratios can be compared.
 The rule this was run under: ``docs/rules/RULE-age-prior-adjust.txt``.
 
-    python benchmarks/age_prior_adjustment.py                                   # the shipped age model
+    python benchmarks/age_prior_adjustment.py                                   # the shipped age network (its float .pt twin)
     python benchmarks/age_prior_adjustment.py --cross-source runs/xsrc-source --out runs/prior.json
 """
 
@@ -102,12 +102,15 @@ def cross_source(folder: Path, prep: PreparedData, tau: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="age-bins model (.onnx or .pt); default: the shipped one")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="age-bins model (.pt or fp32 .onnx); default: the shipped network's float twin (models/age-mobilenetv2.pt)")
     ap.add_argument("--cross-source", type=Path, default=None, help="folder of `facelens cross-source` (the same recipe)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = ap.parse_args()
-    model = args.model or default_model_path("age")
+    model = args.model or default_model_path("age").with_suffix(".pt")
     meta = load_predictor(model).meta
+    if meta.get("age_answer_map"):  # an int8 file: its answers are moved after the distribution this script reads
+        raise SystemExit(f"{model}: an int8 file with an answer map; give the float network (.pt) or an fp32 export")
     if meta.get("head") != "age-bins":
         raise SystemExit(f"{model}: needs an age-bins model, not {meta.get('head')!r}")
     prep = prepare_as_model(meta, AGE_DATA, log=lambda m: None)

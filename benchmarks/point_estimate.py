@@ -5,7 +5,7 @@ The age model predicts a distribution over 0..100 years. The mean minimises squa
 MAE, 20-50 RMSE and R²), so this script measures the trade-off on the model's own validation
 split (where a choice may be made) and test split (read after), from one pass of the model.
 
-    python benchmarks/point_estimate.py                      # the shipped age model
+    python benchmarks/point_estimate.py                      # the shipped age network (its float .pt twin)
     python benchmarks/point_estimate.py --model runs/age/mobilenetv2/model.pt
 """
 
@@ -33,13 +33,17 @@ def point_estimates(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="age model (.onnx or .pt); default: the shipped one")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="age model (.pt or fp32 .onnx); default: the shipped network's float twin (models/age-mobilenetv2.pt)")
     ap.add_argument("--data", action="append", default=None,
                     help="datasets (default: ../shared/data/utkface and faces-20-50/train, as trained)")
     args = ap.parse_args()
-    model = args.model or default_model_path("age")
+    model = args.model or default_model_path("age").with_suffix(".pt")
     data = args.data or [str(DATA / "utkface"), str(DATA / "faces-20-50" / "train")]
     pred = load_predictor(model)
+    meta = pred.meta
+    if meta.get("age_answer_map"):  # an int8 file: its answers are moved after the distribution this script reads
+        raise SystemExit(f"{model}: an int8 file with an answer map; give the float network (.pt) or an fp32 export")
     if pred.meta.get("head") != "age-bins":
         raise SystemExit(f"{model}: needs an age-bins model (a distribution over ages), not {pred.meta.get('head')!r}")
     prep = prepare_as_model(pred.meta, data, log=lambda m: None)

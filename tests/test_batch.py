@@ -26,7 +26,9 @@ from facelens.api import Analyzer, default_model_path
 from facelens.infer.batch import expand_inputs, run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
-N_PHOTOS = 60
+#: Enough photos that a run lasts a few seconds, so a kill or Ctrl-C after the third record lands mid-run even
+#: on a loaded machine (60 were too few once the age model ran in int8, twice as fast).
+N_PHOTOS = 120
 
 
 @pytest.fixture(scope="module")

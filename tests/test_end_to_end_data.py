@@ -100,6 +100,31 @@ def test_shipped_variant_gets_its_own_metrics_and_card(tiny_age_run: Path, tmp_p
     assert format_value(meta["metrics"]["mae"]) in text
 
 
+@pytest.mark.parametrize("answer_map", [True, False])
+def test_int8_age_export_maps_its_answers_onto_the_float_network(tiny_age_run: Path, tmp_path: Path, shared_data: Path,
+                                                                  answer_map: bool) -> None:
+    """An int8 age file carries the answer map fitted at export (or none when asked), and its card rebuilds it."""
+    photos = sorted((shared_data / "faces-20-50" / "train" / "30").glob("*.jpg"))[:24]
+    photos += sorted((shared_data / "faces-20-50" / "train" / "45").glob("*.jpg"))[:24]
+    manifest = tmp_path / "small.csv"
+    manifest.write_text("path,age\n" + "".join(f"{p},{p.parent.name}\n" for p in photos))
+    onnx = tmp_path / "age-int8.onnx"
+    facelens("export", "--model", str(tiny_age_run / "mobilenetv2" / "model.pt"), "--out", str(onnx), "--int8",
+             "--int8-calibration", "percentile", *([] if answer_map else ["--no-int8-answer-map"]), "--data", str(manifest))
+    meta = json.loads(onnx.with_suffix(".json").read_text())
+    assert meta["precision"] == "int8" and meta["quantization"]["calibration"] == "percentile"
+    if answer_map:
+        offset, slope = meta["age_answer_map"]
+        assert 0.5 < slope < 2.0 and abs(offset) < 50
+    else:
+        assert meta.get("age_answer_map") is None
+    card = tmp_path / "card.md"
+    facelens("model-card", "--run", str(tiny_age_run), "--model", str(onnx), "--out", str(card))
+    export_line = next(line for line in card.read_text().splitlines() if line.startswith("facelens export"))
+    assert "--int8 --int8-calibration percentile" in export_line
+    assert ("--no-int8-answer-map" in export_line) is not answer_map
+
+
 def test_resume_continues_a_finished_run_without_retraining(tiny_age_run: Path, shared_data: Path) -> None:
     before = (tiny_age_run / "mobilenetv2" / "checkpoints" / "best.pt").stat().st_mtime_ns
     proc = facelens("train", "age", "--data", str(shared_data / "faces-20-50" / "train"), "--out", str(tiny_age_run),

@@ -146,10 +146,11 @@ def test_int8_export_is_recalibrated_and_measured_on_its_own_split(tmp_path, exp
     torch.save(ck, tmp_path / "eyes.pt")
     data = eye_folder_dataset(tmp_path / "eyes")
     res = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "eyes.pt"), "--out", str(tmp_path / "q.onnx"),
-                                   "--int8", "--data", str(data)])
+                                   "--int8", "--int8-calibration", "percentile", "--data", str(data)])
     assert res.exit_code == 0, res.output
     q = OnnxPredictor(tmp_path / "q.onnx")
     assert q.meta["precision"] == "int8" and q.meta["tta"] == "flip-average"
+    assert q.meta["quantization"]["calibration"] == "percentile"
     assert q.meta["export"]["recalibrated_on"] == "val"
     # the stored test metrics are what `facelens evaluate` measures on the same split with this file
     res = CliRunner().invoke(app, ["evaluate", "eyes", "--model", str(tmp_path / "q.onnx"), "--data", str(data),
@@ -166,6 +167,21 @@ def test_int8_export_is_recalibrated_and_measured_on_its_own_split(tmp_path, exp
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer), "weights stored as int8"
+    # the stem convolution and the head read float32 weights straight from the file; every other Conv is quantised
+    float_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    kept = [n for n in convs + [n for n in graph.node if n.op_type == "Gemm"] if n.input[1] in float_weights]
+    assert [n.name for n in kept] == q.meta["quantization"]["float32_nodes"]
+    assert len(kept) == 2 and kept[0] is convs[0] and kept[1].op_type == "Gemm"
+
+
+def test_unknown_int8_calibration_is_a_clear_error(tmp_path, exported):
+    pt, _, _ = exported
+    res = CliRunner().invoke(app, ["export", "--model", str(pt), "--out", str(tmp_path / "q.onnx"), "--int8",
+                                   "--int8-calibration", "entropy", "--data", str(tmp_path)])
+    assert res.exit_code != 0
+    assert "minmax" in res.output and "percentile" in res.output
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_int8_without_data_is_a_clear_error(tmp_path, exported):
@@ -219,3 +235,39 @@ def test_pt_out_recalibrates_the_checkpoint_on_its_own_outputs(tmp_path, exporte
     measured = next(iter(json.loads((tmp_path / "m.json").read_text())["models"].values()))
     assert measured["n"] == r.meta["metrics"]["n"]
     assert measured["ece"] == pytest.approx(r.meta["metrics"]["ece"])
+
+
+def test_export_flags_rebuild_the_variant_a_card_describes():
+    from facelens.train.commands import export_flags
+
+    assert export_flags({"tta": "flip-average", "precision": "fp32"}) == []
+    assert export_flags({"tta": "none", "precision": "int8"}) == ["--no-tta", "--int8"]
+    assert export_flags({"precision": "int8", "quantization": {"calibration": "percentile"}}) == [
+        "--int8", "--int8-calibration percentile"]
+
+
+def _peaked_logits(ages: np.ndarray) -> np.ndarray:
+    """Age-bin logits whose distribution is a narrow bump at each age (its mean is that age, away from 0 and 100)."""
+    bins = np.arange(101)
+    return -((bins[None, :] - np.asarray(ages, dtype=float)[:, None]) ** 2) / (2 * 0.7**2)
+
+
+def test_fit_answer_map_recovers_the_line_from_int8_to_float_answers():
+    from facelens.train.export import fit_answer_map
+
+    int8_ages = np.linspace(8, 80, 40)
+    offset, slope = fit_answer_map(_peaked_logits(int8_ages), _peaked_logits(-0.5 + 1.02 * int8_ages))
+    assert offset == pytest.approx(-0.5, abs=0.05) and slope == pytest.approx(1.02, abs=0.002)
+
+
+def test_decode_age_applies_the_answer_map_to_the_age_and_its_interval_and_a_refit_keeps_it():
+    from facelens.infer.postprocess import decode_age
+    from facelens.models.meta import CALIBRATION_KEYS
+
+    logits = _peaked_logits(np.array([5.0, 40.0, 99.5])) / 20  # wide enough for an interval of some years
+    plain = decode_age(logits, {"head": "age-bins"})
+    mapped = decode_age(logits, {"head": "age-bins", "age_answer_map": [1.0, 1.1]})
+    for p, m in zip(plain, mapped, strict=True):
+        np.testing.assert_allclose(m, np.clip(1.0 + 1.1 * p, 0, 100))
+    assert mapped[0][2] == 100.0  # clipped to the head's range
+    assert "age_answer_map" not in CALIBRATION_KEYS and "interval_scale" in CALIBRATION_KEYS

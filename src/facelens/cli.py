@@ -569,6 +569,9 @@ def export(
     int8: Annotated[bool, typer.Option("--int8", help="quantise to int8 (needs --data: calibrated on the training split)")] = False,
     int8_calibration: Annotated[str, typer.Option(
         help="how --int8 reads activation ranges from training crops: minmax, or percentile (99.999th)")] = "minmax",
+    int8_answer_map: Annotated[bool, typer.Option(
+        "--int8-answer-map/--no-int8-answer-map",
+        help="--int8 age models: map the int8 answers back onto the float network's (fitted on the calibration crops)")] = True,
     data: Annotated[list[str] | None, typer.Option(
         "--data", help="the model's training data (repeatable): re-fit calibration on val, re-measure on test")] = None,
 ) -> None:
@@ -590,7 +593,8 @@ def export(
         typer.echo(f"wrote {res['out']}: calibration re-fitted on val, metrics re-measured on test")
         return
     try:
-        res = export_onnx(model, out, tta=tta, int8=int8, data=data, int8_calibration=int8_calibration, log=log)
+        res = export_onnx(model, out, tta=tta, int8=int8, data=data, int8_calibration=int8_calibration,
+                          int8_answer_map=int8_answer_map, log=log)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {res['out']}; parity with PyTorch on {res['samples']} random crops: "

@@ -79,7 +79,8 @@ def fit_band_calibration(logits: np.ndarray, labels: np.ndarray, ages: np.ndarra
     return out
 
 
-def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, groups: dict[str, list] | None = None) -> dict:
+def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, groups: dict[str, list] | None = None,
+              age_answer_map: list[float] | None = None) -> dict:
     """Calibration parameters fitted on the validation split only.
 
     Eyes: one temperature for single crops and, when crops were cut from faces (``groups[FACE_ID]``), a
@@ -89,8 +90,8 @@ def calibrate(head: str, val_out: np.ndarray, val_y: np.ndarray, groups: dict[st
     model's estimate (``band_age_key``); fitting on the estimate was measured and not better
     (docs/rules/RULE-eyes-band-by-estimate.txt, docs/experiments.md).
     """
-    if head == "age-bins":
-        value, low, high = age_from_bins(val_out)
+    if head == "age-bins":  # the interval is scaled around the answers the model gives, its answer map applied
+        value, low, high = age_from_bins(val_out, answer_map=age_answer_map)
         return {"interval": 0.8, "interval_scale": float(fit_interval_scale(val_y, value, low, high, target=0.8))}
     if head == "regression":
         resid = val_y - val_out.reshape(-1)

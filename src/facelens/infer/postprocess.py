@@ -39,8 +39,9 @@ def distribution_quantile(probs: np.ndarray, q: float) -> np.ndarray:
     return AGE_MIN + idx - 0.5 + frac
 
 
-def age_from_bins(logits: np.ndarray, interval: float = 0.8, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, low, high) arrays from (N, 101) logits."""
+def age_from_bins(logits: np.ndarray, interval: float = 0.8, scale: float = 1.0,
+                  answer_map: list[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, low, high) arrays from (N, 101) logits; ``answer_map`` (offset, slope) moves all three first."""
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2 or logits.shape[1] != NUM_AGE_BINS:
         raise ValueError(f"expected (N, {NUM_AGE_BINS}) age logits, got {logits.shape}")
@@ -50,6 +51,9 @@ def age_from_bins(logits: np.ndarray, interval: float = 0.8, scale: float = 1.0)
     tail = (1.0 - interval) / 2.0
     low = distribution_quantile(probs, tail)
     high = distribution_quantile(probs, 1.0 - tail)
+    if answer_map is not None:
+        offset, slope = answer_map
+        value, low, high = (np.clip(offset + slope * a, AGE_MIN, AGE_MIN + NUM_AGE_BINS - 1) for a in (value, low, high))
     return scale_interval(value, low, high, scale)
 
 
@@ -90,7 +94,7 @@ def decode_age(outputs: np.ndarray, meta: MetaLike) -> tuple[np.ndarray, np.ndar
     """(value, low, high) for a model's raw outputs, using the calibration stored in its metadata."""
     m = decoding_of(meta)
     if m.head == "age-bins":
-        return age_from_bins(outputs, m.interval, m.interval_scale)
+        return age_from_bins(outputs, m.interval, m.interval_scale, m.age_answer_map)
     return age_from_regression(outputs, (m.residual_q[0], m.residual_q[1]))
 
 

@@ -77,6 +77,11 @@ class Decoding(BaseModel):
     interval: float = 0.8
     #: Factor the age-bins interval is stretched by, fitted on validation data.
     interval_scale: float = 1.0
+    #: Age-bins head: (offset, slope) applied to the age and its interval's ends before the interval scale, mapping
+    #: an int8 file's answers onto its float network's (post-training quantisation bias correction, fitted at
+    #: export on the crops that calibrate the activation ranges: int8 rounding pulls answers towards the middle).
+    #: None: the identity. Not a calibration fit: a re-calibration keeps it.
+    age_answer_map: list[float] | None = None
     #: Regression head: validation residual quantiles giving the interval (split conformal).
     residual_q: list[float] = [-5.0, 5.0]
     #: Binary head: temperature of single crops.
@@ -116,7 +121,7 @@ class Decoding(BaseModel):
 
 
 #: The metadata keys a calibration fit writes (``evaluate.scoring.calibrate``): a re-fit replaces all of them.
-CALIBRATION_KEYS = tuple(k for k in Decoding.model_fields if k != "head")
+CALIBRATION_KEYS = tuple(k for k in Decoding.model_fields if k not in ("head", "age_answer_map"))
 
 
 def decoding_of(meta: Decoding | Mapping[str, Any]) -> Decoding:

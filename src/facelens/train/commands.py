@@ -18,6 +18,11 @@ def export_flags(meta: dict) -> list[str]:
         flags.append("--no-tta")
     if meta.get("precision") == "int8":
         flags.append("--int8")
+        calibration = meta.get("quantization", {}).get("calibration", "minmax")
+        if calibration != "minmax":
+            flags.append(f"--int8-calibration {calibration}")
+        if meta.get("head") == "age-bins" and meta.get("age_answer_map") is None:
+            flags.append("--no-int8-answer-map")
     return flags
 
 
