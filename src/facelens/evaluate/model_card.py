@@ -136,6 +136,13 @@ def _details(meta: Mapping, task: str) -> str:
         parity = (meta.get("export") or {}).get("parity_max_abs_diff")
         rows.append(("numeric precision", meta["precision"] + (f" (ONNX export, max abs output difference to "
                                                                f"PyTorch {parity:.2g} on random crops)" if parity is not None else "")))
+    if q := meta.get("quantization"):
+        rows.append(("quantisation", f"{q.get('format', 'static QDQ')}, activation ranges by {q.get('calibration', 'minmax')} "
+                                     f"over {q.get('calibration_crops', '?')} training crops; "
+                                     f"{len(q.get('float32_nodes', []))} nodes kept in float32 (stem, head)"))
+    if answer_map := meta.get("age_answer_map"):
+        rows.append(("answer map", f"age = {answer_map[0]:+.3f} + {answer_map[1]:.4f} x the int8 answer (and the interval's "
+                                   "ends): onto the float network's answers, fitted on the calibration crops, no labels"))
     split = meta.get("split") or {}
     if split:
         rows.append(("data split", f"{split.get('strategy')} (seed {split.get('seed')}, fractions "

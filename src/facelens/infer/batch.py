@@ -15,8 +15,11 @@ import glob
 import io
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,6 +201,31 @@ def _error_paths(errors_path: Path) -> set[str]:
         return {row["path"] for row in csv.DictReader(fh) if row.get("path")}
 
 
+@contextmanager
+def _ctrl_c_flag() -> Iterator[threading.Event]:
+    """A flag Ctrl-C sets (it still raises KeyboardInterrupt, as Python's default handler does).
+
+    Why: Python drops an exception raised inside a finaliser (``__del__``, a generator closed by the garbage
+    collector), so a Ctrl-C that lands there was lost and the run went on to the end; the loop checks the flag
+    after every record too. Installed from the main thread only (where signal handlers live); elsewhere the
+    flag is never set and KeyboardInterrupt alone ends the run.
+    """
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_sigint(signum, frame):
+        flag.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_batch(analyzer, paths: list[Path], out: Path, resume: bool = False, batch_size: int = 32,
               progress: bool = True) -> BatchSummary:
     """Analyse ``paths`` into ``out`` (.jsonl or .csv), streaming; see the module docstring.
@@ -241,7 +269,8 @@ def _run_batch(analyzer, paths: list[Path], out: Path, errors_path: Path, resume
     try:
         if is_csv and os.fstat(fd).st_size == 0:
             _append(fd, ",".join(CSV_FIELDS) + "\n")
-        with tqdm(total=len(todo), unit="photo", desc="predict", disable=not progress, smoothing=0.1) as bar:
+        with _ctrl_c_flag() as ctrl_c, tqdm(total=len(todo), unit="photo", desc="predict", disable=not progress,
+                                            smoothing=0.1) as bar:
             for r in analyzer.analyze_many(todo, names=[str(p) for p in todo], batch_size=batch_size):
                 if r.error:
                     summary.failed += 1
@@ -261,6 +290,8 @@ def _run_batch(analyzer, paths: list[Path], out: Path, errors_path: Path, resume
                 bar.update(1)
                 if summary.processed % 16 == 0 or summary.processed == len(todo):
                     bar.set_postfix(faces=summary.faces, failed=summary.failed, refresh=False)
+                if ctrl_c.is_set():
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:  # Ctrl-C: what is written stays complete; the caller reports it and how to resume
         summary.interrupted = True
     finally:
