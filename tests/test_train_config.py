@@ -159,12 +159,12 @@ def test_no_resume_overrides_a_config_that_resumed(tmp_path: Path, captured) -> 
 AGE_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split",
                "conflict_policy", "resume", "device", "pretrained", "input_size", "patience", "ema_decay",
                "frozen_blocks", "weight_decay", "precision", "max_images", "max_steps_per_epoch", "workers", "threads",
-               "face_crop", "augment", "balance", "age_l1"]
+               "face_crop", "augment", "balance", "age_l1", "label_sigma"]
 EYES_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split",
                 "female_class", "male_class", "conflict_policy", "resume", "device", "pretrained", "input_size",
                 "patience", "ema_decay", "frozen_blocks", "weight_decay", "precision", "max_images",
                 "max_steps_per_epoch", "workers", "threads", "augment", "balance", "eye_crop"]
-OWN_OPTIONS = {"age": {"face_crop", "age_l1"}, "eyes": {"female_class", "male_class", "eye_crop"}}
+OWN_OPTIONS = {"age": {"face_crop", "age_l1", "label_sigma"}, "eyes": {"female_class", "male_class", "eye_crop"}}
 
 
 def test_train_age_and_eyes_share_every_option_but_their_own() -> None:
@@ -184,3 +184,13 @@ def test_train_age_and_eyes_share_every_option_but_their_own() -> None:
     for task, names in (("age", AGE_OPTIONS), ("eyes", EYES_OPTIONS)):
         out = " ".join(CliRunner().invoke(app, ["train", task, "--help"], env={"COLUMNS": "200"}).output.split())
         assert all(f"--{n.replace('_', '-')}" in out for n in names) and "--no-resume" in out
+
+
+def test_label_sigma_is_checked_and_repeated_by_the_card_command() -> None:
+    from facelens.train.commands import reproduce_commands
+
+    with pytest.raises(ValueError, match="--label-sigma"):
+        TrainRequest(task="age", data=["d"], out="o", label_sigma=0.0).check()
+    cfg = asdict(TrainRequest(task="age", data=["d"], out="o", label_sigma=3.0)) | {"split_resolved": "content"}
+    assert reproduce_commands(cfg, "mobilenetv2")[0].endswith("--label-sigma 3.0")
+    assert "--label-sigma" not in reproduce_commands(cfg | {"label_sigma": 1.5}, "mobilenetv2")[0]

@@ -426,6 +426,8 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("age_l1", {"age": Annotated[float, typer.Option(
         help="weight of |expected age - label| added to the soft-label loss (DLDL-v2; 0: soft labels only, "
              "the shipped recipe)")]}),
+    ("label_sigma", {"age": Annotated[float, typer.Option(
+        help="width (std-dev, years) of the Gaussian soft label the age bins learn (1.5: the shipped recipe)")]}),
     ("eye_crop", {"eyes": Annotated[str, typer.Option(
         help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops), "
              "wide (one eye distance across: brow, lid fold and the skin around them), SIDE,DY (SIDE eye "

@@ -81,6 +81,7 @@ class TrainRequest:
     augment: str | None = None  # train.augment.AUGMENT_PRESETS; "photo" adds source-style degradations; per task
     balance: str | None = None  # "source": sample so every source has an equal share of each label bin; per task
     age_l1: float = 0.0  # age: weight of |expected age - label| added to the soft-label loss (train.loop.loss_fn)
+    label_sigma: float = 1.5  # age: std-dev (years) of the Gaussian soft label (train.loop.soft_age_targets)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -126,6 +127,8 @@ class TrainRequest:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.age_l1 < 0:
             raise ValueError(f"--age-l1 must be >= 0, got {self.age_l1}")
+        if not self.label_sigma > 0:
+            raise ValueError(f"--label-sigma must be > 0, got {self.label_sigma}")
         devices.check_device_name(self.device)
 
 
