@@ -79,12 +79,18 @@ def test_tiny_age_model_exports_predicts_and_evaluates(tiny_age_run: Path, tmp_p
     assert only["split"] == "test" and only["n_scored"] > 0 and np.isfinite(only["mae"])
 
 
-def test_shipped_variant_gets_its_own_metrics_and_card(tiny_age_run: Path, tmp_path: Path, shared_data: Path) -> None:
-    """A --no-tta export re-measured on a small manifest; its card reports it and shows the run's model beside it."""
+def small_manifest(shared_data: Path, folder: Path) -> tuple[Path, list[Path]]:
+    """A CSV manifest of 48 faces-20-50 photos aged 30 and 45, for re-calibrating an export quickly."""
     photos = sorted((shared_data / "faces-20-50" / "train" / "30").glob("*.jpg"))[:24]
     photos += sorted((shared_data / "faces-20-50" / "train" / "45").glob("*.jpg"))[:24]
-    manifest = tmp_path / "small.csv"
+    manifest = folder / "small.csv"
     manifest.write_text("path,age\n" + "".join(f"{p},{p.parent.name}\n" for p in photos))
+    return manifest, photos
+
+
+def test_shipped_variant_gets_its_own_metrics_and_card(tiny_age_run: Path, tmp_path: Path, shared_data: Path) -> None:
+    """A --no-tta export re-measured on a small manifest; its card reports it and shows the run's model beside it."""
+    manifest, photos = small_manifest(shared_data, tmp_path)
     onnx = tmp_path / "age-fast.onnx"
     facelens("export", "--model", str(tiny_age_run / "mobilenetv2" / "model.pt"), "--out", str(onnx), "--no-tta",
              "--data", str(manifest))
@@ -104,10 +110,7 @@ def test_shipped_variant_gets_its_own_metrics_and_card(tiny_age_run: Path, tmp_p
 def test_int8_age_export_maps_its_answers_onto_the_float_network(tiny_age_run: Path, tmp_path: Path, shared_data: Path,
                                                                   answer_map: bool) -> None:
     """An int8 age file carries the answer map fitted at export (or none when asked), and its card rebuilds it."""
-    photos = sorted((shared_data / "faces-20-50" / "train" / "30").glob("*.jpg"))[:24]
-    photos += sorted((shared_data / "faces-20-50" / "train" / "45").glob("*.jpg"))[:24]
-    manifest = tmp_path / "small.csv"
-    manifest.write_text("path,age\n" + "".join(f"{p},{p.parent.name}\n" for p in photos))
+    manifest, _ = small_manifest(shared_data, tmp_path)
     onnx = tmp_path / "age-int8.onnx"
     facelens("export", "--model", str(tiny_age_run / "mobilenetv2" / "model.pt"), "--out", str(onnx), "--int8",
              "--int8-calibration", "percentile", *([] if answer_map else ["--no-int8-answer-map"]), "--data", str(manifest))
