@@ -159,12 +159,12 @@ def test_no_resume_overrides_a_config_that_resumed(tmp_path: Path, captured) -> 
 AGE_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split",
                "conflict_policy", "resume", "device", "pretrained", "input_size", "patience", "ema_decay",
                "frozen_blocks", "weight_decay", "precision", "max_images", "max_steps_per_epoch", "workers", "threads",
-               "face_crop", "augment", "balance", "age_l1", "label_sigma"]
+               "face_crop", "augment", "balance", "age_l1", "label_sigma", "label_sigma_per_year"]
 EYES_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split",
                 "female_class", "male_class", "conflict_policy", "resume", "device", "pretrained", "input_size",
                 "patience", "ema_decay", "frozen_blocks", "weight_decay", "precision", "max_images",
                 "max_steps_per_epoch", "workers", "threads", "augment", "balance", "eye_crop"]
-OWN_OPTIONS = {"age": {"face_crop", "age_l1", "label_sigma"}, "eyes": {"female_class", "male_class", "eye_crop"}}
+OWN_OPTIONS = {"age": {"face_crop", "age_l1", "label_sigma", "label_sigma_per_year"}, "eyes": {"female_class", "male_class", "eye_crop"}}
 
 
 def test_train_age_and_eyes_share_every_option_but_their_own() -> None:

@@ -243,3 +243,17 @@ def test_the_expectation_term_adds_the_weighted_error_of_the_mean_age_and_pulls_
         moved = expected_age(out - 1.0 * out.grad)
         before = expected_age(out)
     assert torch.all((moved - y).abs() < (before - y).abs())
+
+
+def test_soft_label_widens_with_age_when_asked():
+    from facelens.train.loop import soft_age_targets
+
+    ages = torch.tensor([10.0, 40.0, 60.0])
+    bins = torch.arange(101, dtype=torch.float32)
+
+    def spread(t: torch.Tensor) -> list[float]:
+        mean = t @ bins
+        return [round(float(v), 2) for v in ((t * (bins - mean[:, None]) ** 2).sum(1)).sqrt()]
+
+    assert spread(soft_age_targets(ages, 1.5)) == pytest.approx([1.5, 1.5, 1.5], abs=0.01)
+    assert spread(soft_age_targets(ages, 1.5, per_year=0.075)) == pytest.approx([1.5, 3.0, 4.5], abs=0.01)

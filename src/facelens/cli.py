@@ -428,6 +428,8 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
              "the shipped recipe)")]}),
     ("label_sigma", {"age": Annotated[float, typer.Option(
         help="width (std-dev, years) of the Gaussian soft label the age bins learn (1.5: the shipped recipe)")]}),
+    ("label_sigma_per_year", {"age": Annotated[float, typer.Option(
+        help="let the soft label widen with age: width = max(--label-sigma, this x age) (0: fixed, the shipped recipe)")]}),
     ("eye_crop", {"eyes": Annotated[str, typer.Option(
         help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops), "
              "wide (one eye distance across: brow, lid fold and the skin around them), SIDE,DY (SIDE eye "

@@ -57,6 +57,8 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
         cmd += f" --age-l1 {cfg['age_l1']}"
     if cfg.get("label_sigma", 1.5) != 1.5:
         cmd += f" --label-sigma {cfg['label_sigma']}"
+    if cfg.get("label_sigma_per_year"):
+        cmd += f" --label-sigma-per-year {cfg['label_sigma_per_year']}"
     world = (cfg.get("distributed") or {}).get("world_size", 1)
     if world > 1:  # the same global batch and shards on one machine (a multi-machine run included)
         cmd += f" --nproc-per-node {world}"

@@ -82,6 +82,7 @@ class TrainRequest:
     balance: str | None = None  # "source": sample so every source has an equal share of each label bin; per task
     age_l1: float = 0.0  # age: weight of |expected age - label| added to the soft-label loss (train.loop.loss_fn)
     label_sigma: float = 1.5  # age: std-dev (years) of the Gaussian soft label (train.loop.soft_age_targets)
+    label_sigma_per_year: float = 0.0  # age: >0: the label widens with age, max(label_sigma, this x age)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -129,6 +130,8 @@ class TrainRequest:
             raise ValueError(f"--age-l1 must be >= 0, got {self.age_l1}")
         if not self.label_sigma > 0:
             raise ValueError(f"--label-sigma must be > 0, got {self.label_sigma}")
+        if self.label_sigma_per_year < 0:
+            raise ValueError(f"--label-sigma-per-year must be >= 0, got {self.label_sigma_per_year}")
         devices.check_device_name(self.device)
 
 

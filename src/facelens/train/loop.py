@@ -45,6 +45,7 @@ class FitConfig:
     seed: int = 0
     label_sigma: float = 1.5  # age-bins: std-dev (years) of the Gaussian soft label
     age_l1: float = 0.0  # age-bins: weight of |expected age - label| added to the loss (DLDL-v2; see loss_fn)
+    label_sigma_per_year: float = 0.0  # age-bins: the soft label widens with age, sigma = max(label_sigma, this x age)
     checkpoint_every: int = 200
     ema_decay: float = 0.0  # >0: validate, keep and ship an exponential moving average of the weights
     precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (see autocast_context)
@@ -52,10 +53,13 @@ class FitConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-def soft_age_targets(ages: torch.Tensor, sigma: float) -> torch.Tensor:
+def soft_age_targets(ages: torch.Tensor, sigma: float, per_year: float = 0.0) -> torch.Tensor:
+    """Gaussian soft labels over the age bins, ``sigma`` years wide, or ``max(sigma, per_year x age)`` when the width
+    grows with age (apparent age, and its label noise, spread more the older the face)."""
     bins = torch.arange(NUM_AGE_BINS, device=ages.device, dtype=torch.float32) + AGE_MIN
     a = ages.clamp(AGE_MIN, AGE_MIN + NUM_AGE_BINS - 1).view(-1, 1)
-    w = torch.exp(-0.5 * ((bins.view(1, -1) - a) / sigma) ** 2)
+    width = (per_year * a).clamp(min=sigma) if per_year > 0 else sigma
+    w = torch.exp(-0.5 * ((bins.view(1, -1) - a) / width) ** 2)
     return w / w.sum(1, keepdim=True)
 
 
@@ -65,13 +69,14 @@ def expected_age(out: torch.Tensor) -> torch.Tensor:
     return out.softmax(1) @ bins
 
 
-def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float, age_l1: float = 0.0) -> torch.Tensor:
+def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float, age_l1: float = 0.0,
+            sigma_per_year: float = 0.0) -> torch.Tensor:
     """The training loss. Age bins: cross-entropy to a Gaussian soft label, plus ``age_l1`` x the absolute error of
     the distribution's mean (DLDL-v2, Gao et al. 2018): the soft label alone trains the shape of the distribution,
     the second term the very number ``predict`` answers, whose pull to the middle of the training ages is the
     bias the cross-entropy leaves."""
     if head == "age-bins":
-        ce = F.cross_entropy(out, soft_age_targets(y, sigma))
+        ce = F.cross_entropy(out, soft_age_targets(y, sigma, sigma_per_year))
         return ce + age_l1 * (expected_age(out) - y).abs().mean() if age_l1 else ce
     if head == "regression":
         return F.mse_loss(out.view(-1), y)
@@ -110,7 +115,7 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     """
     with autocast_context(cfg.precision, device):
         out = model(x)
-    loss = loss_fn(cfg.head, out.float(), y, cfg.label_sigma, cfg.age_l1)
+    loss = loss_fn(cfg.head, out.float(), y, cfg.label_sigma, cfg.age_l1, cfg.label_sigma_per_year)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -218,7 +218,7 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
     cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
                     patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay,
                     weight_decay=req.weight_decay, precision=req.precision, augment=AUGMENT_PRESETS[req.augment],
-                    age_l1=req.age_l1, label_sigma=req.label_sigma)
+                    age_l1=req.age_l1, label_sigma=req.label_sigma, label_sigma_per_year=req.label_sigma_per_year)
     many = len(set(d.sources.tolist())) > 1
     weights = None
     if (req.balance == "source" and many) or req.balance == "source+age":
@@ -270,7 +270,8 @@ def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: st
         "training": summary | {"epochs_max": req.epochs, "batch_size": req.batch_size, "lr": req.lr,
                                "device": str(device), "cpu": platform.processor() or platform.machine(),
                                "threads": torch.get_num_threads(), "augment": req.augment,
-                               "balance": req.balance, "age_l1": req.age_l1, "label_sigma": req.label_sigma}
+                               "balance": req.balance, "age_l1": req.age_l1, "label_sigma": req.label_sigma,
+                               "label_sigma_per_year": req.label_sigma_per_year}
                               | ({"world_size": env.world_size, "global_batch_size": req.batch_size * env.world_size}
                                  if env else {}),
     }
