@@ -14,7 +14,14 @@ import torch
 from facelens.data.prepare import source_name
 from facelens.evaluate.context import UTKFACE_CHIP, context_summary, tight_chip
 from facelens.evaluate.metrics import age_band_label, age_metrics, source_band_rows
-from facelens.face.align import LOOSE_AGE_TEMPLATE, TIGHT_AGE_TEMPLATE, FaceTemplate, apply_transform, similarity_transform
+from facelens.face.align import (
+    LOOSE_AGE_TEMPLATE,
+    MEDIUM_AGE_TEMPLATE,
+    TIGHT_AGE_TEMPLATE,
+    FaceTemplate,
+    apply_transform,
+    similarity_transform,
+)
 from facelens.train.augment import PHOTO_AUGMENT, AugmentConfig, _frame_ends, augment_batch
 from facelens.train.commands import reproduce_commands
 from facelens.train.config import TrainRequest
@@ -116,6 +123,17 @@ def test_tight_crop_of_a_utkface_style_chip_stays_inside_the_chip() -> None:
     loose = apply_transform(similarity_transform(LOOSE_AGE_TEMPLATE.points(128), chip_pts),
                             np.array([[0, 0], [128, 128]], float))
     assert loose.min() < -50  # the old crop ran far past it
+
+
+def test_medium_crop_is_the_tight_square_widened_by_a_quarter_about_its_centre() -> None:
+    """Same face, same centre, 1.25x the side: the hair and neck band the tight crop cuts, and on a
+    UTKFace chip a border band of about an eighth of the side (not the loose crop's 60% of the area)."""
+    to_tight = similarity_transform(MEDIUM_AGE_TEMPLATE.points(128), TIGHT_AGE_TEMPLATE.points(128))
+    corners = apply_transform(to_tight, np.array([[0, 0], [128, 128]], float))
+    np.testing.assert_allclose(corners, [[-16, -16], [144, 144]], atol=0.5)
+    chip = apply_transform(similarity_transform(MEDIUM_AGE_TEMPLATE.points(128), UTKFACE_CHIP.points(200)),
+                           np.array([[0, 0], [128, 128]], float))
+    assert -30 < chip.min() < -10 and chip.max() < 215  # 8-12% of the chip past its top and sides
 
 
 def test_tight_chip_puts_the_eyes_where_utkface_has_them() -> None:

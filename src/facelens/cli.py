@@ -420,8 +420,8 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("max_images", Annotated[int | None, typer.Option(help="cap images per split (quick trials)")]),
     ("max_steps_per_epoch", int | None), ("workers", int | None), ("threads", _THREADS),
     ("face_crop", {"age": Annotated[str, typer.Option(
-        help="tight (forehead to chin, as a UTKFace chip holds; default) or loose "
-             "(the first models' crop, with hair and background)")]}),
+        help="tight (forehead to chin, as a UTKFace chip holds; default), medium (hairline and some hair, "
+             "eyes a third of the side apart) or loose (the first models' crop, with hair and background)")]}),
     ("augment", _AUGMENT), ("balance", _BALANCE),
     ("age_l1", {"age": Annotated[float, typer.Option(
         help="weight of |expected age - label| added to the soft-label loss (DLDL-v2; 0: soft labels only, "
@@ -483,7 +483,7 @@ def cross_source(
     max_steps_per_epoch: int | None = SHORT.max_steps_per_epoch, batch_size: int = SHORT.batch_size,
     seed: int = SHORT.seed, ema_decay: _EMA = SHORT.ema_decay, precision: _PRECISION = SHORT.precision,
     frozen_blocks: _FROZEN = SHORT.frozen_blocks,
-    face_crop: Annotated[str, typer.Option(help="age: tight or loose (see train age --help)")] = SHORT.face_crop,
+    face_crop: Annotated[str, typer.Option(help="age: tight, medium or loose (see train age --help)")] = SHORT.face_crop,
     eye_crop: Annotated[str | None, typer.Option(help="eyes: tight, wide, SIDE,DY or both (see train eyes --help; "
                                                       "default: the shipped single-eye recipe's)")] = None,
     augment: _AUGMENT = SHORT.augment, balance: _BALANCE = SHORT.balance,
