@@ -89,3 +89,16 @@ def test_evaluate_defaults_to_the_single_eye_model_for_ready_cut_crops_and_the_p
     assert default_model_for("eyes", [str(crops)]).name == "eyes-mobilenetv2.onnx"
     assert default_model_for("eyes", [str(crops), faces]).name == "eyes-mobilenetv2.onnx"  # only it reads both kinds
     assert default_model_for("age", [faces]).name == "age-mobilenetv2.onnx"
+
+
+def test_models_sharing_a_file_name_keep_their_own_labels() -> None:
+    """Three runs' ``<run>/mobilenetv2/model.pt`` compared at once: each gets its own label, so no
+    model's metrics or paired difference overwrites another's."""
+    from facelens.evaluate.pipeline import _model_label
+
+    seen: set[str] = set()
+    paths = [Path("runs/a/mobilenetv2/model.pt"), Path("runs/b/mobilenetv2/model.pt"),
+             Path("runs/c/mobilenetv2/model.pt"), Path("runs/c/mobilenetv2/model.pt")]
+    labels = [_model_label(p, {"arch": "mobilenetv2"}, seen) for p in paths]
+    assert len(set(labels)) == 4
+    assert labels[:3] == ["mobilenetv2", "mobilenetv2 (model.pt)", "mobilenetv2 (runs/c/mobilenetv2/model.pt)"]

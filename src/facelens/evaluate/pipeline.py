@@ -32,9 +32,15 @@ SPLIT_CHOICES = ("test", "val", "train", "all")
 
 
 def _model_label(path: Path, meta: dict, seen: set[str]) -> str:
-    label = meta.get("arch", path.stem)
-    if label in seen:
-        label = f"{label} ({path.name})"
+    """The architecture, then the file name, then the whole path, then a number: the first that no
+    earlier model took (runs keep their network in ``<run>/<arch>/model.pt``, so names alone collide
+    and a later model's metrics would overwrite an earlier one's)."""
+    arch = meta.get("arch", path.stem)
+    candidates = [arch, f"{arch} ({path.name})", f"{arch} ({path})"]
+    label = next((c for c in candidates if c not in seen), None)
+    n = 2
+    while label is None or label in seen:
+        label, n = f"{arch} ({path}, #{n})", n + 1
     seen.add(label)
     return label
 
