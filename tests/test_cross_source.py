@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from facelens.data.prepare import source_name
-from facelens.evaluate.context import UTKFACE_CHIP, context_summary, tight_chip
+from facelens.evaluate.context import context_summary, tight_chip
 from facelens.evaluate.metrics import age_band_label, age_metrics, source_band_rows
 from facelens.face.align import (
     LOOSE_AGE_TEMPLATE,
     MEDIUM_AGE_TEMPLATE,
     TIGHT_AGE_TEMPLATE,
+    UTKFACE_CHIP,
     FaceTemplate,
     apply_transform,
+    chip_insets,
     similarity_transform,
 )
 from facelens.train.augment import PHOTO_AUGMENT, AugmentConfig, _frame_ends, augment_batch
@@ -134,6 +136,24 @@ def test_medium_crop_is_the_tight_square_widened_by_a_quarter_about_its_centre()
     chip = apply_transform(similarity_transform(MEDIUM_AGE_TEMPLATE.points(128), UTKFACE_CHIP.points(200)),
                            np.array([[0, 0], [128, 128]], float))
     assert -30 < chip.min() < -10 and chip.max() < 215  # 8-12% of the chip past its top and sides
+
+
+def test_chip_insets_say_where_a_utkface_chip_ends_inside_each_template() -> None:
+    tight, medium, loose = (chip_insets(t) for t in (TIGHT_AGE_TEMPLATE, MEDIUM_AGE_TEMPLATE, LOOSE_AGE_TEMPLATE))
+    assert max(tight) < 0.02  # the tight crop is the chip
+    assert 0.05 < medium[0] < 0.1 and 0.09 < medium[1] < 0.13 and medium[3] < 0.01  # sides and top, not the chin
+    assert all(lo > me for lo, me in zip(loose, medium, strict=True))
+
+
+def test_chip_fill_repeats_the_edge_beyond_the_chip_on_every_chosen_crop() -> None:
+    still = AugmentConfig(flip=0, max_rotate_deg=0, scale=(1, 1), max_shift=0, brightness=0, contrast=0,
+                          saturation=0, grayscale=0)
+    x = torch.rand(4, 3, 20, 20, generator=torch.Generator().manual_seed(0)) * 255
+    filled = augment_batch(x.clone(), replace(still, chip_fill=1.0, chip_insets=(0.2, 0.0, 0.0, 0.25)))
+    assert torch.allclose(filled[..., 0], filled[..., 2], atol=1e-3)  # >= 3 px of the left side repeat its inner edge
+    assert torch.allclose(filled[..., 19, :], filled[..., 16, :], atol=1e-3)  # >= 4 px at the bottom
+    assert torch.allclose(filled[..., 8:12, 8:12], x[..., 8:12, 8:12], atol=1e-3)  # the face is untouched
+    assert torch.allclose(augment_batch(x.clone(), replace(still, chip_fill=1.0)), x, atol=1e-3)  # no insets: nothing to fill
 
 
 def test_tight_chip_puts_the_eyes_where_utkface_has_them() -> None:

@@ -357,7 +357,9 @@ _PRECISION = Annotated[str, typer.Option(help="training step precision: fp32, or
                                                "on CPUs with AVX512-BF16/AMX and on recent GPUs; emulated, slower, elsewhere)")]
 _AUGMENT = Annotated[str, typer.Option(help="augmentation: basic (geometry, colour) or photo (adds scan, sepia, fading, "
                                              "blur, noise, JPEG, low resolution and frame edges, so a photo's source "
-                                             "cannot be read from its style)")]
+                                             "cannot be read from its style) or photo+chip (photo, and half the "
+                                             "crops made to look cut from a tight UTKFace chip: for face crops "
+                                             "wider than one)")]
 _BALANCE = Annotated[str, typer.Option(help="none, or source: sample so every data source has an equal share of each "
                                              "label bin (5-year age bins / classes), validating on the mean per-source score; "
                                              "source+age: also lift rare bins (share ~ sqrt(count)): teenagers, over 60s")]

@@ -20,14 +20,10 @@ from tqdm import tqdm
 from facelens.data.crops import face_crop_from_image
 from facelens.errors import ImageLoadError
 from facelens.evaluate.metrics import age_band_label
-from facelens.face.align import FaceTemplate, align_face
+from facelens.face.align import CHIP_SIZE, UTKFACE_CHIP, FaceTemplate, align_face
 from facelens.images import load_image
 from facelens.infer.postprocess import decode_age
 from facelens.infer.predictor import Predictor
-
-#: Where the anchors sit in a UTKFace chip (fractions of its side), and its size.
-UTKFACE_CHIP = FaceTemplate(right_eye=(0.282, 0.295), left_eye=(0.678, 0.295), mouth=(0.48, 0.68))
-CHIP_SIZE = 200
 
 
 def tight_chip(rgb: np.ndarray, anchor_points: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ frames that end next to the face), so a model cannot learn the source instead of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -39,12 +39,21 @@ class AugmentConfig:
     noise: float = 0.0  # Gaussian grain, sigma 2-10 grey levels
     jpeg: float = 0.0  # re-encoded at quality 20-80
     border: float = 0.0  # the frame ends 0-20% inside the crop on some sides, filled by edge replication
+    # Probability that a crop is made to look cut from a tight chip: beyond ``chip_insets`` (left, top,
+    # right, bottom, fractions of the side, +/-20%) edge pixels repeat, before the geometry jitter, as in
+    # every crop of a UTKFace chip. Only templates wider than the chip need it (``face.align.chip_insets``);
+    # the runner fills the insets from the run's template.
+    chip_fill: float = 0.0
+    chip_insets: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
 
 #: The training default for face crops from mixed sources (``--augment photo``).
 PHOTO_AUGMENT = AugmentConfig(scale=(0.85, 1.15), max_shift=0.08, grayscale=0.15, sepia=0.1, fade=0.15, blur=0.25,
                               low_res=0.2, noise=0.25, jpeg=0.3, border=0.15)
-AUGMENT_PRESETS = {"basic": AugmentConfig(), "photo": PHOTO_AUGMENT}
+#: ``photo`` plus chip fill on half the crops, so that with a template wider than a UTKFace chip the fill
+#: beyond the chip's edge is not a sign of the source (``--augment photo+chip``).
+PHOTO_CHIP_AUGMENT = replace(PHOTO_AUGMENT, chip_fill=0.5)
+AUGMENT_PRESETS = {"basic": AugmentConfig(), "photo": PHOTO_AUGMENT, "photo+chip": PHOTO_CHIP_AUGMENT}
 
 _SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
 
@@ -61,6 +70,9 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
             return torch.zeros(0, dtype=torch.long)
         return torch.nonzero(torch.rand(n, generator=generator, device=x.device) < p).view(-1).cpu()
 
+    if any(cfg.chip_insets):
+        for i in pick(cfg.chip_fill):
+            x[i] = _frame_ends(x[i], torch.tensor(cfg.chip_insets) * u(0.8, 1.2, 4).cpu(), torch.ones(4, dtype=torch.bool))
     angle = u(-cfg.max_rotate_deg, cfg.max_rotate_deg) * math.pi / 180
     scale = u(*cfg.scale)
     flip = torch.where(torch.rand(n, generator=generator, device=x.device) < cfg.flip, -1.0, 1.0)

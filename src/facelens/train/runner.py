@@ -28,7 +28,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,13 +42,13 @@ from facelens.data.splits import EYE_BLOCK_SIZE
 from facelens.errors import DatasetError
 from facelens.evaluate.groups import record_groups
 from facelens.evaluate.scoring import calibrate, compute_metrics, headline
-from facelens.face.align import FACE_TEMPLATES, parse_eye_geometry
+from facelens.face.align import FACE_TEMPLATES, chip_insets, parse_eye_geometry
 from facelens.fileio import atomic_write_with, write_bytes_atomic, write_json_atomic
 from facelens.models.factory import check_frozen_blocks, create_model, default_input_size, head_of
 from facelens.models.wrappers import FlipAverage
 from facelens.tasks import task_spec
 from facelens.train import distributed as ddp
-from facelens.train.augment import AUGMENT_PRESETS
+from facelens.train.augment import AUGMENT_PRESETS, AugmentConfig
 from facelens.train.config import AGE_FLATTEN, TrainRequest, eye_crop_input_size
 from facelens.train.loop import FitConfig, check_precision, fit, predict_outputs
 from facelens.train.sampling import balanced_weights
@@ -57,6 +57,15 @@ from facelens.train.sampling import balanced_weights
 def resolve_device(name: str) -> torch.device:
     """The training device, by the rule inference uses too (``facelens.devices.resolve_device``)."""
     return torch.device(devices.resolve_device(name, "torch"))
+
+
+def augment_config(req: TrainRequest) -> AugmentConfig:
+    """The run's augmentation preset; chip fill, if the preset has it, gets the insets of the run's
+    face template (where a UTKFace chip ends inside its crops; none for the tight template)."""
+    preset = AUGMENT_PRESETS[req.augment]
+    if preset.chip_fill and task_spec(req.task).crop_kind == "face":
+        return replace(preset, chip_insets=chip_insets(FACE_TEMPLATES[req.face_crop]))
+    return preset
 
 
 def _limit(idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -217,7 +226,7 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
         log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
     cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
                     patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay,
-                    weight_decay=req.weight_decay, precision=req.precision, augment=AUGMENT_PRESETS[req.augment],
+                    weight_decay=req.weight_decay, precision=req.precision, augment=augment_config(req),
                     age_l1=req.age_l1, label_sigma=req.label_sigma, label_sigma_per_year=req.label_sigma_per_year)
     many = len(set(d.sources.tolist())) > 1
     weights = None
