@@ -54,7 +54,7 @@ TIGHT_AGE_TEMPLATE = FaceTemplate(right_eye=(0.295, 0.33), left_eye=(0.705, 0.33
 
 #: Between the two (opt-in, ``--face-crop medium``): the tight template scaled by 0.8 about the crop's centre,
 #: eyes 33% of the side apart, so the crop shows the hairline, some hair and the top of the neck (cues
-#: of age the tight crop cuts) while only ~12% of each side of a UTKFace chip's crop is border fill.
+#: of age the tight crop cuts); on a UTKFace chip 7-11% of the crop's sides and top lie past the chip (border fill).
 MEDIUM_AGE_TEMPLATE = FaceTemplate(right_eye=(0.336, 0.364), left_eye=(0.664, 0.364), mouth=(0.5, 0.724))
 
 FACE_TEMPLATES = {"tight": TIGHT_AGE_TEMPLATE, "medium": MEDIUM_AGE_TEMPLATE, "loose": LOOSE_AGE_TEMPLATE}
