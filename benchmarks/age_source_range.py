@@ -6,10 +6,14 @@ filed under 30, costs it little; a model that answers the face pays the full err
 This script puts the two side by side on one source: RMSE as scored, RMSE with every answer clipped
 to the source's label range (the range knowledge handed to both models), the share of answers
 outside the range, and the largest errors with each model's answer, so the images can be looked at.
+With ``--audit-model`` (a model trained without this source, so blind to its labels), the images whose
+label lies ``--audit-years`` or more from that model's answer are counted as gross label errors and
+each model's RMSE is also given without them: a flag that no scored model chose.
 Run from the repository root (it reads the datasets of `targets.AGE_DATA`).
 
     python benchmarks/age_source_range.py --model models/baselines/age-mobilenetv2-loose.onnx --model models/age-mobilenetv2.onnx
     python benchmarks/age_source_range.py --split val --out runs/source-range-val.json ...
+    python benchmarks/age_source_range.py --audit-model runs/audit-no2050-short/mobilenetv2/model.pt --model ...
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def main() -> None:
     ap.add_argument("--source", default="faces-20-50", help="the source to look at (a --data folder's source name)")
     ap.add_argument("--split", default="test", choices=["val", "test"])
     ap.add_argument("--worst", type=int, default=12, help="largest errors of the last model to list")
+    ap.add_argument("--audit-model", type=Path, help="an age model trained without --source: flags gross label errors")
+    ap.add_argument("--audit-years", type=float, default=25.0, help="label this far from the audit model's answer: flagged")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -70,6 +76,15 @@ def main() -> None:
               f"MAE {s['mae']:.3f}; answers below {s['share_below']:.1%}, above {s['share_above']:.1%}")
 
     y = prep.targets[pos_ref]
+    if args.audit_model:
+        audit = load_predictor(args.audit_model)
+        cs, pos = prep.model_crops(pos_ref, audit.model_meta, desc="audit crops")
+        flagged = np.isin(pos_ref, pos[np.abs(decode_age(np.asarray(audit(cs.crops)), audit.model_meta)[0] - prep.targets[pos])
+                                       >= args.audit_years])
+        result["audit"] = {"model": str(args.audit_model), "years": args.audit_years, "flagged": int(flagged.sum()),
+                           "rmse_without_flagged": {m: rmse(a[~flagged], y[~flagged]) for m, a in answers.items()}}
+        print(f"audit by {args.audit_model}: {flagged.sum()} of {len(y)} labels {args.audit_years:.0f}+ years from its answer; "
+              "RMSE without them: " + ", ".join(f"{Path(m).name} {v:.3f}" for m, v in result["audit"]["rmse_without_flagged"].items()))
     last = answers[str(args.model[-1])]
     worst = np.argsort(-np.abs(last - y))[: args.worst]
     print(f"largest errors of {args.model[-1].name} (label, then each model's answer):")
