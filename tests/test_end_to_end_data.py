@@ -48,6 +48,20 @@ def test_tiny_age_training_writes_a_complete_run(tiny_age_run: Path) -> None:
     assert (tiny_age_run / "mobilenetv2" / "checkpoints" / "last.pt").is_file()
 
 
+def test_a_run_with_another_training_seed_and_the_same_split_seed_scores_on_the_same_images(
+        tiny_age_run: Path, tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "seed1"
+    facelens("train", "age", "--data", str(shared_data / "faces-20-50" / "train"), "--out", str(out), "--epochs", "1",
+             "--max-images", "48", "--max-steps-per-epoch", "2", "--batch-size", "16", "--seed", "1", "--split-seed", "0")
+    assert (out / "split.csv").read_text() == (tiny_age_run / "split.csv").read_text()
+    meta = json.loads((out / "mobilenetv2" / "meta.json").read_text())
+    assert meta["split"]["seed"] == 0 and json.loads((out / "config.json").read_text())["seed"] == 1
+    first = np.load(tiny_age_run / "mobilenetv2" / "test_predictions.npz")
+    second = np.load(out / "mobilenetv2" / "test_predictions.npz")
+    assert list(first["paths"]) == list(second["paths"]) and len(first["paths"]) > 0  # the same test images, same order
+    assert not np.allclose(first["outputs"], second["outputs"])  # trained with other randomness
+
+
 def test_the_runs_config_json_reads_back_as_the_request_it_ran(tiny_age_run: Path) -> None:
     from dataclasses import asdict
 

@@ -155,12 +155,12 @@ def test_no_resume_overrides_a_config_that_resumed(tmp_path: Path, captured) -> 
 
 
 #: The options of ``train age|eyes`` in --help order, as they were before the two signatures were folded
-#: into one list (issue #19): the fold must not lose, add or reorder any.
-AGE_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split",
+#: into one list (issue #19), plus --split-seed (added since): the fold must not lose, add or reorder any.
+AGE_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split_seed", "split",
                "conflict_policy", "resume", "device", "pretrained", "input_size", "patience", "ema_decay",
                "frozen_blocks", "weight_decay", "precision", "max_images", "max_steps_per_epoch", "workers", "threads",
                "face_crop", "augment", "balance", "age_l1", "label_sigma", "label_sigma_per_year"]
-EYES_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split",
+EYES_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split_seed", "split",
                 "female_class", "male_class", "conflict_policy", "resume", "device", "pretrained", "input_size",
                 "patience", "ema_decay", "frozen_blocks", "weight_decay", "precision", "max_images",
                 "max_steps_per_epoch", "workers", "threads", "augment", "balance", "eye_crop"]
@@ -194,3 +194,14 @@ def test_label_sigma_is_checked_and_repeated_by_the_card_command() -> None:
     cfg = asdict(TrainRequest(task="age", data=["d"], out="o", label_sigma=3.0)) | {"split_resolved": "content"}
     assert reproduce_commands(cfg, "mobilenetv2")[0].endswith("--label-sigma 3.0")
     assert "--label-sigma" not in reproduce_commands(cfg | {"label_sigma": 1.5}, "mobilenetv2")[0]
+
+
+def test_split_seed_fixes_the_split_apart_from_the_training_seed() -> None:
+    from facelens.train.commands import reproduce_commands
+
+    assert TrainRequest(task="age", data=["d"], out="o", seed=3).data_seed == 3
+    req = TrainRequest(task="age", data=["d"], out="o", seed=3, split_seed=0)
+    assert (req.seed, req.data_seed) == (3, 0)
+    cfg = asdict(req) | {"split_resolved": "content"}
+    assert "--seed 3 --split content --split-seed 0" in reproduce_commands(cfg, "mobilenetv2")[0]
+    assert "--split-seed" not in reproduce_commands(cfg | {"split_seed": None}, "mobilenetv2")[0]

@@ -411,6 +411,9 @@ def train_main(ctx: typer.Context, config: _CONFIG = None) -> None:
 _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("data", _TRAIN_DATA), ("out", _TRAIN_OUT), ("arch", _ARCH), ("nproc_per_node", _NPROC), ("config", _CONFIG),
     ("epochs", int), ("batch_size", int), ("lr", float), ("seed", int),
+    ("split_seed", Annotated[int | None, typer.Option(
+        help="seed of the train/val/test split (default: --seed); fix it and vary --seed to measure how much "
+             "results move with training randomness alone")]),
     ("split", {"age": Annotated[str, typer.Option(help="auto, content (hash of bytes/group) or random")],
                "eyes": Annotated[str, typer.Option(
                    help="auto (= blocks of consecutive file numbers), blocks, random, content")]}),

@@ -38,6 +38,8 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
     archs = " ".join(f"--arch {a}" for a in cfg["archs"])
     cmd = (f"facelens train {cfg['task']} {data} --out {rel(cfg['out'])} {archs} --epochs {cfg['epochs']} "
            f"--batch-size {cfg['batch_size']} --lr {cfg['lr']} --seed {cfg['seed']} --split {cfg['split_resolved']}")
+    if cfg.get("split_seed") is not None:
+        cmd += f" --split-seed {cfg['split_seed']}"
     if cfg.get("patience") is not None:
         cmd += f" --patience {cfg['patience']}"
     # The model's own size, not the run's option: a run that left --input-size unset used the

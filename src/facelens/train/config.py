@@ -59,7 +59,8 @@ class TrainRequest:
     lr: float = 1e-3
     weight_decay: float = 1e-4  # AdamW's decoupled decay
     precision: str = "fp32"  # training step: fp32 or bf16 autocast (train.loop.autocast_context)
-    seed: int = 0
+    seed: int = 0  # training randomness (initial head, epoch order, augmentation) and, unless split_seed, the split
+    split_seed: int | None = None  # the train/val/test split's seed; None: seed
     split: str = "auto"  # auto | content | blocks | random
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     conflict_policy: str = "drop"
@@ -91,6 +92,12 @@ class TrainRequest:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self.fractions = tuple(self.fractions)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed that picks the split (and the ``--max-images`` subset): fixed apart from ``seed`` when
+        ``split_seed`` is given, so runs that differ only in training randomness score on the same images."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @classmethod
     def defaults(cls, task: str) -> TrainRequest:

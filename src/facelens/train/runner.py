@@ -116,13 +116,13 @@ def _run_training(req: TrainRequest, log, device: torch.device, env: ddp.DistEnv
     if main:
         write_json_atomic(out / "config.json", config)
         # Rank 0 reads, hashes and splits the data once; the others receive the result (identical by construction).
-        prep = prepare_records(req.task, req.data, strategy, req.seed, req.fractions, req.conflict_policy,
+        prep = prepare_records(req.task, req.data, strategy, req.data_seed, req.fractions, req.conflict_policy,
                                req.female_class, req.male_class, log, eye_sides=parse_eye_geometry(req.eye_crop).sides)
     prep = ddp.broadcast_object(prep if main else None)
     if main:
         _write_split_files(out, prep)
     counts = {s: int((prep.splits == s).sum()) for s in ("train", "val", "test")}
-    log(f"split ({strategy}, seed {req.seed}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    log(f"split ({strategy}, seed {req.data_seed}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for s, n in counts.items():
         if n == 0:
             raise DatasetError(f"the {s} split is empty ({len(prep.records)} images): add data or change --fractions")
@@ -189,7 +189,7 @@ def _arch_data(req: TrainRequest, arch: str, prep: PreparedData, out: Path, env:
     """Crops at the architecture's input size (``--max-images`` applied first), failures written beside the model."""
     kind = task_spec(req.task).crop_kind
     # --max-images caps each split *before* cropping, so quick trials skip detection on the rest.
-    use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.seed)
+    use = np.sort(np.concatenate([_limit(np.flatnonzero(prep.splits == s), req.max_images, req.data_seed)
                                   for s in ("train", "val", "test")]))
     cs, pos = _shared_crops(prep, env, use, kind, size, workers=req.workers, desc=f"{kind} crops {size}px",
                             template=FACE_TEMPLATES[req.face_crop], eye_geometry=parse_eye_geometry(req.eye_crop))
@@ -271,7 +271,7 @@ def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: st
         "positive_class": spec.positive_class,
         "class_map": prep.class_map,
         "tta": "flip-average",
-        "split": {"strategy": strategy, "seed": req.seed, "fractions": list(req.fractions),
+        "split": {"strategy": strategy, "seed": req.data_seed, "fractions": list(req.fractions),
                   "block_size": EYE_BLOCK_SIZE if strategy == "blocks" else None},
         "data": req.data,
         "layouts": prep.layouts,
