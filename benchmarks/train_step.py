@@ -20,7 +20,7 @@ import torch
 from facelens.agebins import AGE_MIN
 from facelens.models.factory import create_model, freeze_early_blocks
 from facelens.models.wrappers import to_input
-from facelens.train.loop import FitConfig, check_precision, optimizer_step
+from facelens.train.loop import FitConfig, check_precision, native_bf16, optimizer_step
 from facelens.train.runner import resolve_device
 
 
@@ -59,7 +59,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)  # the rule training uses: auto, cpu, cuda[:N], checked
-    print(f"mobilenetv2 age, {args.size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {device}\n")
+    print(f"mobilenetv2 age, {args.size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {device}, "
+          f"native bfloat16: {'yes' if native_bf16(device) else 'no (bf16 is emulated)'}\n")
     print("| precision | frozen blocks | s / step | ms / image |")
     print("|---|---|---|---|")
     for frozen in args.frozen_blocks:

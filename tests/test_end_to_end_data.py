@@ -52,10 +52,19 @@ def test_a_run_with_another_training_seed_and_the_same_split_seed_scores_on_the_
         tiny_age_run: Path, tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "seed1"
     facelens("train", "age", "--data", str(shared_data / "faces-20-50" / "train"), "--out", str(out), "--epochs", "1",
-             "--max-images", "48", "--max-steps-per-epoch", "2", "--batch-size", "16", "--seed", "1", "--split-seed", "0")
+             "--max-images", "48", "--max-steps-per-epoch", "2", "--batch-size", "16", "--seed", "1", "--split-seed", "0",
+             "--precision", "auto")
     assert (out / "split.csv").read_text() == (tiny_age_run / "split.csv").read_text()
     meta = json.loads((out / "mobilenetv2" / "meta.json").read_text())
-    assert meta["split"]["seed"] == 0 and json.loads((out / "config.json").read_text())["seed"] == 1
+    config = json.loads((out / "config.json").read_text())
+    assert meta["split"]["seed"] == 0 and config["seed"] == 1
+    # ``auto`` is kept as asked (a resume re-resolves it on its machine); what ran is recorded beside it.
+    import torch
+
+    from facelens.train.loop import native_bf16
+
+    ran = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert config["precision"] == "auto" and config["precision_resolved"] == ran == meta["training"]["precision"]
     first = np.load(tiny_age_run / "mobilenetv2" / "test_predictions.npz")
     second = np.load(out / "mobilenetv2" / "test_predictions.npz")
     assert list(first["paths"]) == list(second["paths"]) and len(first["paths"]) > 0  # the same test images, same order

@@ -219,12 +219,41 @@ def test_bad_precision_and_negative_weight_decay_are_refused_before_the_run_fold
         assert not (tmp_path / "run").exists()
 
 
+def test_auto_precision_follows_the_hardware_and_emulated_bf16_is_warned_about(monkeypatch) -> None:
+    from facelens.train import loop
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "native_bf16", lambda device: False)
+    assert loop.resolve_precision("auto", cpu) == ("fp32", None)
+    precision, warning = loop.resolve_precision("bf16", cpu)
+    assert precision == "bf16" and "emulated" in warning and "--precision fp32 or auto" in warning
+    assert loop.resolve_precision("fp32", cpu) == ("fp32", None)
+    monkeypatch.setattr(loop, "native_bf16", lambda device: True)
+    assert loop.resolve_precision("auto", cpu) == ("bf16", None)
+    assert loop.resolve_precision("bf16", cpu) == ("bf16", None)
+    with pytest.raises(ValueError, match="--precision must be one of fp32, bf16, auto"):
+        loop.resolve_precision("fp16", cpu)
+
+
+def test_fit_resolves_auto_precision_to_what_the_device_runs(tmp_path: Path, monkeypatch) -> None:
+    from facelens.train import loop
+
+    monkeypatch.setattr(loop, "native_bf16", lambda device: False)
+    tx, ty = tiny_data(16, 1)
+    cfg = FitConfig(head="age-bins", epochs=1, batch_size=16, patience=99, precision="auto")
+    summary = fit(tiny_age_net(), tx, ty, tx, ty, cfg, tmp_path, torch.device("cpu"), log=lambda m: None)
+    assert summary["precision"] == "fp32"
+
+
 def test_reproduce_command_names_weight_decay_and_precision() -> None:
     from facelens.train.commands import reproduce_commands
 
     cmd = reproduce_commands(RUN_CFG | {"weight_decay": 0.05, "precision": "bf16"}, "mobilenetv2")[0]
     assert "--weight-decay 0.05 --precision bf16" in cmd
     assert "--weight-decay 0.0001 --precision fp32" in reproduce_commands(RUN_CFG, "mobilenetv2")[0]
+    # A run asked for ``auto``: the command names what it ran, so it repeats the same numerics elsewhere.
+    resolved = RUN_CFG | {"precision": "auto", "precision_resolved": "bf16"}
+    assert "--precision bf16" in reproduce_commands(resolved, "mobilenetv2")[0]
 
 
 def test_the_expectation_term_adds_the_weighted_error_of_the_mean_age_and_pulls_it_to_the_label() -> None:

@@ -353,8 +353,9 @@ _FROZEN = Annotated[int, typer.Option(help="keep the first N backbone blocks at 
                                             "about 1.7x faster on a CPU (N=4), at a cost in accuracy (see README); "
                                             "0 = train every layer")]
 _WD = Annotated[float, typer.Option(help="AdamW weight decay (decoupled)")]
-_PRECISION = Annotated[str, typer.Option(help="training step precision: fp32, or bf16 autocast (up to 1.3x faster "
-                                               "on CPUs with AVX512-BF16/AMX and on recent GPUs; emulated, slower, elsewhere)")]
+_PRECISION = Annotated[str, typer.Option(help="training step precision: fp32; bf16 autocast (up to 1.3x faster on CPUs "
+                                               "with AVX512-BF16/AMX and on recent GPUs, about 10x slower where emulated); "
+                                               "auto: bf16 where native, else fp32")]
 _AUGMENT = Annotated[str, typer.Option(help="augmentation: basic (geometry, colour) or photo (adds scan, sepia, fading, "
                                              "blur, noise, JPEG, low resolution and frame edges, so a photo's source "
                                              "cannot be read from its style) or photo+chip (photo, and half the "

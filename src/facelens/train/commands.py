@@ -49,7 +49,7 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
         cmd += f" --input-size {size}"
     cmd += f" --ema-decay {cfg.get('ema_decay', 0.0)}"  # explicit: the default differs by task
     cmd += f" --frozen-blocks {cfg.get('frozen_blocks', 0)}"
-    cmd += f" --weight-decay {cfg.get('weight_decay', 1e-4)} --precision {cfg.get('precision', 'fp32')}"
+    cmd += f" --weight-decay {cfg.get('weight_decay', 1e-4)} --precision {cfg.get('precision_resolved') or cfg.get('precision', 'fp32')}"
     if task_spec(cfg["task"]).crop_kind == "face":
         cmd += f" --face-crop {cfg.get('face_crop', 'loose')}"
     else:

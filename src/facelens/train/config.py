@@ -58,7 +58,7 @@ class TrainRequest:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4  # AdamW's decoupled decay
-    precision: str = "fp32"  # training step: fp32 or bf16 autocast (train.loop.autocast_context)
+    precision: str = "fp32"  # training step: fp32, bf16 autocast, or auto (train.loop.resolve_precision)
     seed: int = 0  # training randomness (initial head, epoch order, augmentation) and, unless split_seed, the split
     split_seed: int | None = None  # the train/val/test split's seed; None: seed
     split: str = "auto"  # auto | content | blocks | random
@@ -155,7 +155,7 @@ def cross_source_recipe(task: str = "age") -> TrainRequest:
     uses it too (``train.cross_source``). Otherwise the task's own defaults (the shipped recipe)."""
     size = {"age": 96, "eyes": 64}.get(task)
     return TrainRequest(task=task, data=[], out="", epochs=3, input_size=size, max_steps_per_epoch=150,
-                        ema_decay=0.99, precision="bf16", patience=3)
+                        ema_decay=0.99, precision="auto", patience=3)
 
 
 def _value_error(where: str, name: str, value: Any, kind: str) -> ValueError:

@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +83,42 @@ def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float, age_l1:
     return F.binary_cross_entropy_with_logits(out.view(-1), y)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions and matmuls in hardware.
+
+    Why it matters: on a CPU without AVX512-BF16 or AMX, oneDNN emulates bfloat16 and a training step
+    is about 10x *slower* than float32 (measured: 11.6 s against 1.09 s on a 2-core AVX2 EPYC,
+    ``benchmarks/train_step.py``), where with them it is 5-35% faster.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":  # torch.cpu's probes are private; an older or newer torch without them: assume not
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    return False
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse a training precision the device cannot run, before any data is read."""
+    """Refuse a training precision that is unknown or that the device cannot run, before any data is read."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use fp32")
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | None]:
+    """(the precision to train in, a warning or None): ``auto`` is bf16 where ``device`` runs it natively,
+    else fp32; an explicit bf16 that would be emulated is kept (the user asked) but warned about."""
+    check_precision(precision, device)
+    if precision == "auto":
+        return ("bf16" if native_bf16(device) else "fp32"), None
+    if precision == "bf16" and not native_bf16(device):
+        return "bf16", (f"--precision bf16 on {device}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it is "
+                        "emulated and a training step runs about 10x slower than fp32; use --precision fp32 or auto")
+    return precision, None
 
 
 def autocast_context(precision: str, device: torch.device):
@@ -100,9 +127,10 @@ def autocast_context(precision: str, device: torch.device):
 
     Why bfloat16 and no loss scaling: it has float32's exponent range, so gradients do not
     underflow. Measured on this machine's 2 cores (AVX512-BF16/AMX, MobileNetV2, 128 px, batch 64):
-    a step takes 0.77-0.86 s against 0.80-1.16 s for fp32 (``benchmarks/train_step.py``; noisy VM). Opt-in, because
-    on a CPU without native bfloat16 it is emulated and slower, and because the one bf16 run of the
-    shipped age recipe validated 0.065 years worse (README). Validation and export stay in float32.
+    a step takes 0.77-0.86 s against 0.80-1.16 s for fp32 (``benchmarks/train_step.py``; noisy VM). Opt-in (or
+    ``auto``, ``resolve_precision``), because on a CPU without native bfloat16 it is emulated and about 10x
+    slower, and because the one bf16 run of the shipped age recipe validated 0.065 years worse (README).
+    Validation and export stay in float32.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -351,7 +379,7 @@ def fit(
     One function per concern below (as torchvision's reference ``train.py``): ``start_run``,
     ``resume_run``, ``train_one_epoch``, ``validate``, ``record_epoch`` and ``save_run``.
     """
-    check_precision(cfg.precision, device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device)[0])  # ``auto`` -> what the device runs
     run = start_run(model, len(train_x), cfg, run_dir, device)
     last = run.last
     ddp.check_same_on_all_ranks(resume and last.exists(), f"whether {last} exists")

@@ -50,7 +50,7 @@ from facelens.tasks import task_spec
 from facelens.train import distributed as ddp
 from facelens.train.augment import AUGMENT_PRESETS, AugmentConfig
 from facelens.train.config import AGE_FLATTEN, TrainRequest, eye_crop_input_size
-from facelens.train.loop import FitConfig, check_precision, fit, predict_outputs
+from facelens.train.loop import FitConfig, fit, predict_outputs, resolve_precision
 from facelens.train.sampling import balanced_weights
 
 
@@ -99,7 +99,9 @@ def _quiet(message: str) -> None:
 def _run_training(req: TrainRequest, log, device: torch.device, env: ddp.DistEnv | None) -> dict:
     t_start = time.time()
     main = env is None or env.is_main
-    check_precision(req.precision, device)
+    precision, warning = resolve_precision(req.precision, device)
+    if warning and main:
+        log(f"warning: {warning}")
     out = Path(req.out)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,8 @@ def _run_training(req: TrainRequest, log, device: torch.device, env: ddp.DistEnv
         torch.set_num_threads(req.threads or ddp.threads_per_process(None, os.cpu_count(), env.local_world_size if env else 1))
     strategy = resolve_strategy(req.task, req.split)
     config = asdict(req) | {"split_resolved": strategy, "facelens": __version__, "torch": torch.__version__,
-                            "device_resolved": str(device)}
+                            "device_resolved": str(device), "precision_resolved": precision}
+    req = replace(req, precision=precision)  # what the steps run in; config.json keeps what was asked (``auto``)
     if env is not None:
         config["distributed"] = {"world_size": env.world_size, "backend": torch.distributed.get_backend(),
                                  "batch_size_per_process": req.batch_size,
