@@ -42,7 +42,7 @@ RECORDED_BEFORE: dict[str, Any] = {"eye_crop": "tight"}
 
 #: Keys a run's config.json records beside the request (what was resolved, which versions ran):
 #: read past when a run is repeated, never options.
-RECORDED_KEYS = ("split_resolved", "facelens", "torch", "device_resolved", "distributed")
+RECORDED_KEYS = ("split_resolved", "facelens", "torch", "device_resolved", "precision_resolved", "distributed")
 
 
 @dataclass
