@@ -116,8 +116,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | 
     if precision == "auto":
         return ("bf16" if native_bf16(device) else "fp32"), None
     if precision == "bf16" and not native_bf16(device):
-        return "bf16", (f"--precision bf16 on {device}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it is "
-                        "emulated and a training step runs about 10x slower than fp32; use --precision fp32 or auto")
+        return "bf16", (f"--precision bf16 on {device}: no native bfloat16 here (a CPU needs AVX512-BF16 or AMX), so it "
+                        "is emulated and a training step runs about 10x slower than fp32; use --precision fp32 or auto")
     return precision, None
 
 
