@@ -72,7 +72,8 @@ def _run_config(tmp_path: Path, req: TrainRequest) -> Path:
     """A config.json as ``train.runner`` writes it: the request plus what the run resolved."""
     path = tmp_path / "run" / "config.json"
     write_json_atomic(path, asdict(req) | {"split_resolved": "content", "facelens": "0", "torch": "2",
-                                           "device_resolved": "cpu", "distributed": None})
+                                           "device_resolved": "cpu", "precision_resolved": req.precision,
+                                           "distributed": None})
     return path
 
 
