@@ -9,9 +9,9 @@ statistics of the photos a network sees in service are not what its weights were
 
 Scores, on the validation split and with flip TTA (the shipped answer), each network, the average with
 averaged BatchNorm statistics and the average with recomputed ones, each paired against the first
-``--model``. The rule this was run under: ``docs/rules/RULE-age-seed-soup.txt``.
+``--model``. The rule this was run under: ``docs/rules/RULE-age-seed-full-fp32.txt``.
 
-    python benchmarks/age_weight_average.py --model models/age-mobilenetv2.pt --model runs/seed-full-s1/mobilenetv2/model.pt \
+    python benchmarks/age_weight_average.py --model models/age-mobilenetv2.pt --model runs/seed-full-s1-fp32/mobilenetv2/model.pt \
         [--out runs/soup.pt]
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from age_prior_adjustment import summary  # same folder: the shared validation summary
 from targets import AGE_DATA
+from torch.optim.swa_utils import update_bn
 
 from facelens.data.prepare import prepare_as_model
 from facelens.evaluate.metrics import paired_difference
@@ -50,28 +51,23 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
                 if states[0][k].is_floating_point() else states[0][k].clone()) for k in states[0]}
 
 
-@torch.no_grad()
 def recompute_batchnorm(model: torch.nn.Module, crops: np.ndarray, batch_size: int = 64, seed: int = 0) -> None:
     """Replace every BatchNorm's running statistics by their plain average over ``crops``, augmented as
-    ``--augment photo`` does in training (``torch.optim.swa_utils.update_bn``'s method)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
+    ``--augment photo`` does in training (``torch.optim.swa_utils.update_bn``)."""
     gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for s in range(0, len(crops), batch_size):
-        model(augment_batch(to_input(crops[s : s + batch_size], torch.device("cpu")), PHOTO_AUGMENT, gen))
+    batches = (augment_batch(to_input(crops[s : s + batch_size], torch.device("cpu")), PHOTO_AUGMENT, gen)
+               for s in range(0, len(crops), batch_size))
+    update_bn(batches, model)
     model.eval()
 
 
-def load_network(path: Path) -> tuple[dict, torch.nn.Module]:
-    """(metadata, network without TTA) of a PyTorch age-bins checkpoint."""
+def load_network(path: Path) -> tuple[dict, ModelMeta, torch.nn.Module]:
+    """(metadata as stored, metadata read, network without TTA) of a PyTorch age-bins checkpoint."""
     ck = load_checkpoint(path)
     meta = ModelMeta.from_dict(ck["meta"])
     net = create_model(meta.arch, meta.task, pretrained=False)
     net.load_state_dict(ck["state_dict"])
-    return ck["meta"], net.eval()
+    return ck["meta"], meta, net.eval()
 
 
 def main() -> None:
@@ -84,7 +80,7 @@ def main() -> None:
         raise SystemExit("give at least two different --model")
     torch.manual_seed(0)
     loaded = [load_network(m) for m in args.model]
-    metas = [ModelMeta.from_dict(m) for m, _ in loaded]
+    metas = [meta for _, meta, _ in loaded]
     for field in SAME_FIELDS:
         values = {str(getattr(m, field, None)) for m in metas}
         if len(values) > 1:
@@ -94,7 +90,7 @@ def main() -> None:
     cs, pos = prep.model_crops(val, metas[0], desc="val crops")
     y, src = prep.targets[pos], np.array(prep.sources)[pos]
 
-    nets = {str(p): net for p, (_, net) in zip(args.model, loaded, strict=True)}
+    nets = {str(p): net for p, (_, _, net) in zip(args.model, loaded, strict=True)}
     soup = create_model(metas[0].arch, metas[0].task, pretrained=False)
     soup.load_state_dict(average_state_dicts([net.state_dict() for net in nets.values()]))
     nets["average, BatchNorm statistics averaged"] = soup.eval()
