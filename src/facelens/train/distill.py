@@ -55,7 +55,8 @@ def teacher_distributions(teacher: torch.nn.Module, crops: np.ndarray, device: t
     """The teacher's flip-averaged age distribution (softmax of the mean logits, as the shipped answer) per crop."""
     from facelens.train.loop import predict_outputs
 
-    logits = predict_outputs(FlipAverage(teacher).to(device), crops, device, batch_size, desc="teacher answers")
+    tta = FlipAverage(teacher).to(device, memory_format=torch.channels_last)  # the layout training runs in: faster on CPUs
+    logits = predict_outputs(tta, crops, device, batch_size, desc="teacher answers")
     return torch.from_numpy(logits).softmax(1).numpy().astype(np.float32)
 
 
