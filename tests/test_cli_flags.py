@@ -28,9 +28,8 @@ def test_boolean_flags_are_clean() -> None:
             seen += 1
             opts = p.opts + p.secondary_opts
             assert not any(o.startswith("--no-no-") for o in opts), (name, opts)
-            # an off-by-default flag needs no way to say "off"; an on-by-default one gets a --no- twin, and so
-            # does one whose default (None) is decided by its input (``export --tta/--no-tta``: the model's own)
-            assert bool(p.secondary_opts) == (p.default is None or bool(p.default) or has_config), (name, opts, p.default)
+            # an off-by-default flag needs no way to say "off"; an on-by-default one gets a --no- twin
+            assert bool(p.secondary_opts) == (bool(p.default) or has_config), (name, opts, p.default)
     assert seen >= 8
 
 

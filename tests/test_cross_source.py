@@ -227,16 +227,6 @@ def test_leave_one_source_out_trains_twin_and_left_out_runs_and_resumes(tmp_path
     logs: list[str] = []
     leave_one_source_out(req, out, log=logs.append, echo=lambda m: None)  # a re-run trains nothing
     assert sum("done before" in m for m in logs) == 3
-    # The recipe with a distillation step: each run's own network is the teacher; the distilled ones are scored.
-    distilled = leave_one_source_out(req, out, log=lambda m: None, echo=lambda m: None, distill_epochs=1)
-    assert distilled["recipe"]["distill_epochs"] == 1
-    for name, row in distilled["by_source"].items():
-        assert (row["in_source"]["run"], row["left_out"]["run"]) == ("all-distilled", f"without-{name}-distilled")
-        cfg = json.loads((out / f"without-{name}-distilled" / "config.json").read_text())
-        assert cfg["distill_from"] == str(out / f"without-{name}" / "mobilenetv2" / "model.pt")
-        assert all(name not in d for d in cfg["data"])
-    with pytest.raises(ValueError, match="distill-epochs"):
-        leave_one_source_out(req, out, distill_epochs=-1)
 
 
 def test_leave_one_source_out_for_eyes_scores_whole_faces_and_crops(tmp_path: Path, shared_data: Path) -> None:

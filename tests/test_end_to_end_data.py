@@ -102,29 +102,6 @@ def test_tiny_age_model_exports_predicts_and_evaluates(tiny_age_run: Path, tmp_p
     assert only["split"] == "test" and only["n_scored"] > 0 and np.isfinite(only["mae"])
 
 
-def test_a_distilled_run_starts_from_its_teacher_answers_in_one_pass_and_exports_so(tiny_age_run: Path, tmp_path: Path,
-                                                                                     shared_data: Path) -> None:
-    teacher = tiny_age_run / "mobilenetv2" / "model.pt"
-    out = tmp_path / "student"
-    common = ("--data", str(shared_data / "faces-20-50" / "train"), "--epochs", "1", "--max-images", "48",
-              "--max-steps-per-epoch", "2", "--batch-size", "16")
-    facelens("train", "age", *common, "--out", str(out), "--distill-from", str(teacher), "--lr", "1e-4")
-    meta = json.loads((out / "mobilenetv2" / "meta.json").read_text())
-    assert meta["tta"] == "none" and meta["training"]["distilled"]["teacher"] == str(teacher)
-    assert len(meta["training"]["distilled"]["teacher_sha256"]) == 64
-    # the teacher's split is this run's: the same test images
-    first = np.load(tiny_age_run / "mobilenetv2" / "test_predictions.npz")
-    second = np.load(out / "mobilenetv2" / "test_predictions.npz")
-    assert list(first["paths"]) == list(second["paths"])
-    exported = facelens("export", "--model", str(out / "mobilenetv2" / "model.pt"), "--out", str(tmp_path / "s.onnx"))
-    assert json.loads((tmp_path / "s.json").read_text())["tta"] == "none", exported.stdout
-    # another split seed: refused before training, naming the teacher
-    refused = facelens("train", "age", *common, "--out", str(tmp_path / "other"), "--distill-from", str(teacher),
-                       "--split-seed", "3", check=False)
-    assert refused.returncode != 0 and str(teacher) in refused.stderr and "another split" in refused.stderr
-    assert "Traceback" not in refused.stderr
-
-
 def small_manifest(shared_data: Path, folder: Path) -> tuple[Path, list[Path]]:
     """A CSV manifest of 48 faces-20-50 photos aged 30 and 45, for re-calibrating an export quickly."""
     photos = sorted((shared_data / "faces-20-50" / "train" / "30").glob("*.jpg"))[:24]

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from facelens.cli import app, train_request
 from facelens.fileio import write_json_atomic
 from facelens.train.config import (
-    DISTILL_LR,
     RECORDED_KEYS,
     TASK_DEFAULTS,
     TrainRequest,
@@ -54,10 +53,8 @@ def test_cross_source_defaults_are_its_recipes() -> None:
     recipe = cross_source_recipe()
     params = {p.name: p.default for p in typer.main.get_command(app).commands["cross-source"].params}
     for name, value in params.items():
-        if name not in ("data", "out", "distill_epochs", "distill_lr") and value is not None:
+        if name not in ("data", "out") and value is not None:
             assert value == getattr(recipe, name), f"cross-source --{name}: CLI {value!r} != recipe {getattr(recipe, name)!r}"
-    # the distillation step is the protocol's own option, off unless asked, at the step's documented rate
-    assert (params["distill_epochs"], params["distill_lr"]) == (0, DISTILL_LR)
     assert [params["input_size"], params["eye_crop"]] == [None, None]
     eyes = cross_source_recipe("eyes")
     assert (eyes.input_size, eyes.eye_crop, eyes.epochs) == (64, TASK_DEFAULTS["eyes"]["eye_crop"], recipe.epochs)
@@ -163,14 +160,12 @@ def test_no_resume_overrides_a_config_that_resumed(tmp_path: Path, captured) -> 
 AGE_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split_seed", "split",
                "conflict_policy", "resume", "device", "pretrained", "input_size", "patience", "ema_decay",
                "frozen_blocks", "weight_decay", "precision", "max_images", "max_steps_per_epoch", "workers", "threads",
-               "face_crop", "augment", "balance", "age_l1", "label_sigma", "label_sigma_per_year", "distill_from",
-               "distill_weight"]
+               "face_crop", "augment", "balance", "age_l1", "label_sigma", "label_sigma_per_year"]
 EYES_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split_seed", "split",
                 "female_class", "male_class", "conflict_policy", "resume", "device", "pretrained", "input_size",
                 "patience", "ema_decay", "frozen_blocks", "weight_decay", "precision", "max_images",
                 "max_steps_per_epoch", "workers", "threads", "augment", "balance", "eye_crop"]
-OWN_OPTIONS = {"age": {"face_crop", "age_l1", "label_sigma", "label_sigma_per_year", "distill_from", "distill_weight"},
-               "eyes": {"female_class", "male_class", "eye_crop"}}
+OWN_OPTIONS = {"age": {"face_crop", "age_l1", "label_sigma", "label_sigma_per_year"}, "eyes": {"female_class", "male_class", "eye_crop"}}
 
 
 def test_train_age_and_eyes_share_every_option_but_their_own() -> None:

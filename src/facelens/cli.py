@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from facelens.errors import FacelensError
-from facelens.train.config import DISTILL_LR, TrainRequest, cross_source_recipe, request_from_config
+from facelens.train.config import TrainRequest, cross_source_recipe, request_from_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Age from face photos and sex from the eye region, as calibrated estimates.")
@@ -436,12 +436,6 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
         help="width (std-dev, years) of the Gaussian soft label the age bins learn (1.5: the shipped recipe)")]}),
     ("label_sigma_per_year", {"age": Annotated[float, typer.Option(
         help="let the soft label widen with age: width = max(--label-sigma, this x age) (0: fixed, the shipped recipe)")]}),
-    ("distill_from", {"age": Annotated[str | None, typer.Option(
-        help="a trained age model.pt (same split, arch, size and crop) to learn from: start from its weights and "
-             "learn to answer in one pass what it answers with the flip TTA; the result ships without TTA, at twice "
-             "the speed (2 epochs at --lr 1e-4 were enough: docs/experiments.md)")]}),
-    ("distill_weight", {"age": Annotated[float, typer.Option(
-        help="with --distill-from: share of the teacher's answer in the target, the rest the soft label (1: teacher only)")]}),
     ("eye_crop", {"eyes": Annotated[str, typer.Option(
         help="how eyes are cut from the faces of face datasets: tight (eye and brow, like the Kaggle crops), "
              "wide (one eye distance across: brow, lid fold and the skin around them), SIDE,DY (SIDE eye "
@@ -500,10 +494,6 @@ def cross_source(
                                                       "default: the shipped single-eye recipe's)")] = None,
     augment: _AUGMENT = SHORT.augment, balance: _BALANCE = SHORT.balance,
     threads: _THREADS = SHORT.threads,
-    distill_epochs: Annotated[int, typer.Option(
-        help="age: end the recipe in a distillation step: each run's network learns, for this many epochs, to answer "
-             "in one pass what it answered with the flip TTA (train age --distill-from); 0: no such step")] = 0,
-    distill_lr: Annotated[float, typer.Option(help="learning rate of that step")] = DISTILL_LR,
 ) -> None:
     """Leave-one-source-out for a recipe: train it on every source and without each one, then score both on
     each source's test split (age: MAE ratio, bias by age band; eyes: error-rate ratio on whole faces,
@@ -526,8 +516,7 @@ def cross_source(
                   eye_crop=eye_crop or recipe.eye_crop, augment=augment, balance=balance, threads=threads)
     try:
         req.check()
-        leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo,
-                             distill_epochs=distill_epochs, distill_lr=distill_lr)
+        leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
 
@@ -585,9 +574,8 @@ def export(
     model: Annotated[Path, typer.Option(help="trained PyTorch model (RUN_DIR/<arch>/model.pt)")],
     out: Annotated[Path, typer.Option(help="ONNX file to write; a .pt file: the checkpoint itself with its calibration "
                                            "re-fitted on val and test metrics re-measured (needs --data)")],
-    tta: Annotated[bool | None, typer.Option(
-        "--tta/--no-tta", help="bake the flip-average test-time augmentation in (2x compute) or not (faster); default: "
-                               "as the model was trained to answer (with it, unless distilled: train age --distill-from)")] = None,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="bake the flip-average test-time augmentation in (2x compute); "
+                                       "--no-tta for a faster model")] = True,
     int8: Annotated[bool, typer.Option("--int8", help="quantise to int8 (needs --data: calibrated on the training split)")] = False,
     int8_calibration: Annotated[str, typer.Option(
         help="how --int8 reads activation ranges from training crops: minmax, or percentile (99.999th)")] = "minmax",

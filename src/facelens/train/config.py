@@ -36,10 +36,6 @@ BALANCE_CHOICES = ("none", "source", "source+age")
 #: ``--balance source+age``: label bins also flattened, each bin's share ~ count ** (1 - this) (``balanced_weights``).
 AGE_FLATTEN = 0.5
 
-#: The learning rate of a distillation step (``train.distill``; ``cross-source --distill-epochs``): a tenth of the
-#: recipe's, as the student starts from trained weights and should stay near them.
-DISTILL_LR = 1e-4
-
 #: Options added after runs were first recorded, with the value every earlier run used: a config.json
 #: without them repeats that run, not today's default.
 RECORDED_BEFORE: dict[str, Any] = {"eye_crop": "tight"}
@@ -88,8 +84,6 @@ class TrainRequest:
     age_l1: float = 0.0  # age: weight of |expected age - label| added to the soft-label loss (train.loop.loss_fn)
     label_sigma: float = 1.5  # age: std-dev (years) of the Gaussian soft label (train.loop.soft_age_targets)
     label_sigma_per_year: float = 0.0  # age: >0: the label widens with age, max(label_sigma, this x age)
-    distill_from: str | None = None  # age: a trained model.pt whose flip-averaged answers the network learns in one pass
-    distill_weight: float = 1.0  # age: share of the teacher's distribution in the target (the rest: the soft label)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -145,15 +139,6 @@ class TrainRequest:
             raise ValueError(f"--label-sigma must be > 0, got {self.label_sigma}")
         if self.label_sigma_per_year < 0:
             raise ValueError(f"--label-sigma-per-year must be >= 0, got {self.label_sigma_per_year}")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
-        if self.distill_from is not None:
-            if self.task != "age":
-                raise ValueError("--distill-from: only age models learn from a teacher")
-            if len(self.archs) != 1:
-                raise ValueError("--distill-from: one --arch, the teacher's")
-            if not Path(self.distill_from).is_file():
-                raise ValueError(f"--distill-from {self.distill_from}: no such model file")
         devices.check_device_name(self.device)
 
 

@@ -12,8 +12,6 @@ so a killed protocol resumes where it stopped.
 
     OUT/all/                 the twin, trained on every source
     OUT/without-<source>/    one per source
-    OUT/<run>-distilled/     with ``distill_epochs``: each run's network distilled into one pass
-                             (``train.distill``), the models then scored
     OUT/cross_source.json    per source: in-source and left-out metrics, error ratio, by age band
 """
 
@@ -26,20 +24,14 @@ from pathlib import Path
 from facelens.data.prepare import source_name
 from facelens.evaluate.pipeline import evaluate_models
 from facelens.fileio import write_json_atomic
-from facelens.train.config import DISTILL_LR, TrainRequest
+from facelens.train.config import TrainRequest
 from facelens.train.runner import run_training
 
 
 def leave_one_source_out(base: TrainRequest, out: Path, log: Callable[[str], None] = print,
-                         echo: Callable[[str], None] = print, distill_epochs: int = 0, distill_lr: float = DISTILL_LR) -> dict:
+                         echo: Callable[[str], None] = print) -> dict:
     """Train the twin and one run per left-out source with ``base``'s options (its ``data`` names the
-    sources, its ``out`` is ignored), score them on each source's test split and write the table.
-
-    ``distill_epochs`` > 0 (age): the recipe ends in a distillation step, so each run's network is distilled
-    into one pass for that many epochs at ``distill_lr``, from its own run (never from a model that saw the
-    left-out source), and the distilled networks are the ones scored."""
-    if distill_epochs < 0 or (distill_epochs and base.task != "age"):
-        raise ValueError(f"--distill-epochs {distill_epochs}: a whole number of epochs, for the age task only")
+    sources, its ``out`` is ignored), score them on each source's test split and write the table."""
     if len(base.data) < 2:
         raise ValueError("leave-one-source-out needs at least two --data sources")
     names = [source_name(d) for d in base.data]
@@ -54,30 +46,17 @@ def leave_one_source_out(base: TrainRequest, out: Path, log: Callable[[str], Non
             continue
         log(f"{run}: training on {', '.join(source_name(d) for d in data)}")
         run_training(replace(base, archs=[arch], data=data, out=str(out / run), resume=True), log=log)
-    if distill_epochs:
-        for run, data in runs.items():
-            student = out / f"{run}-distilled"
-            if (student / arch / "model.pt").exists():
-                log(f"{run}-distilled: done before")
-                continue
-            log(f"{run}-distilled: {run}'s network distilled into one pass ({distill_epochs} epochs, lr {distill_lr:g})")
-            run_training(replace(base, archs=[arch], data=data, out=str(student), resume=True, epochs=distill_epochs,
-                                 patience=distill_epochs, lr=distill_lr, distill_from=str(out / run / arch / "model.pt")),
-                         log=log)
     table = {}
-    scored = "-distilled" if distill_epochs else ""
     brief = _brief_age if base.task == "age" else _brief_eyes
     for n, src in zip(names, base.data, strict=True):
         scores = {}
-        for role, run in (("in_source", f"all{scored}"), ("left_out", f"without-{n}{scored}")):
+        for role, run in (("in_source", "all"), ("left_out", f"without-{n}")):
             res = evaluate_models(base.task, [out / run / arch / "model.pt"], [src], split="test", log=log,
                                   echo=lambda m: None)
-            scores[role] = brief(next(iter(res["models"].values()))) | {"run": run}
+            scores[role] = brief(next(iter(res["models"].values())))
         ratio = _ratio(scores["left_out"]["error"], scores["in_source"]["error"])
         table[n] = scores | {"error_ratio": ratio} | ({"mae_ratio": ratio} if base.task == "age" else {})
-    recipe = {k: v for k, v in vars(base).items() if k not in ("data", "out")}
-    recipe |= {"distill_epochs": distill_epochs, "distill_lr": distill_lr} if distill_epochs else {}
-    result = {"task": base.task, "recipe": recipe,
+    result = {"task": base.task, "recipe": {k: v for k, v in vars(base).items() if k not in ("data", "out")},
               "sources": names, "by_source": table}
     write_json_atomic(out / "cross_source.json", result)
     for line in table_lines(result):

@@ -152,7 +152,7 @@ def load_split_crops(meta: dict, data: list[str], log: Callable[[str], None] = p
     return prep, out
 
 
-def export_onnx(model_path: Path, out: Path, *, tta: bool | None = None, int8: bool = False, data: list[str] | None = None,
+def export_onnx(model_path: Path, out: Path, *, tta: bool = True, int8: bool = False, data: list[str] | None = None,
                 int8_calibration: str = "minmax", int8_answer_map: bool = True, opset: int = 17, parity_samples: int = 16, seed: int = 0,
                 log: Callable[[str], None] = print) -> dict:
     """Write ``out`` atomically (+ a readable ``.json`` of its metadata) and return the parity report.
@@ -167,8 +167,6 @@ def export_onnx(model_path: Path, out: Path, *, tta: bool | None = None, int8: b
         raise ValueError(f"int8 calibration {int8_calibration!r}: choose one of {', '.join(INT8_CALIBRATION_METHODS)}")
     tp = TorchPredictor(model_path)
     net = tp.model.model if isinstance(tp.model, FlipAverage) else tp.model
-    if tta is None:  # as the model answers: distilled networks (train.distill) were trained to answer in one pass
-        tta = isinstance(tp.model, FlipAverage)
     module = (FlipAverage(net) if tta else net).eval()
     meta = dict(tp.meta) | {"tta": "flip-average" if tta else "none", "precision": "int8" if int8 else "fp32"}
     size = meta["input_size"]

@@ -74,17 +74,10 @@ def loss_fn(head: str, out: torch.Tensor, y: torch.Tensor, sigma: float, age_l1:
     """The training loss. Age bins: cross-entropy to a Gaussian soft label, plus ``age_l1`` x the absolute error of
     the distribution's mean (DLDL-v2, Gao et al. 2018): the soft label alone trains the shape of the distribution,
     the second term the very number ``predict`` answers, whose pull to the middle of the training ages is the
-    bias the cross-entropy leaves.
-
-    ``y`` is an age per image, or (distillation, ``train.distill``) a target distribution over the age bins per
-    image, used as it is; the L1 term then pulls towards that distribution's mean."""
+    bias the cross-entropy leaves."""
     if head == "age-bins":
-        target = y if y.ndim == 2 else soft_age_targets(y, sigma, sigma_per_year)
-        ce = F.cross_entropy(out, target)
-        if not age_l1:
-            return ce
-        bins = torch.arange(NUM_AGE_BINS, device=y.device, dtype=torch.float32) + AGE_MIN
-        return ce + age_l1 * (expected_age(out) - (target @ bins if y.ndim == 2 else y)).abs().mean()
+        ce = F.cross_entropy(out, soft_age_targets(y, sigma, sigma_per_year))
+        return ce + age_l1 * (expected_age(out) - y).abs().mean() if age_l1 else ce
     if head == "regression":
         return F.mse_loss(out.view(-1), y)
     return F.binary_cross_entropy_with_logits(out.view(-1), y)

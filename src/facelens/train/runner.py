@@ -50,8 +50,7 @@ from facelens.tasks import task_spec
 from facelens.train import distributed as ddp
 from facelens.train.augment import AUGMENT_PRESETS, AugmentConfig
 from facelens.train.config import AGE_FLATTEN, TrainRequest, eye_crop_input_size
-from facelens.train.distill import distillation_targets, load_teacher, teacher_distributions, teacher_record
-from facelens.train.loop import FitConfig, fit, predict_outputs, resolve_precision, soft_age_targets
+from facelens.train.loop import FitConfig, fit, predict_outputs, resolve_precision
 from facelens.train.sampling import balanced_weights
 
 
@@ -228,9 +227,6 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
     if req.frozen_blocks:
         n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
-    train_y, teacher = d.y[idx["train"]], None
-    if req.distill_from:
-        train_y, teacher = _distillation(req, arch, size, strategy, model, d, device, log)
     cfg = FitConfig(head=head, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
                     patience=req.patience, max_steps_per_epoch=req.max_steps_per_epoch, ema_decay=req.ema_decay,
                     weight_decay=req.weight_decay, precision=req.precision, augment=augment_config(req),
@@ -246,34 +242,15 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
             + (f", {spec.balance_unit}s flattened (share ~ count^{1 - flatten:g})" if flatten else "")
             + f" (weights {weights.min():.2f}-{weights.max():.2f})"
             + ("; validation: mean of the per-source scores" if many else ""))
-    summary = fit(model, d.crops[idx["train"]], train_y, d.crops[idx["val"]], d.y[idx["val"]], cfg,
+    summary = fit(model, d.crops[idx["train"]], d.y[idx["train"]], d.crops[idx["val"]], d.y[idx["val"]], cfg,
                   out / arch, device, resume=req.resume, log=log, train_weights=weights,
                   val_groups=d.sources[idx["val"]] if many and req.balance != "none" else None)
     if env is not None and not env.is_main:  # rank 0 calibrates, tests and writes the model; this rank's part is done
         return None
-    meta = _model_meta(req, arch, head, size, strategy, prep, d, summary | ({"distilled": teacher} if teacher else {}),
-                       device, env)
+    meta = _model_meta(req, arch, head, size, strategy, prep, d, summary, device, env)
     metrics = _calibrate_test_and_save(req, model, meta, prep, d, out / arch, device)
     log(f"[{arch}] test: " + headline(req.task, metrics))
     return metrics
-
-
-def _distillation(req: TrainRequest, arch: str, size: int, strategy: str, model: torch.nn.Module, d: ArchData,
-                  device: torch.device, log) -> tuple[np.ndarray, dict]:
-    """``--distill-from``: start ``model`` from the teacher's weights; return the training targets (a distribution
-    over the age bins per training image) and the teacher's record for the metadata (``train.distill``)."""
-    split = {"strategy": strategy, "seed": req.data_seed, "fractions": list(req.fractions)}
-    meta, net = load_teacher(req.distill_from, arch=arch, input_size=size, crop=asdict(FACE_TEMPLATES[req.face_crop]),
-                             split=split)
-    if strategy == "random" and meta.get("counts") != {k: len(v) for k, v in d.idx.items()}:
-        raise ValueError(f"--distill-from {req.distill_from}: a random split of other data than the teacher's")
-    model.load_state_dict(net.state_dict())
-    train = d.idx["train"]
-    labels = soft_age_targets(torch.as_tensor(d.y[train], dtype=torch.float32), req.label_sigma, req.label_sigma_per_year)
-    targets = distillation_targets(teacher_distributions(net, d.crops[train], device), labels.numpy(), req.distill_weight)
-    log(f"[{arch}] distilling {req.distill_from} (its flip-averaged answers, weight {req.distill_weight:g}) into one pass, "
-        "starting from its weights")
-    return targets, teacher_record(req.distill_from, meta, req.distill_weight)
 
 
 def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: str, prep: PreparedData, d: ArchData,
@@ -296,7 +273,7 @@ def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: st
         "eye_crop": parse_eye_geometry(req.eye_crop).meta() if spec.crop_kind == "eye" else None,
         "positive_class": spec.positive_class,
         "class_map": prep.class_map,
-        "tta": "none" if req.distill_from else "flip-average",  # a distilled network answers in one pass
+        "tta": "flip-average",
         "split": {"strategy": strategy, "seed": req.data_seed, "fractions": list(req.fractions),
                   "block_size": EYE_BLOCK_SIZE if strategy == "blocks" else None},
         "data": req.data,
@@ -314,10 +291,10 @@ def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: st
 
 def _calibrate_test_and_save(req: TrainRequest, model: torch.nn.Module, meta: dict, prep: PreparedData, d: ArchData,
                              arch_dir: Path, device: torch.device) -> dict:
-    """Calibrate on val, measure on test (both as the model answers: with the flip-average TTA unless distilled),
-    write model.pt, metrics.json, meta.json and the test predictions; returns the test metrics."""
+    """Calibrate on val, measure on test (both with the flip-average TTA the model ships with), write
+    model.pt, metrics.json, meta.json and the test predictions; returns the test metrics."""
     idx = d.idx
-    tta = (FlipAverage(model) if meta["tta"] == "flip-average" else model).eval()
+    tta = FlipAverage(model).eval()
     val_out = predict_outputs(tta, d.crops[idx["val"]], device)
     meta |= calibrate(meta["head"], val_out, d.y[idx["val"]],
                       record_groups(req.task, prep, d.crops[idx["val"]], d.positions[idx["val"]], estimate_ages=False))
