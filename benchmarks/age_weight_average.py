@@ -18,6 +18,7 @@ averaged BatchNorm statistics and the average with recomputed ones, each paired 
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from torch.optim.swa_utils import update_bn
 from facelens.data.prepare import prepare_as_model
 from facelens.evaluate.metrics import paired_difference
 from facelens.infer.postprocess import age_from_bins
-from facelens.models.checkpoint import load_checkpoint
+from facelens.infer.predictor import TorchPredictor
 from facelens.models.factory import create_model
 from facelens.models.meta import ModelMeta
 from facelens.models.wrappers import FlipAverage, to_input
@@ -63,11 +64,9 @@ def recompute_batchnorm(model: torch.nn.Module, crops: np.ndarray, batch_size: i
 
 def load_network(path: Path) -> tuple[dict, ModelMeta, torch.nn.Module]:
     """(metadata as stored, metadata read, network without TTA) of a PyTorch age-bins checkpoint."""
-    ck = load_checkpoint(path)
-    meta = ModelMeta.from_dict(ck["meta"])
-    net = create_model(meta.arch, meta.task, pretrained=False)
-    net.load_state_dict(ck["state_dict"])
-    return ck["meta"], meta, net.eval()
+    p = TorchPredictor(path)
+    net = p.model.model if isinstance(p.model, FlipAverage) else p.model
+    return p.meta, p.model_meta, net
 
 
 def main() -> None:
@@ -94,8 +93,7 @@ def main() -> None:
     soup = create_model(metas[0].arch, metas[0].task, pretrained=False)
     soup.load_state_dict(average_state_dicts([net.state_dict() for net in nets.values()]))
     nets["average, BatchNorm statistics averaged"] = soup.eval()
-    rebuilt = create_model(metas[0].arch, metas[0].task, pretrained=False)
-    rebuilt.load_state_dict(soup.state_dict())
+    rebuilt = copy.deepcopy(soup)
     train = np.flatnonzero(prep.splits == "train")
     pick = np.sort(np.random.default_rng(0).choice(train, size=min(args.bn_images, len(train)), replace=False))
     recompute_batchnorm(rebuilt, prep.model_crops(pick, metas[0], desc="BatchNorm crops")[0].crops)
