@@ -102,6 +102,28 @@ def test_tiny_age_model_exports_predicts_and_evaluates(tiny_age_run: Path, tmp_p
     assert only["split"] == "test" and only["n_scored"] > 0 and np.isfinite(only["mae"])
 
 
+def test_a_slim_network_starts_from_a_trained_one_on_its_split_and_exports(tiny_age_run: Path, tmp_path: Path,
+                                                                            shared_data: Path) -> None:
+    trained = tiny_age_run / "mobilenetv2" / "model.pt"
+    out = tmp_path / "slim"
+    common = ("--data", str(shared_data / "faces-20-50" / "train"), "--epochs", "1", "--max-images", "48",
+              "--max-steps-per-epoch", "2", "--batch-size", "16", "--arch", "mobilenetv2-slim")
+    facelens("train", "age", *common, "--out", str(out), "--init-from", str(trained), "--lr", "1e-4")
+    meta = json.loads((out / "mobilenetv2-slim" / "meta.json").read_text())
+    assert meta["arch"] == "mobilenetv2-slim" and meta["training"]["init_from"]["model"] == str(trained)
+    # the trained model's split is this run's: the same test images
+    first = np.load(tiny_age_run / "mobilenetv2" / "test_predictions.npz")
+    second = np.load(out / "mobilenetv2-slim" / "test_predictions.npz")
+    assert list(first["paths"]) == list(second["paths"])
+    facelens("export", "--model", str(out / "mobilenetv2-slim" / "model.pt"), "--out", str(tmp_path / "s.onnx"))
+    assert json.loads((tmp_path / "s.json").read_text())["arch"] == "mobilenetv2-slim"
+    # another split seed on the same data: refused before training, naming the file
+    refused = facelens("train", "age", *common, "--out", str(tmp_path / "other"), "--init-from", str(trained),
+                       "--split-seed", "3", check=False)
+    assert refused.returncode != 0 and str(trained) in refused.stderr and "another split" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def small_manifest(shared_data: Path, folder: Path) -> tuple[Path, list[Path]]:
     """A CSV manifest of 48 faces-20-50 photos aged 30 and 45, for re-calibrating an export quickly."""
     photos = sorted((shared_data / "faces-20-50" / "train" / "30").glob("*.jpg"))[:24]

@@ -422,6 +422,10 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("male_class", {"eyes": Annotated[str | None, typer.Option(help="class folder/label meaning male")]}),
     ("conflict_policy", Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")]),
     ("resume", _RESUME), ("device", Device), ("pretrained", _PRETRAINED), ("input_size", int | None),
+    ("init_from", Annotated[str | None, typer.Option(
+        help="a trained model.pt to start from instead of ImageNet weights (same task, head, input size and crop; "
+             "same split if it was trained on any of this data): its weights as they are, or, for --arch "
+             "mobilenetv2-slim from a mobilenetv2 model, its most useful half of each block's hidden channels")]),
     ("patience", int), ("ema_decay", _EMA), ("frozen_blocks", _FROZEN), ("weight_decay", _WD), ("precision", _PRECISION),
     ("max_images", Annotated[int | None, typer.Option(help="cap images per split (quick trials)")]),
     ("max_steps_per_epoch", int | None), ("workers", int | None), ("threads", _THREADS),

@@ -84,6 +84,7 @@ class TrainRequest:
     age_l1: float = 0.0  # age: weight of |expected age - label| added to the soft-label loss (train.loop.loss_fn)
     label_sigma: float = 1.5  # age: std-dev (years) of the Gaussian soft label (train.loop.soft_age_targets)
     label_sigma_per_year: float = 0.0  # age: >0: the label widens with age, max(label_sigma, this x age)
+    init_from: str | None = None  # a trained model.pt whose weights the network starts from (train.init_from)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -139,6 +140,11 @@ class TrainRequest:
             raise ValueError(f"--label-sigma must be > 0, got {self.label_sigma}")
         if self.label_sigma_per_year < 0:
             raise ValueError(f"--label-sigma-per-year must be >= 0, got {self.label_sigma_per_year}")
+        if self.init_from is not None:
+            if len(self.archs) != 1:
+                raise ValueError("--init-from: one --arch at a time (the network the trained model starts)")
+            if not Path(self.init_from).is_file():
+                raise ValueError(f"--init-from {self.init_from}: no such model file")
         devices.check_device_name(self.device)
 
 

@@ -50,6 +50,7 @@ from facelens.tasks import task_spec
 from facelens.train import distributed as ddp
 from facelens.train.augment import AUGMENT_PRESETS, AugmentConfig
 from facelens.train.config import AGE_FLATTEN, TrainRequest, eye_crop_input_size
+from facelens.train.init_from import CARRIED_OVER, init_record, init_weights, load_trained
 from facelens.train.loop import FitConfig, fit, predict_outputs, resolve_precision
 from facelens.train.sampling import balanced_weights
 
@@ -217,6 +218,9 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
     """Fit one architecture; on rank 0 also calibrate, test and save it. Its test metrics, or None on other ranks."""
     head = head_of(arch, req.task)
     size = req.input_size or _default_size(req, arch)
+    # --init-from is checked before any crop is cut: a refused file should cost nothing
+    trained = load_trained(req.init_from, task=req.task, arch=arch, wanted={"head": head, "input_size": size} |
+                           _crop_meta(req), data=req.data, split=_split_meta(req, strategy)) if req.init_from else None
     d = _arch_data(req, arch, prep, out, env, log, size)
     idx = d.idx
     log(f"[{arch}] {head} head, {size}px input, train {len(idx['train'])} / val {len(idx['val'])} / "
@@ -224,6 +228,7 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
         + (f" x {env.world_size} processes (global batch {req.batch_size * env.world_size})" if env else ""))
     torch.manual_seed(req.seed)
     model = create_model(arch, req.task, pretrained=req.pretrained, frozen_blocks=req.frozen_blocks)
+    started_from = _start_from(req, arch, model, *trained, log) if trained else None
     if req.frozen_blocks:
         n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         log(f"[{arch}] first {req.frozen_blocks} backbone blocks frozen ({n_frozen:,} parameters)")
@@ -247,10 +252,32 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
                   val_groups=d.sources[idx["val"]] if many and req.balance != "none" else None)
     if env is not None and not env.is_main:  # rank 0 calibrates, tests and writes the model; this rank's part is done
         return None
-    meta = _model_meta(req, arch, head, size, strategy, prep, d, summary, device, env)
+    meta = _model_meta(req, arch, head, size, strategy, prep, d,
+                       summary | ({"init_from": started_from} if started_from else {}), device, env)
     metrics = _calibrate_test_and_save(req, model, meta, prep, d, out / arch, device)
     log(f"[{arch}] test: " + headline(req.task, metrics))
     return metrics
+
+
+def _start_from(req: TrainRequest, arch: str, model: torch.nn.Module, meta: dict, trained: torch.nn.Module,
+                log) -> dict:
+    """``--init-from``: put the trained network's weights into ``model``; its record for the new model's metadata."""
+    init_weights(model, arch, trained, meta["arch"])
+    how = "" if meta["arch"] == arch else f": {CARRIED_OVER[(meta['arch'], arch)]}"
+    log(f"[{arch}] starting from the weights of {req.init_from}{how}")
+    return init_record(req.init_from, meta)
+
+
+def _crop_meta(req: TrainRequest) -> dict:
+    """The crop a model of this run expects: a face template or an eye geometry (the other one None)."""
+    kind = task_spec(req.task).crop_kind
+    return {"crop": asdict(FACE_TEMPLATES[req.face_crop]) if kind == "face" else None,
+            "eye_crop": parse_eye_geometry(req.eye_crop).meta() if kind == "eye" else None}
+
+
+def _split_meta(req: TrainRequest, strategy: str) -> dict:
+    return {"strategy": strategy, "seed": req.data_seed, "fractions": list(req.fractions),
+            "block_size": EYE_BLOCK_SIZE if strategy == "blocks" else None}
 
 
 def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: str, prep: PreparedData, d: ArchData,
@@ -269,13 +296,11 @@ def _model_meta(req: TrainRequest, arch: str, head: str, size: int, strategy: st
         "head": head,
         "input_size": size,
         "pipeline": PIPELINE_VERSION,
-        "crop": asdict(FACE_TEMPLATES[req.face_crop]) if spec.crop_kind == "face" else None,
-        "eye_crop": parse_eye_geometry(req.eye_crop).meta() if spec.crop_kind == "eye" else None,
+        **_crop_meta(req),
         "positive_class": spec.positive_class,
         "class_map": prep.class_map,
         "tta": "flip-average",
-        "split": {"strategy": strategy, "seed": req.data_seed, "fractions": list(req.fractions),
-                  "block_size": EYE_BLOCK_SIZE if strategy == "blocks" else None},
+        "split": _split_meta(req, strategy),
         "data": req.data,
         "layouts": prep.layouts,
         "counts": {k: len(v) for k, v in d.idx.items()},
