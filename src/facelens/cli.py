@@ -498,6 +498,11 @@ def cross_source(
                                                       "default: the shipped single-eye recipe's)")] = None,
     augment: _AUGMENT = SHORT.augment, balance: _BALANCE = SHORT.balance,
     threads: _THREADS = SHORT.threads,
+    arch: Annotated[str, typer.Option(help="the architecture the recipe trains")] = SHORT.archs[0],
+    lr: float = SHORT.lr,
+    init_from_runs: Annotated[Path | None, typer.Option(
+        help="an earlier cross-source folder: each run starts from the model of the same run there (train "
+             "--init-from; e.g. --arch mobilenetv2-slim measures cutting a trained network down and fine-tuning it)")] = None,
 ) -> None:
     """Leave-one-source-out for a recipe: train it on every source and without each one, then score both on
     each source's test split (age: MAE ratio, bias by age band; eyes: error-rate ratio on whole faces,
@@ -517,10 +522,12 @@ def cross_source(
                   input_size=input_size or eye_crop_input_size(recipe.input_size, eye_crop),
                   patience=epochs, max_steps_per_epoch=max_steps_per_epoch, batch_size=batch_size, seed=seed,
                   ema_decay=ema_decay, precision=precision, frozen_blocks=frozen_blocks, face_crop=face_crop,
-                  eye_crop=eye_crop or recipe.eye_crop, augment=augment, balance=balance, threads=threads)
+                  eye_crop=eye_crop or recipe.eye_crop, augment=augment, balance=balance, threads=threads,
+                  archs=[arch], lr=lr)
     try:
         req.check()
-        leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo)
+        leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo,
+                             init_runs=init_from_runs)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
 

@@ -61,6 +61,8 @@ def reproduce_commands(cfg: dict, arch: str, shipped_as: str | None = None, ship
         cmd += f" --label-sigma {cfg['label_sigma']}"
     if cfg.get("label_sigma_per_year"):
         cmd += f" --label-sigma-per-year {cfg['label_sigma_per_year']}"
+    if cfg.get("init_from"):  # the model it started from must be rebuilt first (its own card's commands)
+        cmd += f" --init-from {rel(cfg['init_from'])}"
     world = (cfg.get("distributed") or {}).get("world_size", 1)
     if world > 1:  # the same global batch and shards on one machine (a multi-machine run included)
         cmd += f" --nproc-per-node {world}"
