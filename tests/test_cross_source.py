@@ -195,8 +195,8 @@ def test_reproduce_command_names_crop_augmentation_and_balance() -> None:
     assert "--face-crop loose --augment basic --balance none" in reproduce_commands(cfg, "mobilenetv2")[0]
     new = cfg | {"face_crop": "tight", "augment": "photo", "balance": "source"}
     assert "--face-crop tight --augment photo --balance source" in reproduce_commands(new, "mobilenetv2")[0]
-    slim = new | {"archs": ["mobilenetv2-slim"], "init_from": "models/age-mobilenetv2.pt"}
-    assert reproduce_commands(slim, "mobilenetv2-slim")[0].endswith("--init-from models/age-mobilenetv2.pt")
+    tuned = new | {"init_from": "models/age-mobilenetv2.pt"}
+    assert reproduce_commands(tuned, "mobilenetv2")[0].endswith("--init-from models/age-mobilenetv2.pt")
 
 
 @pytest.mark.data
@@ -229,16 +229,6 @@ def test_leave_one_source_out_trains_twin_and_left_out_runs_and_resumes(tmp_path
     logs: list[str] = []
     leave_one_source_out(req, out, log=logs.append, echo=lambda m: None)  # a re-run trains nothing
     assert sum("done before" in m for m in logs) == 3
-    # a second protocol whose runs start from the first one's models, each cut down to the slim network
-    slim = leave_one_source_out(replace(req, archs=["mobilenetv2-slim"]), tmp_path / "slim", log=lambda m: None,
-                                echo=lambda m: None, init_runs=out)
-    assert slim["recipe"]["init_from_runs"] == str(out) and set(slim["by_source"]) == {"20-50", "aaf"}
-    for run in ("all", "without-20-50", "without-aaf"):
-        meta = json.loads((tmp_path / "slim" / run / "mobilenetv2-slim" / "meta.json").read_text())
-        assert meta["training"]["init_from"]["model"] == str(out / run / "mobilenetv2" / "model.pt")
-    with pytest.raises(ValueError, match="holds 0 trained models"):
-        leave_one_source_out(replace(req, archs=["mobilenetv2-slim"]), tmp_path / "none", log=lambda m: None,
-                             echo=lambda m: None, init_runs=tmp_path / "empty")
 
 
 def test_leave_one_source_out_for_eyes_scores_whole_faces_and_crops(tmp_path: Path, shared_data: Path) -> None:

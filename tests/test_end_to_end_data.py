@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from facelens.api import Analyzer, default_model_path
 from facelens.evaluate.model_card import format_value
@@ -102,25 +103,31 @@ def test_tiny_age_model_exports_predicts_and_evaluates(tiny_age_run: Path, tmp_p
     assert only["split"] == "test" and only["n_scored"] > 0 and np.isfinite(only["mae"])
 
 
-def test_a_slim_network_starts_from_a_trained_one_on_its_split_and_exports(tiny_age_run: Path, tmp_path: Path,
-                                                                            shared_data: Path) -> None:
+def test_a_run_can_fine_tune_a_trained_model_on_its_split(tiny_age_run: Path, tmp_path: Path, shared_data: Path) -> None:
     trained = tiny_age_run / "mobilenetv2" / "model.pt"
-    out = tmp_path / "slim"
     common = ("--data", str(shared_data / "faces-20-50" / "train"), "--epochs", "1", "--max-images", "48",
-              "--max-steps-per-epoch", "2", "--batch-size", "16", "--arch", "mobilenetv2-slim")
-    facelens("train", "age", *common, "--out", str(out), "--init-from", str(trained), "--lr", "1e-4")
-    meta = json.loads((out / "mobilenetv2-slim" / "meta.json").read_text())
-    assert meta["arch"] == "mobilenetv2-slim" and meta["training"]["init_from"]["model"] == str(trained)
+              "--max-steps-per-epoch", "1", "--batch-size", "16", "--arch", "mobilenetv2", "--lr", "1e-9",
+              "--seed", "1")  # another initial head than the trained run's (seed 0)
+    facelens("train", "age", *common, "--split-seed", "0", "--out", str(tmp_path / "tuned"), "--init-from", str(trained))
+    meta = json.loads((tmp_path / "tuned" / "mobilenetv2" / "meta.json").read_text())
+    assert meta["training"]["init_from"]["model"] == str(trained)
+    # at a learning rate of 1e-9 the fine-tuned head is the trained one; from ImageNet weights it is a new one
+    head = "1.classifier.1.weight"
+    before = torch.load(trained, weights_only=True)["state_dict"][head]
+    after = torch.load(tmp_path / "tuned" / "mobilenetv2" / "model.pt", weights_only=True)["state_dict"][head]
+    assert torch.allclose(before, after, atol=1e-6)
+    facelens("train", "age", *common, "--split-seed", "0", "--out", str(tmp_path / "fresh"))
+    fresh = torch.load(tmp_path / "fresh" / "mobilenetv2" / "model.pt", weights_only=True)["state_dict"][head]
+    assert not torch.allclose(before, fresh, atol=1e-3)
     # the trained model's split is this run's: the same test images
     first = np.load(tiny_age_run / "mobilenetv2" / "test_predictions.npz")
-    second = np.load(out / "mobilenetv2-slim" / "test_predictions.npz")
+    second = np.load(tmp_path / "tuned" / "mobilenetv2" / "test_predictions.npz")
     assert list(first["paths"]) == list(second["paths"])
-    facelens("export", "--model", str(out / "mobilenetv2-slim" / "model.pt"), "--out", str(tmp_path / "s.onnx"))
-    assert json.loads((tmp_path / "s.json").read_text())["arch"] == "mobilenetv2-slim"
-    # another split seed on the same data: refused before training, naming the file
+    # another split on the same data: refused before any crop is cut, naming the file
     refused = facelens("train", "age", *common, "--out", str(tmp_path / "other"), "--init-from", str(trained),
                        "--split-seed", "3", check=False)
     assert refused.returncode != 0 and str(trained) in refused.stderr and "another split" in refused.stderr
+    assert not (tmp_path / "other" / "mobilenetv2" / "crop_failures.json").exists()
     assert "Traceback" not in refused.stderr
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from facelens.models.factory import create_model
 from facelens.train.config import TrainRequest
-from facelens.train.init_from import init_record, init_weights, load_trained
+from facelens.train.init_from import init_record, load_trained
 from tests.test_export import tiny_checkpoint
 
 CROP = {"right_eye": [0.3, 0.3], "left_eye": [0.7, 0.3], "mouth": [0.5, 0.8]}
@@ -34,7 +33,7 @@ def load(path: Path, arch: str = "mobilenetv2", data: list[str] = DATA, split: d
 @pytest.mark.parametrize(("change", "named"), [
     ({"input_size": 96}, "input_size"), ({"crop": {"right_eye": [0.2, 0.3]}}, "crop"),
     ({"split": SPLIT | {"seed": 1}}, "another split"), ({"task": "eyes", "head": "binary"}, "'eyes' model"),
-    ({"arch": "seed-cnn"}, "cannot start"),
+    ({"arch": "seed-cnn"}, "its arch is 'seed-cnn'"),
 ])
 def test_a_model_for_other_pixels_or_another_split_is_refused_naming_it(tmp_path: Path, change: dict, named: str) -> None:
     path = trained_file(tmp_path / "t.pt", **change)
@@ -43,10 +42,20 @@ def test_a_model_for_other_pixels_or_another_split_is_refused_naming_it(tmp_path
     assert str(path) in str(err.value)
 
 
-def test_another_split_is_fine_when_the_model_never_saw_this_data(tmp_path: Path) -> None:
-    path = trained_file(tmp_path / "t.pt", split=SPLIT | {"seed": 7})
-    meta, net = load(path, data=["my-own-photos"])
-    assert meta["split"]["seed"] == 7 and isinstance(net, torch.nn.Module)
+def test_a_content_split_must_match_even_on_other_folders_which_may_hold_copies(tmp_path: Path) -> None:
+    path = trained_file(tmp_path / "t.pt")
+    with pytest.raises(ValueError, match="another split.*--split-seed 0"):
+        load(path, data=["my-own-photos"], split=SPLIT | {"seed": 7})
+    meta, weights = load(path, data=["my-own-photos"])
+    assert meta["split"] == SPLIT and "1.classifier.1.weight" in weights
+
+
+def test_another_random_split_is_fine_when_the_model_never_saw_these_folders(tmp_path: Path) -> None:
+    random = {"strategy": "random", "seed": 7, "fractions": [0.75, 0.1, 0.15]}
+    path = trained_file(tmp_path / "t.pt", split=random)
+    assert load(path, data=["my-own-photos"])[0]["split"] == random
+    with pytest.raises(ValueError, match="another split"):
+        load(path, data=DATA)
 
 
 def test_a_file_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
@@ -56,22 +65,13 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
         load(path)
 
 
-def test_weights_are_carried_over_as_they_are_or_cut_down(tmp_path: Path) -> None:
+def test_the_record_names_the_file_by_path_and_content(tmp_path: Path) -> None:
     path = trained_file(tmp_path / "t.pt")
-    meta, trained = load(path)
-    same = create_model("mobilenetv2", "age", pretrained=False)
-    init_weights(same, "mobilenetv2", trained, meta["arch"])
-    for (k, a), b in zip(same.state_dict().items(), trained.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
-    slim = create_model("mobilenetv2-slim", "age", pretrained=False)
-    load(path, arch="mobilenetv2-slim")  # a mobilenetv2 model may start a slim run
-    init_weights(slim, "mobilenetv2-slim", trained, meta["arch"])
-    head = slim.state_dict()["1.classifier.1.weight"]
-    assert torch.equal(head, trained.state_dict()["1.classifier.1.weight"])  # the head is kept whole
-    with pytest.raises(ValueError, match="no way"):
-        init_weights(create_model("mobilenetv2", "age", pretrained=False), "mobilenetv2", slim, "mobilenetv2-slim")
+    meta, _ = load(path)
     record = init_record(path, meta)
-    assert record["model"] == str(path) and record["arch"] == "mobilenetv2" and len(record["sha256"]) == 64
+    assert record["model"] == str(path) and len(record["sha256"]) == 64
+    trained_file(path, created="another day")
+    assert init_record(path, load(path)[0])["sha256"] != record["sha256"]
 
 
 def test_the_request_checks_the_file_and_one_arch_before_reading_data(tmp_path: Path) -> None:

@@ -423,9 +423,9 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("conflict_policy", Annotated[str, typer.Option(help="duplicates with different labels: drop, keep-first, keep-all")]),
     ("resume", _RESUME), ("device", Device), ("pretrained", _PRETRAINED), ("input_size", int | None),
     ("init_from", Annotated[str | None, typer.Option(
-        help="a trained model.pt to start from instead of ImageNet weights (same task, head, input size and crop; "
-             "same split if it was trained on any of this data): its weights as they are, or, for --arch "
-             "mobilenetv2-slim from a mobilenetv2 model, its most useful half of each block's hidden channels")]),
+        help="a trained model.pt to fine-tune instead of starting from ImageNet weights (same task, --arch, input "
+             "size and crop; trained on the same split if on any of this data, so none of its training images can "
+             "score this run)")]),
     ("patience", int), ("ema_decay", _EMA), ("frozen_blocks", _FROZEN), ("weight_decay", _WD), ("precision", _PRECISION),
     ("max_images", Annotated[int | None, typer.Option(help="cap images per split (quick trials)")]),
     ("max_steps_per_epoch", int | None), ("workers", int | None), ("threads", _THREADS),
@@ -500,9 +500,6 @@ def cross_source(
     threads: _THREADS = SHORT.threads,
     arch: Annotated[str, typer.Option(help="the architecture the recipe trains")] = SHORT.archs[0],
     lr: float = SHORT.lr,
-    init_from_runs: Annotated[Path | None, typer.Option(
-        help="an earlier cross-source folder: each run starts from the model of the same run there (train "
-             "--init-from; e.g. --arch mobilenetv2-slim measures cutting a trained network down and fine-tuning it)")] = None,
 ) -> None:
     """Leave-one-source-out for a recipe: train it on every source and without each one, then score both on
     each source's test split (age: MAE ratio, bias by age band; eyes: error-rate ratio on whole faces,
@@ -526,8 +523,7 @@ def cross_source(
                   archs=[arch], lr=lr)
     try:
         req.check()
-        leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo,
-                             init_runs=init_from_runs)
+        leave_one_source_out(req, out, log=lambda m: typer.echo(m, err=True), echo=typer.echo)
     except (FacelensError, ValueError) as exc:
         _fail(str(exc))
 

@@ -46,8 +46,7 @@ class ArchSpec:
     pretrained: bool = True  # ImageNet weights exist (the seed baselines always start from scratch)
 
 
-def _imagenet_mobilenet_v2(pretrained: bool) -> nn.Module:
-    """torchvision's MobileNetV2, with its ImageNet weights (offline, hash-checked) when ``pretrained``."""
+def _mobilenet_v2(num_outputs: int, pretrained: bool) -> nn.Module:
     import torchvision
 
     model = torchvision.models.mobilenet_v2()
@@ -55,29 +54,12 @@ def _imagenet_mobilenet_v2(pretrained: bool) -> nn.Module:
         from facelens.models.pretrained import mobilenet_v2_weights_path
 
         model.load_state_dict(torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True))
-    return model
-
-
-def _with_head(model: nn.Module, num_outputs: int) -> nn.Module:
     model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(model.last_channel, num_outputs))
     return model
 
 
-def _mobilenet_v2(num_outputs: int, pretrained: bool) -> nn.Module:
-    return _with_head(_imagenet_mobilenet_v2(pretrained), num_outputs)
-
-
-def _mobilenet_v2_slim(num_outputs: int, pretrained: bool) -> nn.Module:
-    """MobileNetV2 with half the hidden channels per block (``models.slim``); pretrained: cut out of ImageNet's."""
-    from facelens.models.slim import slim_mobilenet_v2
-
-    return _with_head(slim_mobilenet_v2(_imagenet_mobilenet_v2(True) if pretrained else None), num_outputs)
-
-
 ARCHS: dict[str, ArchSpec] = {
     "mobilenetv2": ArchSpec(_mobilenet_v2, {"age": 128, "eyes": 64}, {"age": "age-bins", "eyes": "binary"}),
-    # Half the hidden channels: ~1.45x the faces/s of mobilenetv2 with int8 on AVX2 CPUs (models.slim).
-    "mobilenetv2-slim": ArchSpec(_mobilenet_v2_slim, {"age": 128, "eyes": 64}, {"age": "age-bins", "eyes": "binary"}),
     "seed-cnn": ArchSpec(lambda n, p: SeedCNN(), {"age": 120}, {"age": "regression"}, imagenet_norm=False,
                          pretrained=False),
     "seed-xception": ArchSpec(lambda n, p: SeedXception(), {"eyes": 64}, {"eyes": "binary"}, imagenet_norm=False,

@@ -29,13 +29,9 @@ from facelens.train.runner import run_training
 
 
 def leave_one_source_out(base: TrainRequest, out: Path, log: Callable[[str], None] = print,
-                         echo: Callable[[str], None] = print, init_runs: Path | None = None) -> dict:
+                         echo: Callable[[str], None] = print) -> dict:
     """Train the twin and one run per left-out source with ``base``'s options (its ``data`` names the
-    sources, its ``out`` is ignored), score them on each source's test split and write the table.
-
-    ``init_runs``: an earlier protocol folder; each run starts from the model of the same run there
-    (``train --init-from``), so a recipe that ends in a step from a trained model (``models.slim``) is measured
-    with that step, and the run without S starts from a model that never saw S either."""
+    sources, its ``out`` is ignored), score them on each source's test split and write the table."""
     if len(base.data) < 2:
         raise ValueError("leave-one-source-out needs at least two --data sources")
     names = [source_name(d) for d in base.data]
@@ -49,8 +45,7 @@ def leave_one_source_out(base: TrainRequest, out: Path, log: Callable[[str], Non
             log(f"{run}: done before ({model})")
             continue
         log(f"{run}: training on {', '.join(source_name(d) for d in data)}")
-        start = _model_of(init_runs / run) if init_runs else None
-        run_training(replace(base, archs=[arch], data=data, out=str(out / run), resume=True, init_from=start), log=log)
+        run_training(replace(base, archs=[arch], data=data, out=str(out / run), resume=True), log=log)
     table = {}
     brief = _brief_age if base.task == "age" else _brief_eyes
     for n, src in zip(names, base.data, strict=True):
@@ -61,20 +56,12 @@ def leave_one_source_out(base: TrainRequest, out: Path, log: Callable[[str], Non
             scores[role] = brief(next(iter(res["models"].values())))
         ratio = _ratio(scores["left_out"]["error"], scores["in_source"]["error"])
         table[n] = scores | {"error_ratio": ratio} | ({"mae_ratio": ratio} if base.task == "age" else {})
-    result = {"task": base.task, "recipe": {k: v for k, v in vars(base).items() if k not in ("data", "out")}
-              | ({"init_from_runs": str(init_runs)} if init_runs else {}), "sources": names, "by_source": table}
+    result = {"task": base.task, "recipe": {k: v for k, v in vars(base).items() if k not in ("data", "out")},
+              "sources": names, "by_source": table}
     write_json_atomic(out / "cross_source.json", result)
     for line in table_lines(result):
         echo(line)
     return result
-
-
-def _model_of(run: Path) -> str:
-    """The one model.pt of a training run folder (RUN/<arch>/model.pt)."""
-    found = sorted(run.glob("*/model.pt"))
-    if len(found) != 1:
-        raise ValueError(f"--init-from-runs: {run} holds {len(found)} trained models (RUN/<arch>/model.pt), not one")
-    return str(found[0])
 
 
 def _ratio(left_out: float, in_source: float) -> float | None:

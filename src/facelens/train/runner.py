@@ -50,7 +50,7 @@ from facelens.tasks import task_spec
 from facelens.train import distributed as ddp
 from facelens.train.augment import AUGMENT_PRESETS, AugmentConfig
 from facelens.train.config import AGE_FLATTEN, TrainRequest, eye_crop_input_size
-from facelens.train.init_from import CARRIED_OVER, init_record, init_weights, load_trained
+from facelens.train.init_from import init_record, load_trained
 from facelens.train.loop import FitConfig, fit, predict_outputs, resolve_precision
 from facelens.train.sampling import balanced_weights
 
@@ -259,12 +259,11 @@ def _train_arch(req: TrainRequest, arch: str, prep: PreparedData, strategy: str,
     return metrics
 
 
-def _start_from(req: TrainRequest, arch: str, model: torch.nn.Module, meta: dict, trained: torch.nn.Module,
+def _start_from(req: TrainRequest, arch: str, model: torch.nn.Module, meta: dict, weights: dict,
                 log) -> dict:
     """``--init-from``: put the trained network's weights into ``model``; its record for the new model's metadata."""
-    init_weights(model, arch, trained, meta["arch"])
-    how = "" if meta["arch"] == arch else f": {CARRIED_OVER[(meta['arch'], arch)]}"
-    log(f"[{arch}] starting from the weights of {req.init_from}{how}")
+    model.load_state_dict(weights)
+    log(f"[{arch}] starting from the weights of {req.init_from}")
     return init_record(req.init_from, meta)
 
 
