@@ -1,4 +1,4 @@
-"""Starting a run from a trained model (``facelens train --init-from``): what is refused, what is carried over."""
+"""Starting a run from a trained model (``facelens train --init-from``): what is refused, what is recorded."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def trained_file(path: Path, **changes) -> Path:
     return path
 
 
-def load(path: Path, arch: str = "mobilenetv2", data: list[str] = DATA, split: dict = SPLIT):
-    return load_trained(path, task="age", arch=arch, wanted=WANTED, data=data, split=split)
+def load(path: Path, data: list[str] = DATA, split: dict = SPLIT):
+    return load_trained(path, task="age", arch="mobilenetv2", wanted=WANTED, data=data, split=split)
 
 
 @pytest.mark.parametrize(("change", "named"), [

@@ -157,7 +157,7 @@ def test_no_resume_overrides_a_config_that_resumed(tmp_path: Path, captured) -> 
 
 
 #: The options of ``train age|eyes`` in --help order, as they were before the two signatures were folded
-#: into one list (issue #19), plus --split-seed (added since): the fold must not lose, add or reorder any.
+#: into one list (issue #19), plus --split-seed and --init-from (added since): the fold must not lose, add or reorder any.
 AGE_OPTIONS = ["data", "out", "arch", "nproc_per_node", "config", "epochs", "batch_size", "lr", "seed", "split_seed", "split",
                "conflict_policy", "resume", "device", "pretrained", "input_size", "init_from", "patience", "ema_decay",
                "frozen_blocks", "weight_decay", "precision", "max_images", "max_steps_per_epoch", "workers", "threads",

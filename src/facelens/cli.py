@@ -424,8 +424,8 @@ _TRAIN_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("resume", _RESUME), ("device", Device), ("pretrained", _PRETRAINED), ("input_size", int | None),
     ("init_from", Annotated[str | None, typer.Option(
         help="a trained model.pt to fine-tune instead of starting from ImageNet weights (same task, --arch, input "
-             "size and crop; trained on the same split if on any of this data, so none of its training images can "
-             "score this run)")]),
+             "size and crop, and split as this run is, so none of its training photos, or copies of them, can score "
+             "this run: the shipped models use --split content --split-seed 0, the defaults)")]),
     ("patience", int), ("ema_decay", _EMA), ("frozen_blocks", _FROZEN), ("weight_decay", _WD), ("precision", _PRECISION),
     ("max_images", Annotated[int | None, typer.Option(help="cap images per split (quick trials)")]),
     ("max_steps_per_epoch", int | None), ("workers", int | None), ("threads", _THREADS),
