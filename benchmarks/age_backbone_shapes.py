@@ -23,7 +23,7 @@ from torch import nn
 
 from facelens.models.factory import Normalize
 from facelens.models.wrappers import FlipAverage
-from facelens.train.export import _quantize_int8
+from facelens.train.export import quantize_int8, write_onnx
 
 SIZE = 128
 #: name -> (expansion ratio of every block after the first, width multiplier); (6, 1.0) is the shipped shape.
@@ -68,10 +68,8 @@ def main() -> None:
         for name, (expansion, width) in SHAPES.items():
             net = age_network(expansion, width)
             fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            torch.onnx.export(FlipAverage(net), torch.rand(2, 3, SIZE, SIZE) * 255, str(fp32), input_names=["crops"],
-                              output_names=["outputs"], dynamic_axes={"crops": {0: "batch"}}, opset_version=17,
-                              dynamo=False)
-            _quantize_int8(fp32, int8, calibration)
+            write_onnx(FlipAverage(net), SIZE, fp32)
+            quantize_int8(fp32, int8, calibration)
             params = sum(p.numel() for p in net.parameters()) / 1e6
             print(f"| {name} | {params:.2f} M | {faces_per_second(fp32, args.threads, args.runs):.0f} | "
                   f"{faces_per_second(int8, args.threads, args.runs):.0f} |", flush=True)

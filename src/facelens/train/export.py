@@ -78,7 +78,16 @@ def float_end_nodes(model) -> list[str]:
     return convs[:1] + heads
 
 
-def _quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, method: str = "minmax",
+def write_onnx(module, size: int, path: Path, opset: int = 17) -> None:
+    """``module`` as ONNX at ``path``: input "crops" (N, 3, size, size) float 0..255, output "outputs", any batch."""
+    import torch
+
+    torch.onnx.export(module, torch.rand(2, 3, size, size) * 255, os.fspath(path), input_names=["crops"],
+                      output_names=["outputs"], dynamic_axes={"crops": {0: "batch"}, "outputs": {0: "batch"}},
+                      opset_version=opset, dynamo=False)
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, method: str = "minmax",
                    batch_size: int = 32) -> dict:
     """Static QDQ int8 quantisation of ``fp32`` into ``out``; returns how (for the file's metadata).
 
@@ -174,18 +183,14 @@ def export_onnx(model_path: Path, out: Path, *, tta: bool = True, int8: bool = F
     with atomic_path(out) as tmp:
         fp32 = out.with_name(f".{out.name}.fp32") if int8 else tmp
         try:
-            torch.onnx.export(
-                module, torch.rand(2, 3, size, size) * 255, os.fspath(fp32), input_names=["crops"],
-                output_names=["outputs"], dynamic_axes={"crops": {0: "batch"}, "outputs": {0: "batch"}},
-                opset_version=opset, dynamo=False,
-            )
+            write_onnx(module, size, fp32, opset)
             prep, splits = load_split_crops(meta, data, log) if data else (None, None)
             if int8:
                 rng = np.random.default_rng(seed)
                 train = splits["train"].crops
                 pick = np.sort(rng.choice(len(train), size=min(QUANT_CALIBRATION_CROPS, len(train)), replace=False))
                 log(f"quantising to int8, activation ranges ({int8_calibration}) from {len(pick)} training-split crops")
-                meta["quantization"] = _quantize_int8(fp32, tmp, train[pick], method=int8_calibration)
+                meta["quantization"] = quantize_int8(fp32, tmp, train[pick], method=int8_calibration)
             _write_onnx_meta(tmp, meta)
             onnx_pred = OnnxPredictor(tmp)
             if int8 and int8_answer_map and meta["head"] == "age-bins":
