@@ -31,8 +31,7 @@ from facelens.evaluate.metrics import paired_difference
 from facelens.evaluate.pipeline import run_context_check
 from facelens.infer.postprocess import AGE_MIN, NUM_AGE_BINS, age_from_bins, softmax
 from facelens.infer.predictor import Predictor
-from facelens.models.checkpoint import load_checkpoint
-from facelens.models.factory import create_model
+from facelens.models.checkpoint import load_network
 from facelens.models.wrappers import to_input
 from facelens.train.export import load_split_crops
 
@@ -140,11 +139,7 @@ def main() -> None:
     ap.add_argument("--context-fractions", default="0.3,0.4", help="fractions f whose gates the context check runs")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    ck = load_checkpoint(args.model)
-    meta = ck["meta"]
-    net = create_model(meta["arch"], "age", pretrained=False)
-    net.load_state_dict(ck["state_dict"])
-    net.eval()
+    meta, net = load_network(args.model)
     prep, splits = load_split_crops(meta, AGE_DATA, log=lambda m: None)
     val, train = splits["val"], splits["train"]
     sources = np.asarray(prep.sources)[val.positions]

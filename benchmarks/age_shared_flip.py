@@ -22,8 +22,7 @@ from targets import AGE_DATA
 
 from facelens.evaluate.metrics import paired_difference
 from facelens.infer.postprocess import age_from_bins
-from facelens.models.checkpoint import load_checkpoint
-from facelens.models.factory import create_model
+from facelens.models.checkpoint import load_network
 from facelens.models.wrappers import to_input
 from facelens.train.export import load_split_crops
 
@@ -75,11 +74,7 @@ def main() -> None:
     ap.add_argument("--blocks", default="0,1,4,7,11,12,14,17", help="k values (0: the shipped flip TTA)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    ck = load_checkpoint(args.model)
-    meta = ck["meta"]
-    net = create_model(meta["arch"], "age", pretrained=False)
-    net.load_state_dict(ck["state_dict"])
-    net.eval()
+    meta, net = load_network(args.model)
     ks = sorted({0, *map(int, args.blocks.split(","))})
     shares = block_shares(net[1].features, meta["input_size"])
     val = load_split_crops(meta, AGE_DATA, log=lambda m: None)[1]["val"]

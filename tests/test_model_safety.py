@@ -89,3 +89,19 @@ def test_shipped_pytorch_models_still_load(name):
         pytest.skip(f"{path} not shipped")
     pred = load_predictor(path, backend="torch")
     assert pred.meta["task"] in ("age", "eyes")
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_architecture_is_refused_naming_it(tmp_path):
+    """load_network (the predictor's and the benchmarks' loader) builds the network the metadata names, in eval mode,
+    and refuses weights of another shape with a ModelLoadError naming the file, not a torch traceback."""
+    from facelens.models.checkpoint import load_network
+
+    shipped = load_checkpoint(models_dir() / "age-mobilenetv2.pt")
+    meta, net = load_network(models_dir() / "age-mobilenetv2.pt")
+    assert meta == shipped["meta"] and not net.training
+    bad = dict(shipped["state_dict"])
+    key = next(k for k, v in bad.items() if v.ndim == 2)  # the head's weight matrix
+    bad[key] = bad[key][:-1]
+    torch.save({"meta": shipped["meta"], "state_dict": bad}, tmp_path / "cut.pt")
+    with pytest.raises(ModelLoadError, match=r"cut\.pt: not a facelens PyTorch model \(RuntimeError: .*size mismatch"):
+        load_network(tmp_path / "cut.pt")

@@ -64,18 +64,11 @@ class TorchPredictor(Predictor):
     def __init__(self, path: Path, device: str = "cpu") -> None:
         import torch
 
-        from facelens.models.checkpoint import load_checkpoint
-        from facelens.models.factory import create_model
+        from facelens.models.checkpoint import load_network
         from facelens.models.wrappers import FlipAverage
 
         self.device = resolve_device(device, "torch")  # refused before the (slow) load
-        ck = load_checkpoint(path)  # weights only: a model file cannot run code (ModelLoadError names it)
-        try:
-            self.meta = ck["meta"]
-            model = create_model(self.model_meta.arch, self.model_meta.task, pretrained=False)
-            model.load_state_dict(ck["state_dict"])
-        except Exception as exc:  # missing keys, wrong shapes, unknown architectures, invalid metadata
-            raise ModelLoadError(f"{path}: not a facelens PyTorch model ({type(exc).__name__}: {exc})") from exc
+        self.meta, model = load_network(path)  # weights only: a model file cannot run code (ModelLoadError names it)
         if self.model_meta.tta == "flip-average":
             model = FlipAverage(model)
         self.model = model.to(torch.device(self.device)).eval()

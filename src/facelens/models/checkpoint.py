@@ -52,3 +52,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ck, dict):
         raise ModelLoadError(f"{path}: not a facelens checkpoint (holds a {type(ck).__name__}, not a dict)")
     return ck
+
+
+def load_network(path: str | Path) -> tuple[dict[str, Any], torch.nn.Module]:
+    """(metadata as stored, network in eval mode) of a facelens ``.pt`` model, without its TTA wrapper.
+
+    Loads weights only (``load_checkpoint``); a file whose metadata or weights do not build a facelens
+    network (missing keys, wrong shapes, unknown architecture) is a ModelLoadError naming the file.
+    """
+    from facelens.models.factory import create_model
+    from facelens.models.meta import ModelMeta
+
+    ck = load_checkpoint(path)
+    try:
+        meta = ck["meta"]
+        m = ModelMeta.from_dict(meta)
+        net = create_model(m.arch, m.task, pretrained=False)
+        net.load_state_dict(ck["state_dict"])
+    except Exception as exc:  # noqa: BLE001 - missing keys, wrong shapes, unknown architectures, invalid metadata
+        raise ModelLoadError(f"{path}: not a facelens PyTorch model ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]})") from exc
+    return meta, net.eval()
