@@ -15,24 +15,24 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+import torch
 from age_prior_adjustment import summary  # same folder: the shared validation summary
 from targets import AGE_DATA
 
 from facelens.data.prepare import prepare_as_model
-from facelens.infer.predictor import TorchPredictor
+from facelens.models.checkpoint import load_checkpoint, load_network
+from facelens.models.meta import ModelMeta
 from facelens.models.wrappers import FlipAverage
+from facelens.train.loop import predict_outputs
 
 
 def outputs_with_and_without_tta(path: Path, prep, idx: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({'<name>': logits, '<name>+tta': logits}, record positions) of one PyTorch age model."""
-    p = TorchPredictor(path)
-    net = p.model.model if isinstance(p.model, FlipAverage) else p.model
-    cs, pos = prep.model_crops(idx, p.model_meta, desc=f"{path.name} crops")
-    out = {}
-    for name, model in ((str(path), net), (f"{path}+tta", FlipAverage(net))):
-        p.model = model.eval()
-        out[name] = np.asarray(p(cs.crops), dtype=np.float64)
-    return out, pos
+    meta, net = load_network(path)
+    cs, pos = prep.model_crops(idx, ModelMeta.from_dict(meta), desc=f"{path.name} crops")
+    cpu = torch.device("cpu")
+    out = {str(path): predict_outputs(net, cs.crops, cpu), f"{path}+tta": predict_outputs(FlipAverage(net), cs.crops, cpu)}
+    return {k: v.astype(np.float64) for k, v in out.items()}, pos
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.model) < 2:
         raise SystemExit("give at least two --model")
-    prep = prepare_as_model(TorchPredictor(args.model[0]).meta, AGE_DATA, log=lambda m: None)
+    prep = prepare_as_model(load_checkpoint(args.model[0])["meta"], AGE_DATA, log=lambda m: None)
     idx = np.flatnonzero(prep.splits == "val")
     outs, positions = {}, []
     for m in args.model:

@@ -30,7 +30,7 @@ from torch.optim.swa_utils import update_bn
 from facelens.data.prepare import prepare_as_model
 from facelens.evaluate.metrics import paired_difference
 from facelens.infer.postprocess import age_from_bins
-from facelens.infer.predictor import TorchPredictor
+from facelens.models.checkpoint import load_network
 from facelens.models.factory import create_model
 from facelens.models.meta import ModelMeta
 from facelens.models.wrappers import FlipAverage, to_input
@@ -62,13 +62,6 @@ def recompute_batchnorm(model: torch.nn.Module, crops: np.ndarray, batch_size: i
     model.eval()
 
 
-def load_network(path: Path) -> tuple[dict, ModelMeta, torch.nn.Module]:
-    """(metadata as stored, metadata read, network without TTA) of a PyTorch age-bins checkpoint."""
-    p = TorchPredictor(path)
-    net = p.model.model if isinstance(p.model, FlipAverage) else p.model
-    return p.meta, p.model_meta, net
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, action="append", required=True, help="PyTorch age-bins model (repeat: 2 or more)")
@@ -78,8 +71,8 @@ def main() -> None:
     if len(set(args.model)) < 2 or len(set(args.model)) < len(args.model):
         raise SystemExit("give at least two different --model")
     torch.manual_seed(0)
-    loaded = [load_network(m) for m in args.model]
-    metas = [meta for _, meta, _ in loaded]
+    loaded = [load_network(m) for m in args.model]  # (metadata as stored, network without TTA)
+    metas = [ModelMeta.from_dict(meta) for meta, _ in loaded]
     for field in SAME_FIELDS:
         values = {str(getattr(m, field, None)) for m in metas}
         if len(values) > 1:
@@ -89,7 +82,7 @@ def main() -> None:
     cs, pos = prep.model_crops(val, metas[0], desc="val crops")
     y, src = prep.targets[pos], np.array(prep.sources)[pos]
 
-    nets = {str(p): net for p, (_, _, net) in zip(args.model, loaded, strict=True)}
+    nets = {str(p): net for p, (_, net) in zip(args.model, loaded, strict=True)}
     soup = create_model(metas[0].arch, metas[0].task, pretrained=False)
     soup.load_state_dict(average_state_dicts([net.state_dict() for net in nets.values()]))
     nets["average, BatchNorm statistics averaged"] = soup.eval()
