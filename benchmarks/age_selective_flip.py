@@ -127,9 +127,9 @@ def children_bias(ages: np.ndarray, y: np.ndarray, sources: np.ndarray) -> str:
                       for s in sorted(set(sources[kids].tolist())))
 
 
-def mirror_gap(one: np.ndarray, mirror: np.ndarray) -> np.ndarray:
-    """What the learnt gate predicts: log(0.05 + |one-pass age - mirror age|)."""
-    return np.log(0.05 + np.abs(age_from_bins(one)[0] - age_from_bins(mirror)[0]))
+def answer_gap(one: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+    """|one-pass age - mirror age| per face: what the oracle ranks by, and (as log(0.05 + it)) what the learnt gate predicts."""
+    return np.abs(age_from_bins(one)[0] - age_from_bins(mirror)[0])
 
 
 def main() -> None:
@@ -145,9 +145,10 @@ def main() -> None:
     sources = np.asarray(prep.sources)[val.positions]
     one, mirror, pooled = both_passes(net, val.crops)
     t_one, t_mirror, t_pooled = both_passes(net, train.crops)
-    w, c, alpha = fit_ridge(gate_inputs(t_one, t_pooled), mirror_gap(t_one, t_mirror))
+    w, c, alpha = fit_ridge(gate_inputs(t_one, t_pooled), np.log(0.05 + answer_gap(t_one, t_mirror)))
     scores = {"spread": lambda lo, po: spread_years(lo), "learnt": lambda lo, po: gate_inputs(lo, po) @ w + c}
-    gap = np.abs(age_from_bins(one)[0] - age_from_bins(mirror)[0])
+    values = {name: score(one, pooled) for name, score in scores.items()}
+    gap = answer_gap(one, mirror)
     full = age_from_bins((one + mirror) / 2)[0]
     err_full = np.abs(full - val.y)
     in_2050 = sources == "faces-20-50"
@@ -156,16 +157,15 @@ def main() -> None:
     thresholds: dict[tuple[str, float], float] = {}
     for f in FRACTIONS:
         k = int(round(f * len(gap)))
-        for name, score in scores.items():
-            v = score(one, pooled)
+        for name, v in values.items():
             thresholds[name, f] = float(np.quantile(v, 1 - f))
             gates[f"{name}, f = {f:.1f}"] = v > thresholds[name, f]
         gates[f"random, f = {f:.1f}"] = np.isin(np.arange(len(gap)), rng.choice(len(gap), k, replace=False))
         gates[f"oracle, f = {f:.1f}"] = np.isin(np.arange(len(gap)), np.argsort(-gap)[:k])
     print(f"validation, n = {len(val.y)}; {args.model}; learnt gate fitted on {len(train.y)} training crops "
           f"(ridge alpha {alpha:g}); correlation with |one pass - mirror|: spread "
-          f"{np.corrcoef(scores['spread'](one, pooled), gap)[0, 1]:.2f}, learnt "
-          f"{np.corrcoef(scores['learnt'](one, pooled), np.log(0.05 + gap))[0, 1]:.2f} (of its log)\n")
+          f"{np.corrcoef(values['spread'], gap)[0, 1]:.2f}, learnt "
+          f"{np.corrcoef(values['learnt'], np.log(0.05 + gap))[0, 1]:.2f} (of its log)\n")
     print("| gate | share mirrored | MAE | minus full flip TTA, paired [95%] | 20-50 RMSE | bias 0-9 per source |")
     print("|---|---|---|---|---|---|")
     print(f"| full flip TTA | 1.00 | {err_full.mean():.3f} | | {np.sqrt(((full - val.y)[in_2050] ** 2).mean()):.3f} | "
